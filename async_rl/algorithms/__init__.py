@@ -1,0 +1,1 @@
+"""Advantages and losses: pure tensor functions, independent of any backend."""

@@ -1,0 +1,231 @@
+"""One argparse parser for every entry point, built from the typed sections.
+
+Precedence: built-in defaults < `--config file.yaml` < flags on the command line. Unknown flags, unknown
+YAML keys and contradictory settings stop the run with one line naming the culprit (exit code 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+from omegaconf import OmegaConf
+
+from async_rl.errors import UserInputError
+from async_rl.config.sections import (
+    SECTIONS,
+    BackendConfig,
+    CheckpointConfig,
+    ClusterConfig,
+    DataConfig,
+    EvalConfig,
+    LoggingConfig,
+    ModelConfig,
+    RewardConfig,
+    RolloutConfig,
+    TrainConfig,
+)
+
+
+class ConfigError(UserInputError):
+    """A bad flag or contradictory combination; the message names the flag."""
+
+
+@dataclass
+class Config:
+    cluster: ClusterConfig
+    backend: BackendConfig
+    model: ModelConfig
+    data: DataConfig
+    rollout: RolloutConfig
+    train: TrainConfig
+    reward: RewardConfig
+    eval: EvalConfig
+    checkpoint: CheckpointConfig
+    logging: LoggingConfig
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.train.global_batch_size or self.rollout.rollout_batch_size * self.rollout.n_samples_per_prompt
+
+    def to_flat_dict(self) -> dict[str, Any]:
+        """Flag-name keys (underscored), the form `--config` reads back."""
+        return {f.name: getattr(getattr(self, s), f.name) for s, cls in SECTIONS.items() for f in fields(cls)}
+
+
+class _OneLineErrorParser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _scalar_type(annotation: Any) -> tuple[type, bool]:
+    """(element type, is_list) of a field annotation such as `int | None` or `list[str] | None`."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        annotation = args[0]
+    if typing.get_origin(annotation) is list:
+        return typing.get_args(annotation)[0], True
+    return annotation, False
+
+
+def _flag_name(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _field_specs() -> dict[str, tuple[str, Any, dict]]:
+    """dest -> (section, annotation, metadata), checking that no two sections share a flag."""
+    specs: dict[str, tuple[str, Any, dict]] = {}
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            assert f.name not in specs, f"flag {f.name} defined twice"
+            specs[f.name] = (section, hints[f.name], dict(f.metadata))
+    return specs
+
+
+def build_parser(prog: str = "async_rl", *, suppress_defaults: bool = False) -> argparse.ArgumentParser:
+    parser = _OneLineErrorParser(
+        prog=prog,
+        allow_abbrev=False,
+        argument_default=argparse.SUPPRESS if suppress_defaults else None,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--config", help="omegaconf YAML whose keys are flag names with underscores.")
+    parser.add_argument("--async", dest="async_mode", action="store_true", help="Run the asynchronous loop.")
+    for section, cls in SECTIONS.items():
+        group = parser.add_argument_group(section)
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            meta = dict(f.metadata)
+            names = [_flag_name(f.name), *meta.pop("aliases", [])]
+            elem_type, is_list = _scalar_type(hints[f.name])
+            kwargs: dict[str, Any] = {"dest": f.name, **meta}
+            if not suppress_defaults:
+                kwargs["default"] = f.default_factory() if callable(f.default_factory) else f.default
+            if elem_type is bool:
+                kwargs["action"] = argparse.BooleanOptionalAction
+            else:
+                kwargs["type"] = elem_type
+                if is_list:
+                    kwargs.setdefault("nargs", "+")
+            group.add_argument(*names, **kwargs)
+    return parser
+
+
+def _coerce_yaml_value(key: str, value: Any, annotation: Any, path: str) -> Any:
+    if value is None:
+        return None
+    elem_type, is_list = _scalar_type(annotation)
+    values = value if is_list and isinstance(value, list) else [value]
+    out = []
+    for v in values:
+        if elem_type is bool and not isinstance(v, bool):
+            raise ConfigError(f"{path}: key '{key}' must be true or false, got {v!r}")
+        try:
+            out.append(elem_type(v))
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}: key '{key}' must be {elem_type.__name__}, got {v!r}") from None
+    return out if is_list else out[0]
+
+
+def load_yaml_defaults(path: str) -> dict[str, Any]:
+    """Flag defaults from a YAML file; an unknown key is an error that names it."""
+    if not Path(path).is_file():
+        raise ConfigError(f"--config: file not found: {path}")
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"--config: {path} must hold a mapping of flag names to values")
+    specs = _field_specs()
+    defaults = {}
+    for key, value in raw.items():
+        dest = str(key).replace("-", "_")
+        if dest not in specs:
+            raise ConfigError(f"{path}: unknown key '{key}' (no flag {_flag_name(dest)})")
+        defaults[dest] = _coerce_yaml_value(str(key), value, specs[dest][1], path)
+    return defaults
+
+
+def _validate(cfg: Config, explicit: set[str], async_mode: bool) -> None:
+    """Reject combinations that cannot mean what the user wants. No flag silently changes another."""
+    r, t, c = cfg.rollout, cfg.train, cfg.cluster
+    positive = {
+        "num_rollout": r.num_rollout, "rollout_batch_size": r.rollout_batch_size,
+        "n_samples_per_prompt": r.n_samples_per_prompt, "rollout_max_response_len": r.rollout_max_response_len,
+        "micro_batch_size": t.micro_batch_size, "rollout_num_gpus_per_engine": c.rollout_num_gpus_per_engine,
+        "rollout_num_engines": c.rollout_num_engines, "actor_num_nodes": c.actor_num_nodes,
+        "n_samples_per_eval_prompt": cfg.eval.n_samples_per_eval_prompt,
+    }
+    for dest, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{_flag_name(dest)} must be >= 1, got {value}")
+    if r.rollout_temperature <= 0:
+        raise ConfigError(f"--rollout-temperature must be > 0, got {r.rollout_temperature}")
+    if not 0 < r.rollout_top_p <= 1:
+        raise ConfigError(f"--rollout-top-p must be in (0, 1], got {r.rollout_top_p}")
+    samples = r.rollout_batch_size * r.n_samples_per_prompt
+    if samples % cfg.global_batch_size:
+        raise ConfigError(
+            f"--global-batch-size {cfg.global_batch_size} must divide --rollout-batch-size x "
+            f"--n-samples-per-prompt = {samples}"
+        )
+    if cfg.global_batch_size % t.micro_batch_size:
+        raise ConfigError(f"--micro-batch-size {t.micro_batch_size} must divide the global batch size {cfg.global_batch_size}")
+    if t.eps_clip_high is not None and t.eps_clip_high < t.eps_clip:
+        raise ConfigError(f"--eps-clip-high {t.eps_clip_high} is below --eps-clip {t.eps_clip}")
+    if t.advantage_estimator == "grpo" and r.n_samples_per_prompt < 2:
+        raise ConfigError("--advantage-estimator grpo needs --n-samples-per-prompt >= 2 (a group of one has no baseline)")
+    if "tis_clip" in explicit and not t.use_tis:
+        raise ConfigError("--tis-clip is set but --use-tis is not; add --use-tis or drop --tis-clip")
+    if t.use_tis and t.tis_clip <= 0:
+        raise ConfigError(f"--tis-clip must be > 0, got {t.tis_clip}")
+    if c.colocate and c.rollout_num_gpus is not None:
+        raise ConfigError("--colocate puts rollout on the trainer's GPUs; drop --rollout-num-gpus")
+    if c.rollout_num_gpus is not None and c.rollout_num_gpus % c.rollout_num_gpus_per_engine:
+        raise ConfigError(
+            f"--rollout-num-gpus {c.rollout_num_gpus} is not a multiple of --rollout-num-gpus-per-engine "
+            f"{c.rollout_num_gpus_per_engine}"
+        )
+    if cfg.checkpoint.save_interval is not None and not cfg.checkpoint.save:
+        raise ConfigError("--save-interval is set but --save is not")
+    if cfg.eval.eval_interval is not None and not cfg.eval.eval_prompt_data:
+        raise ConfigError("--eval-interval is set but --eval-prompt-data is not")
+    if cfg.eval.eval_prompt_data and len(cfg.eval.eval_prompt_data) > 1 and len(cfg.eval.eval_prompt_data) % 2:
+        raise ConfigError("--eval-prompt-data takes one PATH or NAME PATH pairs")
+    if async_mode and r.max_staleness < 1:
+        raise ConfigError(
+            f"--max-staleness {r.max_staleness} is below 1, but the async loop trains on samples one version old"
+        )
+    if not cfg.model.hf_checkpoint:
+        raise ConfigError("--hf-checkpoint is required")
+    if not cfg.data.prompt_data:
+        raise ConfigError("--prompt-data is required")
+
+
+def parse_config(argv: Sequence[str] | None = None, *, prog: str = "async_rl", async_mode: bool = False) -> tuple[Config, bool]:
+    """Parse flags (and `--config`) into typed sections; returns (config, async_mode).
+
+    Errors exit with status 2 and one line naming the flag, file or key.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(prog)
+    try:
+        given = vars(build_parser(prog, suppress_defaults=True).parse_args(argv))
+        explicit = set(given)
+        config_path = given.get("config")
+        if config_path:
+            yaml_defaults = load_yaml_defaults(config_path)
+            parser.set_defaults(**yaml_defaults)
+            explicit |= set(yaml_defaults)
+        args = vars(parser.parse_args(argv))
+        async_mode = async_mode or args.pop("async_mode")
+        args.pop("config")
+        cfg = Config(**{s: cls(**{f.name: args[f.name] for f in fields(cls)}) for s, cls in SECTIONS.items()})
+        _validate(cfg, explicit, async_mode)
+    except ConfigError as e:
+        parser.error(str(e))
+    return cfg, async_mode

@@ -1,0 +1,131 @@
+"""Typed configuration sections, one per flag group.
+
+Each dataclass field is one command-line flag: `rollout_batch_size` is `--rollout-batch-size` and the
+YAML key `rollout_batch_size`. Field metadata carries the help text and argparse extras, so the parser,
+the YAML loader and the docs all read one definition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def flag(default: Any, help: str, **argparse_kwargs: Any) -> Any:
+    """A dataclass field that is also a command-line flag."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **argparse_kwargs})
+    return field(default=default, metadata={"help": help, **argparse_kwargs})
+
+
+@dataclass
+class ClusterConfig:
+    actor_num_nodes: int = flag(1, "Nodes for the trainer.")
+    actor_num_gpus_per_node: int = flag(0, "GPUs per trainer node; 0 trains on the CPU.")
+    rollout_num_gpus: int | None = flag(None, "GPUs for all rollout engines together (disaggregated mode).")
+    rollout_num_gpus_per_engine: int = flag(1, "GPUs per rollout engine (its tensor-parallel size).")
+    rollout_num_engines: int = flag(1, "Rollout engines when they run on the CPU (local backend without GPUs).")
+    colocate: bool = flag(False, "Trainer and rollout engines share the same GPUs.")
+    ray_address: str | None = flag(None, "Address of a running Ray cluster; a local Ray starts when unset.")
+
+
+@dataclass
+class BackendConfig:
+    rollout_backend: str = flag("local", "Rollout engine implementation.", choices=["local", "sglang"])
+    train_backend: str = flag("torch", "Trainer implementation.", choices=["torch", "megatron"])
+
+
+@dataclass
+class ModelConfig:
+    hf_checkpoint: str | None = flag(None, "Hugging Face checkpoint directory the policy starts from.")
+
+
+@dataclass
+class DataConfig:
+    prompt_data: str | None = flag(None, "Training prompts (.jsonl or .parquet).")
+    input_key: str = flag("prompt", "Row key holding the prompt text (or a list of chat messages).")
+    label_key: str = flag("label", "Row key holding the ground-truth answer.")
+    apply_chat_template: bool = flag(False, "Wrap prompts with the tokenizer's chat template.")
+    rollout_shuffle: bool = flag(False, "Shuffle prompts each epoch (deterministic given --seed).")
+
+
+@dataclass
+class RolloutConfig:
+    num_rollout: int = flag(10, "Rollout steps to run (each is generate, reward, train, push weights).")
+    rollout_batch_size: int = flag(8, "Prompts per rollout step.")
+    n_samples_per_prompt: int = flag(4, "Responses sampled per prompt (the group size).")
+    rollout_max_response_len: int = flag(64, "Maximum new tokens per response.")
+    rollout_temperature: float = flag(1.0, "Sampling temperature.")
+    rollout_top_p: float = flag(1.0, "Nucleus sampling threshold.")
+    max_staleness: int = flag(1, "Async mode: drop samples more than this many weight versions old.")
+
+
+@dataclass
+class TrainConfig:
+    global_batch_size: int | None = flag(
+        None, "Samples per optimizer step; unset means one step per rollout (rollout-batch-size x n-samples)."
+    )
+    micro_batch_size: int = flag(8, "Samples per forward/backward pass (gradient accumulation).")
+    lr: float = flag(1e-6, "AdamW learning rate.")
+    weight_decay: float = flag(0.0, "AdamW weight decay.")
+    adam_beta1: float = flag(0.9, "AdamW beta1.")
+    adam_beta2: float = flag(0.999, "AdamW beta2.")
+    clip_grad: float = flag(1.0, "Gradient-norm clip; 0 disables.")
+    advantage_estimator: str = flag("grpo", "How advantages are computed.", choices=["grpo"])
+    normalize_advantages_std: bool = flag(True, "GRPO: divide by the group's standard deviation.")
+    eps_clip: float = flag(0.2, "PPO clip range below 1.")
+    eps_clip_high: float | None = flag(None, "PPO clip range above 1 (DAPO clip-higher); defaults to --eps-clip.")
+    kl_coef: float = flag(0.0, "Weight of the KL penalty to the reference (initial) policy.")
+    kl_loss_type: str = flag("k3", "KL estimator.", choices=["k1", "k2", "k3"])
+    loss_aggregation: str = flag(
+        "token_mean", "How per-token losses become one number.",
+        choices=["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"],
+    )
+    use_tis: bool = flag(False, "Truncated importance sampling: weight tokens by min(p_old/p_rollout, C).")
+    tis_clip: float = flag(2.0, "TIS cap C.", aliases=["--tis-imp-ratio-cap"])
+    torch_num_threads: int | None = flag(None, "CPU threads per process (trainer and each engine); unset splits the cores.")
+
+
+@dataclass
+class RewardConfig:
+    rm_type: str = flag("deepscaler", "Built-in rule reward.")
+    custom_rm_path: str | None = flag(None, "Reward plugin as pkg.module:function; replaces --rm-type.")
+
+
+@dataclass
+class EvalConfig:
+    eval_interval: int | None = flag(None, "Evaluate every this many rollout steps (and at step 0 and the end).")
+    eval_prompt_data: list[str] | None = flag(
+        None, "Eval sets: a path, or NAME PATH pairs.", nargs="+"
+    )
+    n_samples_per_eval_prompt: int = flag(1, "Responses sampled per eval prompt.")
+    eval_temperature: float = flag(1.0, "Sampling temperature for evaluation.")
+    eval_max_response_len: int = flag(64, "Maximum new tokens per eval response.")
+
+
+@dataclass
+class CheckpointConfig:
+    save: str | None = flag(None, "Directory for checkpoints.")
+    save_interval: int | None = flag(None, "Save every this many rollout steps (and at the end).")
+    load: str | None = flag(None, "Checkpoint directory to resume from.")
+
+
+@dataclass
+class LoggingConfig:
+    output_dir: str = flag("outputs/run", "Directory for config.yaml and metrics.jsonl.")
+    tensorboard_dir: str | None = flag(None, "TensorBoard directory; defaults to <output-dir>/tensorboard.")
+    seed: int = flag(1234, "Seed for data order, sampling and initialisation.")
+
+
+SECTIONS: dict[str, type] = {
+    "cluster": ClusterConfig,
+    "backend": BackendConfig,
+    "model": ModelConfig,
+    "data": DataConfig,
+    "rollout": RolloutConfig,
+    "train": TrainConfig,
+    "reward": RewardConfig,
+    "eval": EvalConfig,
+    "checkpoint": CheckpointConfig,
+    "logging": LoggingConfig,
+}

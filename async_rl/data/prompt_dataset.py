@@ -1,0 +1,120 @@
+"""Prompt dataset: jsonl or parquet rows -> prompt text, prompt tokens and label, in a resumable order."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from async_rl.errors import UserInputError
+
+
+class DatasetError(UserInputError):
+    """A missing file or a malformed row; the message names the file and line."""
+
+
+@dataclass
+class PromptRow:
+    prompt: str
+    prompt_tokens: list[int]
+    label: str | None
+    metadata: dict[str, Any]
+
+
+def read_rows(path: str) -> list[dict[str, Any]]:
+    """Rows of a .jsonl or .parquet file, each a dict."""
+    p = Path(path)
+    if not p.is_file():
+        raise DatasetError(f"{path}: file not found")
+    if p.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(p).to_pylist()
+    rows = []
+    with p.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DatasetError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise DatasetError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+    return rows
+
+
+class PromptDataset:
+    """Tokenised prompts with an epoch-wise deterministic shuffle and a saveable position."""
+
+    def __init__(
+        self,
+        path: str,
+        tokenizer: Any,
+        *,
+        input_key: str = "prompt",
+        label_key: str | None = "label",
+        apply_chat_template: bool = False,
+        shuffle: bool = False,
+        seed: int = 0,
+    ):
+        self.path = path
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rows = [
+            self._to_prompt_row(row, i + 1, tokenizer, input_key, label_key, apply_chat_template)
+            for i, row in enumerate(read_rows(path))
+        ]
+        if not self.rows:
+            raise DatasetError(f"{path}: no rows")
+        self.epoch = 0
+        self.offset = 0
+        self._order = self._epoch_order()
+
+    def _to_prompt_row(self, row, row_no, tokenizer, input_key, label_key, apply_chat_template) -> PromptRow:
+        where = f"{self.path} row {row_no}"
+        if input_key not in row:
+            raise DatasetError(f"{where}: missing input key '{input_key}' (have: {', '.join(row)})")
+        prompt = row[input_key]
+        if apply_chat_template:
+            messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+            prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        elif not isinstance(prompt, str):
+            raise DatasetError(f"{where}: '{input_key}' is not text; pass --apply-chat-template for chat messages")
+        label = row.get(label_key) if label_key else None
+        if label_key and label is None:
+            raise DatasetError(f"{where}: missing label key '{label_key}'")
+        metadata = {k: v for k, v in row.items() if k not in (input_key, label_key)}
+        tokens = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        return PromptRow(prompt, tokens, None if label is None else str(label), metadata)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _epoch_order(self) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(len(self.rows))
+        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.rows))
+
+    def next_batch(self, n: int) -> list[PromptRow]:
+        """The next n prompts, wrapping into a new (reshuffled) epoch when the current one runs out."""
+        batch = []
+        while len(batch) < n:
+            if self.offset == len(self.rows):
+                self.epoch += 1
+                self.offset = 0
+                self._order = self._epoch_order()
+            batch.append(self.rows[self._order[self.offset]])
+            self.offset += 1
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "offset": self.offset}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
+        self._order = self._epoch_order()

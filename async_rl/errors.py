@@ -1,0 +1,5 @@
+"""Errors caused by the user's input (flags, files, rows): reported as one line, exit status 2."""
+
+
+class UserInputError(ValueError):
+    """Its message names the flag, file or row at fault."""

@@ -1,0 +1,69 @@
+"""Ray placement: start or join Ray, then create the trainer and rollout engine actors on their resources."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import ray
+
+from async_rl.config import Config, ConfigError
+
+_WORKER_ENV = {"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _gpu_share(cfg: Config) -> float:
+    """GPUs per actor: none on a CPU run, half a GPU each when trainer and engines are colocated."""
+    if cfg.cluster.actor_num_gpus_per_node == 0:
+        return 0
+    return 0.5 if cfg.cluster.colocate else 1
+
+
+def _threads_per_process(cfg: Config) -> int:
+    """Split the cores between the trainer and the engines, so that async overlap is real parallelism."""
+    return cfg.train.torch_num_threads or max(1, (os.cpu_count() or 1) // (1 + cfg.cluster.rollout_num_engines))
+
+
+def start_ray(cfg: Config) -> None:
+    """Join `--ray-address`, or start a Ray on this machine bound to 127.0.0.1."""
+    if ray.is_initialized():
+        return
+    runtime_env = {"env_vars": _WORKER_ENV}
+    if cfg.cluster.ray_address:
+        ray.init(address=cfg.cluster.ray_address, runtime_env=runtime_env)
+        return
+    ray.init(
+        num_cpus=1 + cfg.cluster.rollout_num_engines,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        runtime_env=runtime_env,
+        log_to_driver=True,
+    )
+
+
+def create_trainer(cfg: Config) -> Any:
+    if cfg.backend.train_backend != "torch":
+        raise ConfigError(f"--train-backend {cfg.backend.train_backend} is not available in this release; use torch")
+    from async_rl.trainer.torch_trainer import TorchTrainer
+
+    gpus = _gpu_share(cfg)
+    actor = ray.remote(num_cpus=1, num_gpus=gpus)(TorchTrainer)
+    return actor.remote(
+        cfg.model.hf_checkpoint, cfg.train, global_batch_size=cfg.global_batch_size,
+        temperature=cfg.rollout.rollout_temperature, seed=cfg.logging.seed,
+        num_threads=_threads_per_process(cfg), device="cuda" if gpus else "cpu",
+    )
+
+
+def create_engines(cfg: Config) -> list[Any]:
+    if cfg.backend.rollout_backend != "local":
+        raise ConfigError(f"--rollout-backend {cfg.backend.rollout_backend} is not available in this release; use local")
+    from async_rl.rollout.local_engine import LocalEngine
+
+    gpus = _gpu_share(cfg)
+    actor = ray.remote(num_cpus=1, num_gpus=gpus, max_concurrency=1)(LocalEngine)
+    return [
+        actor.remote(cfg.model.hf_checkpoint, seed=cfg.logging.seed + 1000 * (rank + 1),
+                     num_threads=_threads_per_process(cfg), device="cuda" if gpus else "cpu")
+        for rank in range(cfg.cluster.rollout_num_engines)
+    ]

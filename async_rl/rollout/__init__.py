@@ -1,0 +1,1 @@
+"""Rollout: engines that generate, and the manager that feeds them and grades what they return."""

@@ -1,0 +1,38 @@
+"""What every rollout backend provides; the manager and orchestrator see only this."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import torch
+
+from async_rl.sample import Sample
+
+
+# Engines stamp each sample's metadata with the wall-clock time its generation finished, so the manager
+# can report how long generation took even when the driver was busy elsewhere (async mode).
+FINISHED_AT = "rollout_finished_at"
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+
+
+class RolloutEngine(Protocol):
+    def generate(self, samples: list[Sample], params: SamplingParams) -> list[Sample]:
+        """Fill in response tokens, text, per-token rollout log-probs, status and weight version."""
+
+    def update_weights(self, named_tensors: Sequence[tuple[str, torch.Tensor]], version: int) -> None:
+        """Load new policy weights (Hugging Face names) and adopt their version."""
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+    def health(self) -> dict: ...
+
+    def shutdown(self) -> None: ...

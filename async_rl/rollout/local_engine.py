@@ -1,0 +1,105 @@
+"""`local` rollout backend: batched sampling with a KV cache from a Hugging Face causal LM, in PyTorch.
+
+It stands where an SGLang server stands in production and honours the same `RolloutEngine` interface,
+so the orchestrator cannot tell them apart.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Sequence
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+
+from async_rl.rollout.engine import FINISHED_AT, SamplingParams
+from async_rl.rollout.sampling import sample_tokens
+from async_rl.sample import Sample, SampleStatus
+
+
+class LocalEngine:
+    """One engine process holding the policy weights; Ray runs each instance as its own actor."""
+
+    def __init__(self, hf_checkpoint: str, *, seed: int = 0, num_threads: int | None = None, device: str = "cpu"):
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        self.device = torch.device(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(hf_checkpoint)
+        self.model = AutoModelForCausalLM.from_pretrained(hf_checkpoint, dtype=torch.float32).to(self.device)
+        self.model.eval()
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.eos_token_id = self.tokenizer.eos_token_id
+        self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_token_id
+        self.weight_version = 0
+        self.paused = False
+
+    @torch.no_grad()
+    def generate(self, samples: list[Sample], params: SamplingParams) -> list[Sample]:
+        if self.paused:
+            raise RuntimeError("engine is paused; resume() it before generating")
+        batch = len(samples)
+        prompt_len = max(len(s.prompt_tokens) for s in samples)
+        input_ids = torch.full((batch, prompt_len), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((batch, prompt_len), dtype=torch.long)
+        for i, s in enumerate(samples):  # left padding keeps every row's next token at the same column
+            input_ids[i, prompt_len - len(s.prompt_tokens):] = torch.tensor(s.prompt_tokens)
+            attention_mask[i, prompt_len - len(s.prompt_tokens):] = 1
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+        cache = DynamicCache()
+        logits = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=cache, use_cache=True,
+        ).logits[:, -1]
+        next_position = position_ids[:, -1] + 1
+        tokens: list[list[int]] = [[] for _ in range(batch)]
+        log_probs: list[list[float]] = [[] for _ in range(batch)]
+        finished = torch.zeros(batch, dtype=torch.bool, device=self.device)
+        for _ in range(params.max_new_tokens):
+            token, token_log_prob = sample_tokens(logits, params.temperature, params.top_p, self.generator)
+            for i in (~finished).nonzero().flatten().tolist():
+                tokens[i].append(int(token[i]))
+                log_probs[i].append(float(token_log_prob[i]))
+            finished |= token == self.eos_token_id
+            if bool(finished.all()):
+                break
+            attention_mask = torch.cat([attention_mask, torch.ones((batch, 1), dtype=torch.long, device=self.device)], 1)
+            logits = self.model(
+                input_ids=token[:, None], attention_mask=attention_mask, position_ids=next_position[:, None],
+                past_key_values=cache, use_cache=True,
+            ).logits[:, -1]
+            next_position = next_position + 1
+
+        finished_at = time.time()
+        for s, toks, lps in zip(samples, tokens, log_probs):
+            s.response_tokens = toks
+            s.rollout_log_probs = lps
+            s.loss_mask = [1] * len(toks)
+            s.response = self.tokenizer.decode(toks, skip_special_tokens=True)
+            s.status = SampleStatus.COMPLETED if toks and toks[-1] == self.eos_token_id else SampleStatus.TRUNCATED
+            s.weight_version = self.weight_version
+            s.metadata[FINISHED_AT] = finished_at
+        return samples
+
+    @torch.no_grad()
+    def update_weights(self, named_tensors: Sequence[tuple[str, torch.Tensor]], version: int) -> None:
+        params = dict(self.model.named_parameters())
+        for name, tensor in named_tensors:
+            if name not in params:
+                raise KeyError(f"weight update names unknown parameter {name!r}")
+            params[name].copy_(tensor.to(params[name].dtype))
+        self.weight_version = version
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+
+    def health(self) -> dict:
+        return {"pid": os.getpid(), "weight_version": self.weight_version, "paused": self.paused}
+
+    def shutdown(self) -> None:
+        self.model = None

@@ -1,0 +1,162 @@
+"""TrainingSession: the components of one run, built once from the config and shared by both loops.
+
+`train.py` (sync) and `train_async.py` (async) hold only the order of operations; everything they call
+lives here or below, so the two loops cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+import torch
+from omegaconf import OmegaConf
+from transformers import AutoTokenizer
+
+from async_rl.algorithms.advantages import grpo_advantages
+from async_rl.checkpoint import read_driver_state, resolve_checkpoint, save_checkpoint
+from async_rl.config import Config
+from async_rl.data.prompt_dataset import PromptDataset, PromptRow
+from async_rl.metrics_logger import MetricsLogger
+from async_rl.placement import create_engines, create_trainer, start_ray
+from async_rl.rollout.engine import SamplingParams
+from async_rl.rollout.manager import PendingRollout, RolloutManager
+from async_rl.rollout.metrics import group_metrics, rollout_metrics
+from async_rl.sample import Sample
+from rewards.registry import get_reward_fn
+
+
+def eval_sets_from_flag(values: list[str] | None) -> dict[str, str]:
+    """`--eval-prompt-data PATH` or `--eval-prompt-data NAME PATH [NAME PATH ...]` -> {name: path}."""
+    if not values:
+        return {}
+    if len(values) == 1:
+        return {Path(values[0]).stem: values[0]}
+    return dict(zip(values[0::2], values[1::2]))
+
+
+class TrainingSession:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self._save_config()
+        random.seed(cfg.logging.seed)
+        np.random.seed(cfg.logging.seed)
+        torch.manual_seed(cfg.logging.seed)
+
+        reward_fn = get_reward_fn(cfg.reward.rm_type, cfg.reward.custom_rm_path)
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model.hf_checkpoint)
+        data = cfg.data
+        self.dataset = PromptDataset(
+            data.prompt_data, tokenizer, input_key=data.input_key, label_key=data.label_key,
+            apply_chat_template=data.apply_chat_template, shuffle=data.rollout_shuffle, seed=cfg.logging.seed,
+        )
+        self.eval_sets = {
+            name: PromptDataset(path, tokenizer, input_key=data.input_key, label_key=data.label_key,
+                                apply_chat_template=data.apply_chat_template)
+            for name, path in eval_sets_from_flag(cfg.eval.eval_prompt_data).items()
+        }
+
+        start_ray(cfg)
+        try:  # a failure past this point must not leave Ray and its actors running
+            self.trainer = create_trainer(cfg)
+            self.rollout = RolloutManager(create_engines(cfg), reward_fn)
+            self.start_step = 0
+            if cfg.checkpoint.load:
+                self._load(cfg.checkpoint.load)
+        except BaseException:
+            ray.shutdown()
+            raise
+        self.logger = MetricsLogger(cfg.logging.output_dir, cfg.logging.tensorboard_dir)
+        self.rollout_params = SamplingParams(
+            cfg.rollout.rollout_temperature, cfg.rollout.rollout_top_p, cfg.rollout.rollout_max_response_len
+        )
+        self.eval_params = SamplingParams(cfg.eval.eval_temperature, cfg.rollout.rollout_top_p, cfg.eval.eval_max_response_len)
+
+    def _save_config(self) -> None:
+        resolved = OmegaConf.create(self.cfg.to_flat_dict())
+        print("resolved configuration:\n" + OmegaConf.to_yaml(resolved), flush=True)
+        out = Path(self.cfg.logging.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(resolved, out / "config.yaml")
+
+    @property
+    def n_samples(self) -> int:
+        return self.cfg.rollout.n_samples_per_prompt
+
+    def submit_rollout(self) -> PendingRollout:
+        rows: list[PromptRow] = self.dataset.next_batch(self.cfg.rollout.rollout_batch_size)
+        return self.rollout.submit(rows, self.n_samples, self.rollout_params)
+
+    def rollout_metrics(self, samples: list[Sample]) -> dict[str, float]:
+        return {**rollout_metrics(samples), **group_metrics(samples, self.n_samples)}
+
+    def train(self, samples: list[Sample]) -> dict[str, float]:
+        """GRPO advantages from the group rewards, then the trainer's optimizer step(s)."""
+        rewards = torch.tensor([s.score for s in samples], dtype=torch.float32)
+        advantages = grpo_advantages(rewards, self.n_samples, normalize_std=self.cfg.train.normalize_advantages_std)
+        return ray.get(self.trainer.train_step.remote(samples, advantages.tolist()))
+
+    def push_weights(self, version: int) -> list[ray.ObjectRef]:
+        """Export the trainer's weights and queue them on every engine.
+
+        Returns once the export is done; the refs resolve when each engine has applied the weights, which
+        happens after the generate calls already queued on it.
+        """
+        weights = self.trainer.export_weights.remote()
+        ray.wait([weights])
+        return self.rollout.update_weights(weights, version)
+
+    def should_evaluate(self, step: int) -> bool:
+        interval = self.cfg.eval.eval_interval
+        return bool(self.eval_sets) and (step == 0 or step == self.cfg.rollout.num_rollout or (interval and step % interval == 0))
+
+    def evaluate(self) -> dict[str, float]:
+        """Mean reward on every eval set, and over all of them together, with the engines' current weights."""
+        start = time.perf_counter()
+        pending = {
+            name: self.rollout.submit(ds.rows, self.cfg.eval.n_samples_per_eval_prompt, self.eval_params, f"eval {name}")
+            for name, ds in self.eval_sets.items()
+        }
+        metrics, all_scores = {}, []
+        for name, p in pending.items():
+            samples, _ = self.rollout.collect(p)
+            all_scores.extend(s.score for s in samples)
+            metrics.update(rollout_metrics(samples, prefix=f"eval/{name}"))
+        metrics["eval/reward_mean"] = sum(all_scores) / len(all_scores)
+        metrics["perf/eval_time_s"] = time.perf_counter() - start
+        return metrics
+
+    def should_save(self, step: int) -> bool:
+        c = self.cfg.checkpoint
+        return bool(c.save) and (step == self.cfg.rollout.num_rollout or bool(c.save_interval) and step % c.save_interval == 0)
+
+    def save(self, step: int, data_state: dict[str, int]) -> None:
+        """Checkpoint after `step` completed steps; `data_state` is the dataset position of the next unseen prompt."""
+        driver_state = {"step": step, "dataset": data_state}
+        save_checkpoint(self.cfg.checkpoint.save, step, driver_state,
+                        lambda path: ray.get(self.trainer.save.remote(path)))
+
+    def _load(self, path: str) -> None:
+        checkpoint = resolve_checkpoint(path)
+        state = read_driver_state(checkpoint)
+        ray.get(self.trainer.load.remote(str(checkpoint)))
+        self.dataset.load_state_dict(state["dataset"])
+        self.start_step = int(state["step"])
+        ray.get(self.push_weights(self.start_step))
+        print(f"resumed from {checkpoint} at step {self.start_step}", flush=True)
+
+    def close(self) -> None:
+        self.logger.close()
+        for engine in self.rollout.engines:
+            ray.kill(engine)
+        ray.kill(self.trainer)
+        ray.shutdown()
+
+    def __enter__(self) -> "TrainingSession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

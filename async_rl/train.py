@@ -1,0 +1,54 @@
+"""Synchronous RL loop: generate -> reward -> train -> push weights, one stage after another.
+
+    python -m async_rl.train --hf-checkpoint MODEL --prompt-data train.jsonl [flags]   (--async: async loop)
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import ray
+
+from async_rl.cli import run_cli
+from async_rl.config import Config, parse_config
+from async_rl.session import TrainingSession
+
+
+def run(cfg: Config) -> None:
+    with TrainingSession(cfg) as session:
+        for step in range(session.start_step, cfg.rollout.num_rollout):
+            metrics = session.evaluate() if session.should_evaluate(step) else {}
+            step_start = time.perf_counter()
+
+            samples, rollout_timing = session.rollout.collect(session.submit_rollout())
+            metrics |= rollout_timing | session.rollout_metrics(samples)
+
+            train_start = time.perf_counter()
+            metrics |= session.train(samples)
+            metrics["perf/train_time_s"] = time.perf_counter() - train_start
+
+            push_start = time.perf_counter()
+            ray.get(session.push_weights(version=step + 1))
+            metrics["perf/update_weights_time_s"] = time.perf_counter() - push_start
+            metrics["perf/step_time_s"] = time.perf_counter() - step_start
+            session.logger.log(step, metrics)
+
+            if session.should_save(step + 1):
+                session.save(step + 1, session.dataset.state_dict())
+        if session.should_evaluate(cfg.rollout.num_rollout):
+            session.logger.log(cfg.rollout.num_rollout, session.evaluate())
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    cfg, async_mode = parse_config(argv, prog="async_rl.train")
+    if async_mode:
+        from async_rl import train_async
+
+        run_cli("async_rl.train", lambda: train_async.run(cfg))
+    else:
+        run_cli("async_rl.train", lambda: run(cfg))
+
+
+if __name__ == "__main__":
+    main()

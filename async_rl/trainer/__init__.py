@@ -1,0 +1,1 @@
+"""Trainer backends behind the `Trainer` protocol."""

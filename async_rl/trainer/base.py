@@ -1,0 +1,24 @@
+"""What every trainer backend provides; the orchestrator sees only this."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from async_rl.sample import Sample
+
+
+class Trainer(Protocol):
+    def compute_log_probs(self, samples: list[Sample]) -> list[list[float]]:
+        """Per-response-token log-probs of each sample under the current weights."""
+
+    def train_step(self, samples: list[Sample], advantages: list[float]) -> dict[str, float]:
+        """Recompute old log-probs, then one or more optimizer steps over the samples; returns metrics."""
+
+    def export_weights(self) -> list[tuple[str, torch.Tensor]]:
+        """Policy weights under Hugging Face names, for pushing to rollout engines."""
+
+    def save(self, path: str) -> None: ...
+
+    def load(self, path: str) -> None: ...

@@ -1,0 +1,56 @@
+"""Packing samples into padded tensors for a forward pass, and reading response log-probs back out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from async_rl.sample import Sample
+
+
+@dataclass
+class PackedBatch:
+    input_ids: torch.Tensor  # [batch, seq] prompt + response, right-padded
+    attention_mask: torch.Tensor  # [batch, seq]
+    response_start: torch.Tensor  # [batch] index of each row's first response token
+    response_mask: torch.Tensor  # [batch, max_response] 1 on real response tokens
+    loss_mask: torch.Tensor  # [batch, max_response]
+    rollout_log_probs: torch.Tensor  # [batch, max_response]
+
+    def to(self, device: torch.device) -> "PackedBatch":
+        return PackedBatch(**{k: v.to(device) for k, v in vars(self).items()})
+
+
+def _pad(rows: list[list], width: int, value, dtype) -> torch.Tensor:
+    return torch.tensor([row + [value] * (width - len(row)) for row in rows], dtype=dtype)
+
+
+def pack(samples: list[Sample], pad_token_id: int) -> PackedBatch:
+    max_response = max(1, max(s.response_length for s in samples))
+    sequences = [s.prompt_tokens + s.response_tokens for s in samples]
+    seq_len = max(len(seq) for seq in sequences)
+    return PackedBatch(
+        input_ids=_pad(sequences, seq_len, pad_token_id, torch.long),
+        attention_mask=_pad([[1] * len(seq) for seq in sequences], seq_len, 0, torch.long),
+        response_start=torch.tensor([len(s.prompt_tokens) for s in samples]),
+        response_mask=_pad([[1] * s.response_length for s in samples], max_response, 0, torch.float32),
+        loss_mask=_pad([list(s.loss_mask) for s in samples], max_response, 0, torch.float32),
+        rollout_log_probs=_pad([list(s.rollout_log_probs) for s in samples], max_response, 0.0, torch.float32),
+    )
+
+
+def response_log_probs(model: torch.nn.Module, batch: PackedBatch, temperature: float) -> torch.Tensor:
+    """log softmax(logits / temperature) of each response token, [batch, max_response] (0 past the end).
+
+    The logit at position t predicts token t + 1, so response token j of a row is scored by the logit at
+    response_start + j - 1. Temperature matches the rollout's, as the engine samples from that distribution.
+    """
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    width = batch.response_mask.shape[1]
+    offsets = torch.arange(width, device=logits.device)
+    positions = (batch.response_start[:, None] - 1 + offsets).clamp(max=logits.shape[1] - 1)
+    targets = batch.input_ids.gather(1, (positions + 1).clamp(max=batch.input_ids.shape[1] - 1))
+    picked = logits.gather(1, positions[:, :, None].expand(-1, -1, logits.shape[-1])).float() / temperature
+    token_log_probs = picked.gather(-1, targets[:, :, None]).squeeze(-1) - torch.logsumexp(picked, dim=-1)
+    return token_log_probs * batch.response_mask

@@ -1,0 +1,131 @@
+"""`torch` trainer backend: a Hugging Face causal LM and AdamW on the CPU or one GPU."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from async_rl.algorithms.losses import aggregate, kl_penalty, policy_loss
+from async_rl.config.sections import TrainConfig
+from async_rl.sample import Sample
+from async_rl.trainer.batch import PackedBatch, pack, response_log_probs
+
+
+class TorchTrainer:
+    def __init__(
+        self,
+        hf_checkpoint: str,
+        cfg: TrainConfig,
+        *,
+        global_batch_size: int,
+        temperature: float,
+        seed: int = 0,
+        num_threads: int | None = None,
+        device: str = "cpu",
+    ):
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        torch.manual_seed(seed)
+        self.cfg = cfg
+        self.global_batch_size = global_batch_size
+        self.temperature = temperature
+        self.device = torch.device(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(hf_checkpoint)
+        self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        self.model = AutoModelForCausalLM.from_pretrained(hf_checkpoint, dtype=torch.float32).to(self.device)
+        self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay
+        )
+        self.version = 0
+
+    def _micro_batches(self, samples: list[Sample]) -> list[PackedBatch]:
+        size = self.cfg.micro_batch_size
+        return [pack(samples[i : i + size], self.pad_token_id).to(self.device) for i in range(0, len(samples), size)]
+
+    @torch.no_grad()
+    def _log_probs_of(self, model: torch.nn.Module, micro_batches: list[PackedBatch]) -> list[torch.Tensor]:
+        return [response_log_probs(model, mb, self.temperature) for mb in micro_batches]
+
+    def compute_log_probs(self, samples: list[Sample]) -> list[list[float]]:
+        out = []
+        micro_batches = self._micro_batches(samples)
+        for mb, lp in zip(micro_batches, self._log_probs_of(self.model, micro_batches)):
+            out.extend(row[: int(n)].tolist() for row, n in zip(lp, mb.response_mask.sum(1)))
+        return out
+
+    def _micro_loss(self, mb: PackedBatch, old: torch.Tensor, ref: torch.Tensor | None, advantages: torch.Tensor):
+        cfg = self.cfg
+        log_probs = response_log_probs(self.model, mb, self.temperature)
+        loss, stats = policy_loss(
+            log_probs, old, advantages[:, None].expand_as(log_probs), mb.loss_mask,
+            rollout_log_probs=mb.rollout_log_probs, eps_clip=cfg.eps_clip, eps_clip_high=cfg.eps_clip_high,
+            tis_cap=cfg.tis_clip if cfg.use_tis else None, aggregation=cfg.loss_aggregation,
+        )
+        if ref is not None:
+            kl = aggregate(kl_penalty(log_probs, ref, cfg.kl_loss_type), mb.loss_mask, cfg.loss_aggregation)
+            loss = loss + cfg.kl_coef * kl
+            stats["kl_ref"] = kl.detach()
+        return loss, stats
+
+    def train_step(self, samples: list[Sample], advantages: list[float]) -> dict[str, float]:
+        """Old log-probs at the current weights (the proximal policy), then PPO steps of global-batch size."""
+        self.model.train()
+        micro_batches = self._micro_batches(samples)
+        old = self._log_probs_of(self.model, micro_batches)
+        ref = self._log_probs_of(self.ref_model, micro_batches) if self.ref_model is not None else [None] * len(old)
+        adv = torch.tensor(advantages, dtype=torch.float32, device=self.device).split(self.cfg.micro_batch_size)
+        per_step = self.global_batch_size // self.cfg.micro_batch_size
+        sums: dict[str, float] = {}
+        n_micro = 0
+        for start in range(0, len(micro_batches), per_step):
+            idx = range(start, min(start + per_step, len(micro_batches)))
+            # Each micro-batch's mean is re-weighted so that the sum equals the mean over the whole global batch.
+            if self.cfg.loss_aggregation == "token_mean":
+                weights = [float(micro_batches[i].loss_mask.sum()) for i in idx]
+            else:
+                weights = [float(micro_batches[i].loss_mask.shape[0]) for i in idx]
+            total = max(sum(weights), 1.0)
+            self.optimizer.zero_grad(set_to_none=True)
+            for i, weight in zip(idx, weights):
+                loss, stats = self._micro_loss(micro_batches[i], old[i], ref[i], adv[i])
+                (loss * weight / total).backward()
+                for k, v in {"loss": loss.detach(), **stats}.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                n_micro += 1
+            clip = self.cfg.clip_grad if self.cfg.clip_grad > 0 else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm) * len(idx)
+            self.optimizer.step()
+        self.version += 1
+        mask_total = sum(float(mb.loss_mask.sum()) for mb in micro_batches)
+        abs_diff = sum(float(((o - mb.rollout_log_probs).abs() * mb.loss_mask).sum()) for o, mb in zip(old, micro_batches))
+        metrics = {f"train/{k}": v / n_micro for k, v in sums.items()}
+        metrics["train/rollout_logprob_abs_diff"] = abs_diff / max(mask_total, 1.0)
+        metrics["train/lr"] = self.optimizer.param_groups[0]["lr"]
+        return metrics
+
+    def export_weights(self) -> list[tuple[str, torch.Tensor]]:
+        return [(name, p.detach().to("cpu", copy=True)) for name, p in self.model.named_parameters()]
+
+    def save(self, path: str) -> None:
+        """Hugging Face layout under `model/` plus optimizer and RNG state; the caller makes it atomic."""
+        out = Path(path)
+        self.model.save_pretrained(out / "model", safe_serialization=True)
+        self.tokenizer.save_pretrained(out / "model")
+        torch.save(
+            {"optimizer": self.optimizer.state_dict(), "version": self.version, "torch_rng": torch.get_rng_state()},
+            out / "trainer_state.pt",
+        )
+
+    def load(self, path: str) -> None:
+        src = Path(path)
+        loaded = AutoModelForCausalLM.from_pretrained(src / "model", dtype=torch.float32)
+        self.model.load_state_dict(loaded.state_dict())
+        state = torch.load(src / "trainer_state.pt", weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.version = state["version"]
+        torch.set_rng_state(state["torch_rng"])

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The embedded CPU demo: builds the tiny model if missing, then trains it with the local rollout engine
+# and the torch trainer. Extra arguments go to the trainer (e.g. --num-rollout 4, --async, --save DIR).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+MODEL_DIR=${MODEL_DIR:-outputs/tiny_model}
+OUTPUT_DIR=${OUTPUT_DIR:-outputs/embedded_cpu}
+
+if [ ! -f "$MODEL_DIR/config.json" ]; then
+  python tools/make_tiny_model.py --output-dir "$MODEL_DIR"
+fi
+
+ARGS=(
+  --config configs/embedded_cpu.yaml
+  --hf-checkpoint "$MODEL_DIR"
+  --prompt-data "$MODEL_DIR/data/train.jsonl"
+  --eval-prompt-data arithmetic "$MODEL_DIR/data/eval.jsonl"
+  --output-dir "$OUTPUT_DIR"
+)
+
+exec python -m async_rl.train "${ARGS[@]}" "$@"

@@ -1,0 +1,36 @@
+"""Packaging for async_rl: the engine (`async_rl`) and its rule rewards (`rewards`)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="async_rl",
+    version="0.1.0",
+    description="Asynchronous RL post-training for LLMs: SGLang/local rollouts, Megatron/torch trainers",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["async_rl", "async_rl.*", "rewards", "rewards.*"]),
+    install_requires=[
+        # No upper pin and no CPU-only build: GPU users need the torch their sglang pins.
+        "torch>=2.4",
+        "transformers>=4.45",
+        "safetensors>=0.4",
+        "ray>=2.30",
+        "omegaconf>=2.3",
+        "tensorboard>=2.14",
+        "numpy>=1.24",
+        "tqdm>=4.60",
+        "pyarrow>=14",
+        "sympy>=1.12",
+    ],
+    extras_require={
+        "gpu": ["sglang>=0.5", "megatron-core>=0.13", "transformer-engine>=2.0"],
+        "test": ["pytest>=8"],
+    },
+    entry_points={
+        "console_scripts": [
+            "async-rl-train=async_rl.train:main",
+            "async-rl-train-async=async_rl.train_async:main",
+        ]
+    },
+)
