@@ -1,6 +1,6 @@
 """Build the embedded default's policy: a tiny Qwen2 model and tokenizer, SFT-warmed on arithmetic.
 
-Responses look like a reasoning model's, `<think>a+b=c</think>\\boxed{c}`, so the deepscaler reward applies
+Responses look like a reasoning model's, `<think>7+8=15 3+4+1=8</think>\\boxed{85}`, so the deepscaler reward applies
 as is. SFT stops early on purpose: the policy is right sometimes, not always, which leaves RL room to
 improve it. Everything is built here; nothing is downloaded.
 
@@ -13,13 +13,12 @@ import argparse
 import json
 import os
 import random
-import string
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
@@ -32,32 +31,44 @@ REASONING_TOKENS = ["<think>", "</think>", "\\boxed{"]
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
-    """Character-level tokenizer with whole tokens for the reasoning markers."""
-    specials = [EOS, "<|im_start|>", "<|im_end|>", "<unk>"]
-    chars = sorted(set(string.printable) - set("\t\r\x0b\x0c"))
-    vocab = {tok: i for i, tok in enumerate(specials + REASONING_TOKENS + chars)}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    core.decoder = decoders.Fuse()
+    """Byte-level BPE with no merges (one token per byte), as Qwen2's tokenizer class expects.
+
+    Any text round-trips; the reasoning markers are single tokens.
+    """
+    byte_vocab = {symbol: i for i, symbol in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    core = Tokenizer(models.BPE(vocab=byte_vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core, eos_token=EOS, pad_token=EOS, unk_token="<unk>",
+        tokenizer_object=core, eos_token=EOS, pad_token=EOS,
         additional_special_tokens=["<|im_start|>", "<|im_end|>"], chat_template=CHAT_TEMPLATE,
     )
     tokenizer.add_tokens(REASONING_TOKENS)
     return tokenizer
 
 
-def noisy_answer(answer: str, error_rate: float, rng: random.Random) -> str:
-    """The answer, or with probability `error_rate` the answer with one digit changed (a plausible slip)."""
+def worked_solution(a: int, b: int, slip_column: int | None = None, slip: int = 0) -> str:
+    """Column addition from the ones digit up, as reasoning, then the boxed sum.
+
+    `slip` is added to one column's sum to imitate a careless teacher; the carries and the boxed answer
+    follow from the slipped column, so the solution stays self-consistent but wrong.
+    """
+    steps, digits, carry = [], [], 0
+    for column, (x, y) in enumerate(zip(reversed(f"{a:02d}"), reversed(f"{b:02d}"))):
+        total = int(x) + int(y) + carry
+        if column == slip_column:
+            total = max(0, total + slip)
+        steps.append(f"{x}+{y}{f'+{carry}' if carry else ''}={total}")
+        digits.append(str(total % 10))
+        carry = total // 10
+    answer = (str(carry) if carry else "") + "".join(reversed(digits))
+    return f"<think>{' '.join(steps)}</think>\\boxed{{{answer}}}"
+
+
+def teacher_solution(a: int, b: int, error_rate: float, rng: random.Random) -> str:
     if rng.random() >= error_rate:
-        return answer
-    i = rng.randrange(len(answer))
-    wrong = rng.choice([d for d in string.digits if d != answer[i]])
-    return answer[:i] + wrong + answer[i + 1 :]
-
-
-def solution(prompt: str, answer: str) -> str:
-    return f"<think>{prompt}{answer}</think>\\boxed{{{answer}}}"
+        return worked_solution(a, b)
+    return worked_solution(a, b, slip_column=rng.randrange(2), slip=rng.choice([-2, -1, 1, 2]))
 
 
 def write_prompts(path: Path, problems: list[tuple[str, str]]) -> None:
@@ -84,9 +95,10 @@ def sft(model, tokenizer, train_problems, *, steps: int, batch_size: int, lr: fl
     bar = tqdm(range(steps), desc="SFT warm-up")
     for _ in bar:
         rows, targets = [], []
-        for prompt, answer in rng.sample(train_problems, batch_size):
+        for prompt, _ in rng.sample(train_problems, batch_size):
+            a, b = map(int, prompt.rstrip("=").split("+"))
             p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            r = tokenizer(solution(prompt, noisy_answer(answer, error_rate, rng)), add_special_tokens=False)["input_ids"] + [eos]
+            r = tokenizer(teacher_solution(a, b, error_rate, rng), add_special_tokens=False)["input_ids"] + [eos]
             rows.append(p + r)
             targets.append([-100] * len(p) + r)
         width = max(map(len, rows))
@@ -131,7 +143,7 @@ def build(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--sft-steps", type=int, default=1500)
+    parser.add_argument("--sft-steps", type=int, default=800)
     parser.add_argument("--teacher-error-rate", type=float, default=0.6,
                         help="Fraction of SFT answers with one digit wrong: the warm policy is right only sometimes.")
     parser.add_argument("--hidden-size", type=int, default=64)

@@ -219,8 +219,9 @@ def parse_config(argv: Sequence[str] | None = None, *, prog: str = "async_rl", a
         config_path = given.get("config")
         if config_path:
             yaml_defaults = load_yaml_defaults(config_path)
+            # A file that restates a built-in default (as a saved config.yaml does) asks for nothing.
+            explicit |= {k for k, v in yaml_defaults.items() if v != parser.get_default(k)}
             parser.set_defaults(**yaml_defaults)
-            explicit |= set(yaml_defaults)
         args = vars(parser.parse_args(argv))
         async_mode = async_mode or args.pop("async_mode")
         args.pop("config")

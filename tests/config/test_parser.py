@@ -1,0 +1,100 @@
+import pytest
+from omegaconf import OmegaConf
+
+from async_rl.config import parse_config
+
+REQUIRED = ["--hf-checkpoint", "model", "--prompt-data", "train.jsonl"]
+
+
+def parse(*argv):
+    return parse_config([*REQUIRED, *argv])[0]
+
+
+def write_yaml(tmp_path, text):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def error_of(capsys, *argv):
+    with pytest.raises(SystemExit) as exc:
+        parse_config(list(argv))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_defaults_fill_typed_sections():
+    cfg = parse()
+    assert cfg.rollout.rollout_batch_size == 8 and cfg.train.eps_clip == 0.2
+    assert cfg.global_batch_size == cfg.rollout.rollout_batch_size * cfg.rollout.n_samples_per_prompt
+    assert cfg.backend.rollout_backend == "local" and cfg.backend.train_backend == "torch"
+
+
+def test_yaml_sets_defaults_and_command_line_wins(tmp_path):
+    path = write_yaml(tmp_path, "lr: 3.0e-5\nrollout_batch_size: 4\nuse_tis: true\n")
+    cfg = parse("--config", path, "--rollout-batch-size", "2")
+    assert cfg.train.lr == 3e-5
+    assert cfg.rollout.rollout_batch_size == 2
+    assert cfg.train.use_tis is True
+    assert parse("--config", path, "--no-use-tis").train.use_tis is False
+
+
+def test_tis_imp_ratio_cap_is_an_alias_of_tis_clip():
+    assert parse("--use-tis", "--tis-imp-ratio-cap", "3.5").train.tis_clip == 3.5
+
+
+def test_async_flag_selects_async_mode():
+    assert parse_config([*REQUIRED, "--async"])[1] is True
+    assert parse_config(REQUIRED)[1] is False
+
+
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["--rollout-batch-siz", "3"], "--rollout-batch-siz"),  # no prefix matching
+        (["--tis-clip", "3"], "--tis-clip"),
+        (["--eps-clip", "0.3", "--eps-clip-high", "0.2"], "--eps-clip-high"),
+        (["--global-batch-size", "5"], "--global-batch-size"),
+        (["--micro-batch-size", "3"], "--micro-batch-size"),
+        (["--save-interval", "2"], "--save-interval"),
+        (["--eval-interval", "2"], "--eval-interval"),
+        (["--n-samples-per-prompt", "1"], "--n-samples-per-prompt"),
+        (["--colocate", "--rollout-num-gpus", "4"], "--colocate"),
+        (["--rollout-num-gpus", "6", "--rollout-num-gpus-per-engine", "4"], "--rollout-num-gpus"),
+        (["--rollout-backend", "vllm"], "--rollout-backend"),
+    ],
+)
+def test_bad_or_contradictory_flags_fail_with_one_line_naming_the_flag(capsys, argv, named):
+    assert named in error_of(capsys, *REQUIRED, *argv)
+
+
+def test_missing_required_flag_is_named(capsys):
+    assert "--hf-checkpoint" in error_of(capsys, "--prompt-data", "x.jsonl")
+
+
+def test_async_mode_rejects_zero_staleness(capsys):
+    assert "--max-staleness" in error_of(capsys, *REQUIRED, "--async", "--max-staleness", "0")
+
+
+def test_unknown_yaml_key_names_key_and_file(capsys, tmp_path):
+    path = write_yaml(tmp_path, "rollout_batch_sise: 4\n")
+    err = error_of(capsys, *REQUIRED, "--config", path)
+    assert "rollout_batch_sise" in err and path in err
+
+
+def test_yaml_value_of_wrong_type_is_named(capsys, tmp_path):
+    path = write_yaml(tmp_path, "use_tis: maybe\n")
+    assert "use_tis" in error_of(capsys, *REQUIRED, "--config", path)
+
+
+def test_missing_config_file_is_named(capsys, tmp_path):
+    assert "--config" in error_of(capsys, *REQUIRED, "--config", str(tmp_path / "nope.yaml"))
+
+
+def test_saved_flat_config_reloads_to_the_same_configuration(tmp_path):
+    cfg = parse("--lr", "1e-5", "--use-tis", "--eval-prompt-data", "a", "a.jsonl", "b", "b.jsonl")
+    path = tmp_path / "config.yaml"
+    OmegaConf.save(OmegaConf.create(cfg.to_flat_dict()), path)
+    assert parse_config(["--config", str(path)])[0] == cfg

@@ -1,0 +1,44 @@
+"""Shared fixtures: a tiny model built by the repo's own tool, and small real datasets."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """The embedded default's model, built and SFT-warmed by the repo's own tool."""
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    subprocess.run(
+        [sys.executable, str(REPO / "tools" / "make_tiny_model.py"), "--output-dir", str(out)],
+        check=True, capture_output=True,
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_model):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model)
+
+
+def run_flags(tiny_model: Path, output_dir: Path, *extra: str) -> list[str]:
+    """Flags for a small, fast run of the embedded default."""
+    return [
+        "--config", str(REPO / "configs" / "embedded_cpu.yaml"),
+        "--hf-checkpoint", str(tiny_model),
+        "--prompt-data", str(tiny_model / "data" / "train.jsonl"),
+        "--eval-prompt-data", "arithmetic", str(tiny_model / "data" / "eval.jsonl"),
+        "--output-dir", str(output_dir),
+        "--rollout-batch-size", "4", "--n-samples-per-prompt", "4", "--micro-batch-size", "8",
+        "--eval-interval", "1", "--torch-num-threads", "1",
+        *extra,
+    ]

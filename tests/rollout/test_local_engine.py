@@ -1,0 +1,62 @@
+import torch
+
+from async_rl.config.sections import TrainConfig
+from async_rl.rollout.engine import SamplingParams
+from async_rl.rollout.local_engine import LocalEngine
+from async_rl.sample import Sample, SampleStatus
+from async_rl.trainer.torch_trainer import TorchTrainer
+
+
+def prompts(tokenizer, texts):
+    return [Sample(prompt=t, prompt_tokens=tokenizer(t, add_special_tokens=False)["input_ids"], label="0", group_id=i)
+            for i, t in enumerate(texts)]
+
+
+# Different lengths, so the engine's left padding and position ids are exercised.
+TEXTS = ["12+34=", "70+18=", "99+99=", "<|im_start|>user\n3+4=<|im_end|>\n"]
+
+
+def test_engine_log_probs_match_a_trainer_forward_pass_in_fp32(tiny_model, tokenizer):
+    engine = LocalEngine(str(tiny_model), seed=0)
+    samples = engine.generate(prompts(tokenizer, TEXTS * 4), SamplingParams(temperature=0.8, max_new_tokens=24))
+    trainer = TorchTrainer(str(tiny_model), TrainConfig(micro_batch_size=5), global_batch_size=len(samples), temperature=0.8)
+    recomputed = trainer.compute_log_probs(samples)
+    for s, lp in zip(samples, recomputed):
+        assert len(lp) == s.response_length > 0
+        torch.testing.assert_close(torch.tensor(lp), torch.tensor(s.rollout_log_probs), atol=2e-4, rtol=0)
+
+
+def test_responses_stop_at_eos_or_length(tiny_model, tokenizer):
+    engine = LocalEngine(str(tiny_model), seed=0)
+    arithmetic = prompts(tokenizer, TEXTS[:3])
+    long = engine.generate(arithmetic, SamplingParams(temperature=0.01, max_new_tokens=48))
+    eos = tokenizer.eos_token_id
+    for s in long:
+        assert s.status == SampleStatus.COMPLETED and s.response_tokens[-1] == eos
+        assert eos not in s.response_tokens[:-1]
+        assert len(s.rollout_log_probs) == len(s.loss_mask) == s.response_length
+        assert s.response.startswith("<think>") and "</think>\\boxed{" in s.response
+    short = engine.generate(prompts(tokenizer, TEXTS), SamplingParams(max_new_tokens=3))
+    assert all(s.status == SampleStatus.TRUNCATED and s.response_length == 3 for s in short)
+
+
+def test_weight_update_changes_version_and_outputs(tiny_model, tokenizer):
+    engine = LocalEngine(str(tiny_model), seed=0)
+    params = SamplingParams(temperature=0.01, max_new_tokens=16)
+    before = [s.response_tokens for s in engine.generate(prompts(tokenizer, TEXTS), params)]
+    perturbed = [(n, p.detach() + 0.5 * torch.randn_like(p)) for n, p in engine.model.named_parameters()]
+    engine.update_weights(perturbed, version=7)
+    after = engine.generate(prompts(tokenizer, TEXTS), params)
+    assert engine.health()["weight_version"] == 7
+    assert all(s.weight_version == 7 for s in after)
+    assert [s.response_tokens for s in after] != before
+
+
+def test_weight_update_with_an_unknown_name_fails_loudly(tiny_model):
+    engine = LocalEngine(str(tiny_model))
+    try:
+        engine.update_weights([("model.no_such.weight", torch.zeros(1))], version=1)
+    except KeyError as e:
+        assert "model.no_such.weight" in str(e)
+    else:
+        raise AssertionError("unknown parameter name was accepted")

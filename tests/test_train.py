@@ -1,0 +1,65 @@
+"""End-to-end runs of the synchronous loop on the embedded default (real Ray, local engine, torch trainer)."""
+
+import json
+import subprocess
+import sys
+
+from omegaconf import OmegaConf
+
+from async_rl import train
+from async_rl.config import parse_config
+from tests.conftest import REPO, run_flags
+
+STEP_KEYS = {"step", "rollout/reward_mean", "rollout/response_len_mean", "perf/step_time_s",
+             "perf/rollout_time_s", "perf/train_time_s", "perf/update_weights_time_s", "train/loss", "train/grad_norm"}
+
+
+def metrics_of(output_dir):
+    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_step_run_logs_every_step_evaluates_and_saves_its_config(tiny_model, tmp_path):
+    out = tmp_path / "run"
+    flags = run_flags(tiny_model, out, "--num-rollout", "2")
+    train.main(flags)
+    rows = metrics_of(out)
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    for row in rows[:2]:
+        assert STEP_KEYS <= set(row), STEP_KEYS - set(row)
+        assert row["rollout/samples"] == 16
+    assert all("eval/reward_mean" in r and "eval/arithmetic/reward_mean" in r for r in rows)
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    saved = OmegaConf.load(out / "config.yaml")
+    assert saved.num_rollout == 2 and saved.rollout_batch_size == 4
+    assert parse_config(["--config", str(out / "config.yaml")])[0] == parse_config(flags)[0]
+
+
+def test_checkpoint_then_resume_continues_from_the_saved_step(tiny_model, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    train.main(run_flags(tiny_model, tmp_path / "first", "--num-rollout", "2", "--save", str(ckpt), "--save-interval", "1"))
+    assert (ckpt / "latest").read_text() == "step_000002"
+    assert (ckpt / "step_000001" / "model" / "model.safetensors").is_file()
+    assert not list(ckpt.glob(".*.tmp"))
+    state = json.loads((ckpt / "step_000002" / "driver_state.json").read_text())
+    assert state == {"step": 2, "dataset": {"epoch": 0, "offset": 8}}
+
+    train.main(run_flags(tiny_model, tmp_path / "resumed", "--num-rollout", "3", "--load", str(ckpt)))
+    assert [r["step"] for r in metrics_of(tmp_path / "resumed")] == [2, 3]
+
+
+def run_cli(*argv):
+    return subprocess.run([sys.executable, "-m", "async_rl.train", *argv], capture_output=True, text=True, cwd=REPO)
+
+
+def test_missing_prompt_file_is_one_line_and_exit_code_2(tiny_model, tmp_path):
+    flags = run_flags(tiny_model, tmp_path / "run", "--prompt-data", str(tmp_path / "missing.jsonl"))
+    result = run_cli(*flags)
+    assert result.returncode == 2
+    assert "missing.jsonl: file not found" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_checkpoint_is_one_line_and_exit_code_2(tiny_model, tmp_path):
+    result = run_cli(*run_flags(tiny_model, tmp_path / "run", "--load", str(tmp_path / "nowhere")))
+    assert result.returncode == 2
+    assert "--load: no checkpoint at" in result.stderr and "Traceback" not in result.stderr
