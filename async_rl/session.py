@@ -6,8 +6,10 @@ lives here or below, so the two loops cannot drift apart.
 
 from __future__ import annotations
 
+import argparse
 import random
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +18,15 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
-from async_rl.algorithms.advantages import grpo_advantages
+from async_rl.algorithms.advantages import compute_advantages, overlong_penalty
 from async_rl.checkpoint import read_driver_state, resolve_checkpoint, save_checkpoint
 from async_rl.config import Config
-from async_rl.data.prompt_dataset import PromptDataset, PromptRow
+from async_rl.data.prompt_dataset import PromptDataset
 from async_rl.metrics_logger import MetricsLogger
 from async_rl.placement import create_engines, create_trainer, start_ray
 from async_rl.rollout.engine import SamplingParams
-from async_rl.rollout.manager import PendingRollout, RolloutManager
+from async_rl.rollout.filters import load_group_filter
+from async_rl.rollout.manager import DynamicSampling, RolloutManager
 from async_rl.rollout.metrics import group_metrics, rollout_metrics
 from async_rl.sample import Sample
 from rewards.registry import get_reward_fn
@@ -47,6 +50,14 @@ class TrainingSession:
         torch.manual_seed(cfg.logging.seed)
 
         reward_fn = get_reward_fn(cfg.reward.rm_type, cfg.reward.custom_rm_path)
+        r = cfg.rollout
+        group_filter = (
+            load_group_filter(r.dynamic_sampling_filter_path, argparse.Namespace(**cfg.to_flat_dict()))
+            if r.dynamic_sampling_filter_path else None
+        )
+        self.sampling = DynamicSampling(
+            group_filter, r.over_sampling_batch_size or r.rollout_batch_size, r.max_sampling_rounds if group_filter else 1
+        )
         tokenizer = AutoTokenizer.from_pretrained(cfg.model.hf_checkpoint)
         data = cfg.data
         self.dataset = PromptDataset(
@@ -74,6 +85,7 @@ class TrainingSession:
             cfg.rollout.rollout_temperature, cfg.rollout.rollout_top_p, cfg.rollout.rollout_max_response_len
         )
         self.eval_params = SamplingParams(cfg.eval.eval_temperature, cfg.rollout.rollout_top_p, cfg.eval.eval_max_response_len)
+        self._producer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout-producer")
 
     def _save_config(self) -> None:
         resolved = OmegaConf.create(self.cfg.to_flat_dict())
@@ -86,18 +98,35 @@ class TrainingSession:
     def n_samples(self) -> int:
         return self.cfg.rollout.n_samples_per_prompt
 
-    def submit_rollout(self) -> PendingRollout:
-        rows: list[PromptRow] = self.dataset.next_batch(self.cfg.rollout.rollout_batch_size)
-        return self.rollout.submit(rows, self.n_samples, self.rollout_params)
+    def produce_rollout(self) -> tuple[list[Sample], dict[str, float]]:
+        """One training batch of graded groups (filtered and over-sampled when dynamic sampling is on)."""
+        samples, metrics = self.rollout.generate_batch(
+            self.dataset.next_batch, self.cfg.rollout.rollout_batch_size, self.n_samples, self.rollout_params, self.sampling
+        )
+        if samples:
+            metrics |= rollout_metrics(samples) | group_metrics(samples, self.n_samples)
+        return samples, metrics
 
-    def rollout_metrics(self, samples: list[Sample]) -> dict[str, float]:
-        return {**rollout_metrics(samples), **group_metrics(samples, self.n_samples)}
+    def start_rollout(self) -> tuple[Future, dict[str, int]]:
+        """Produce the next batch in the background; also returns the dataset position before it."""
+        return self._producer.submit(self.produce_rollout), self.dataset.state_dict()
 
     def train(self, samples: list[Sample]) -> dict[str, float]:
-        """GRPO advantages from the group rewards, then the trainer's optimizer step(s)."""
+        """Advantages from the (shaped) rewards, then the trainer's optimizer step(s)."""
+        cfg = self.cfg
         rewards = torch.tensor([s.score for s in samples], dtype=torch.float32)
-        advantages = grpo_advantages(rewards, self.n_samples, normalize_std=self.cfg.train.normalize_advantages_std)
-        return ray.get(self.trainer.train_step.remote(samples, advantages.tolist()))
+        metrics = {}
+        if cfg.reward.overlong_buffer_len:
+            penalty = overlong_penalty(
+                torch.tensor([s.response_length for s in samples]), cfg.rollout.rollout_max_response_len,
+                cfg.reward.overlong_buffer_len, cfg.reward.overlong_penalty_factor,
+            )
+            rewards = rewards + penalty
+            metrics["rollout/overlong_penalty_mean"] = float(penalty.mean())
+        advantages = compute_advantages(
+            cfg.train.advantage_estimator, rewards, self.n_samples, normalize_std=cfg.train.normalize_advantages_std
+        )
+        return metrics | ray.get(self.trainer.train_step.remote(samples, advantages.tolist()))
 
     def push_weights(self, version: int) -> list[ray.ObjectRef]:
         """Export the trainer's weights and queue them on every engine.
@@ -149,6 +178,7 @@ class TrainingSession:
         print(f"resumed from {checkpoint} at step {self.start_step}", flush=True)
 
     def close(self) -> None:
+        self._producer.shutdown(wait=False, cancel_futures=True)
         self.logger.close()
         for engine in self.rollout.engines:
             ray.kill(engine)

@@ -1,10 +1,11 @@
-"""Synchronous RL loop: generate -> reward -> train -> push weights, one stage after another.
+"""Synchronous RL loop: generate -> reward -> filter -> train -> push weights, one stage after another.
 
     python -m async_rl.train --hf-checkpoint MODEL --prompt-data train.jsonl [flags]   (--async: async loop)
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Sequence
 
@@ -14,6 +15,8 @@ from async_rl.cli import run_cli
 from async_rl.config import Config, parse_config
 from async_rl.session import TrainingSession
 
+logger = logging.getLogger(__name__)
+
 
 def run(cfg: Config) -> None:
     with TrainingSession(cfg) as session:
@@ -21,11 +24,14 @@ def run(cfg: Config) -> None:
             metrics = session.evaluate() if session.should_evaluate(step) else {}
             step_start = time.perf_counter()
 
-            samples, rollout_timing = session.rollout.collect(session.submit_rollout())
-            metrics |= rollout_timing | session.rollout_metrics(samples)
+            samples, rollout_metrics = session.produce_rollout()
+            metrics |= rollout_metrics
 
             train_start = time.perf_counter()
-            metrics |= session.train(samples)
+            if samples:
+                metrics |= session.train(samples)
+            else:
+                logger.warning("step %d: no group passed the filter; skipping the optimizer step", step)
             metrics["perf/train_time_s"] = time.perf_counter() - train_start
 
             push_start = time.perf_counter()

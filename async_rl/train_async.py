@@ -1,14 +1,15 @@
-"""Asynchronous RL loop: the rollout of step k+1 runs on the engines while the trainer trains step k.
+"""Asynchronous RL loop: the rollout of step k+1 is produced in the background while the trainer trains step k.
 
-Engines execute calls in order, so a weight push queued after the next rollout's generate calls takes
-effect once that rollout is done: every trained sample is exactly one weight version old (zero at the
-first step), and `--max-staleness` drops (and counts) any group older than allowed.
+Engines execute calls in order, so a weight push applies after the generate calls queued before it:
+a trained sample is at most one weight version old in this loop (zero at the first step), and
+`--max-staleness` drops (and counts) any group older than allowed.
 
     python -m async_rl.train_async --hf-checkpoint MODEL --prompt-data train.jsonl [flags]
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Sequence
 
@@ -18,6 +19,8 @@ from async_rl.cli import run_cli
 from async_rl.config import Config, parse_config
 from async_rl.sample import Sample
 from async_rl.session import TrainingSession
+
+logger = logging.getLogger(__name__)
 
 
 def drop_stale_groups(samples: list[Sample], version: int, max_staleness: int) -> tuple[list[Sample], dict[str, float]]:
@@ -36,26 +39,28 @@ def drop_stale_groups(samples: list[Sample], version: int, max_staleness: int) -
 
 def run(cfg: Config) -> None:
     with TrainingSession(cfg) as session:
-        pending = session.submit_rollout()
-        data_state = session.dataset.state_dict()
+        in_flight, data_state = session.start_rollout()
         pushed: list[ray.ObjectRef] = []
         for step in range(session.start_step, cfg.rollout.num_rollout):
             metrics = session.evaluate() if session.should_evaluate(step) else {}
             step_start = time.perf_counter()
 
-            samples, rollout_timing = session.rollout.collect(pending)
+            samples, rollout_metrics = in_flight.result()
+            metrics["perf/rollout_wait_s"] = time.perf_counter() - step_start
             ray.get(pushed)  # surfaces a failed weight push; long since applied by now
-            resume_state = data_state  # the prompts of the rollout launched next are not trained yet
+            resume_state = data_state  # a checkpoint must not skip the prompts of the rollout launched next
             if step + 1 < cfg.rollout.num_rollout:
-                pending = session.submit_rollout()  # generates while the trainer works on `samples`
-                data_state = session.dataset.state_dict()
-            metrics |= rollout_timing | session.rollout_metrics(samples)
-            samples, staleness = drop_stale_groups(samples, step, cfg.rollout.max_staleness)
-            metrics |= staleness
+                in_flight, data_state = session.start_rollout()  # generates while the trainer trains on `samples`
+            metrics |= rollout_metrics
+            if samples:
+                samples, staleness = drop_stale_groups(samples, step, cfg.rollout.max_staleness)
+                metrics |= staleness
 
             train_start = time.perf_counter()
             if samples:
                 metrics |= session.train(samples)
+            else:
+                logger.warning("step %d: no group to train on; skipping the optimizer step", step)
             metrics["perf/train_time_s"] = time.perf_counter() - train_start
 
             push_start = time.perf_counter()

@@ -10,7 +10,7 @@ import ray
 def test_pushed_weights_reach_every_engine(tiny_model, tmp_path):
     cfg, _ = parse_config(run_flags(tiny_model, tmp_path / "run", "--rollout-num-engines", "2", "--lr", "1e-3"))
     with TrainingSession(cfg) as session:
-        samples, _ = session.rollout.collect(session.submit_rollout())
+        samples, _ = session.produce_rollout()
         assert {s.weight_version for s in samples} == {0}
         engines = session.rollout.engines
         probe = samples[:4]

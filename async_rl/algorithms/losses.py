@@ -1,17 +1,25 @@
-"""PPO-clip policy loss with truncated importance sampling, and the KL penalty."""
+"""PPO-clip policy loss with importance-sampling correction for the rollout policy, and the KL penalty.
+
+All per-token tensors are [batch, tokens]; `loss_mask` selects the response tokens that train.
+"""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum")
+TIS_LEVELS = ("token", "sequence", "geometric")
+TIS_MODES = ("truncate", "mask")
 
 
 def aggregate(values: torch.Tensor, mask: torch.Tensor, aggregation: str) -> torch.Tensor:
-    """Reduce per-token values [batch, tokens] to a scalar over the masked tokens.
+    """Reduce per-token values to a scalar over the masked tokens.
 
     `token_mean` weighs every token equally across the batch (DAPO); the `seq_mean_*` forms weigh every
-    sequence equally. Rows with no masked token contribute nothing.
+    sequence equally (`seq_mean_token_sum` without length normalisation, as Dr. GRPO). Rows with no
+    masked token contribute nothing.
     """
     mask = mask.to(values.dtype)
     if aggregation == "token_mean":
@@ -24,9 +32,50 @@ def aggregate(values: torch.Tensor, mask: torch.Tensor, aggregation: str) -> tor
     return per_seq.sum() / max(values.shape[0], 1)
 
 
-def tis_weights(old_log_probs: torch.Tensor, rollout_log_probs: torch.Tensor, cap: float) -> torch.Tensor:
-    """min(pi_old / pi_rollout, cap), detached: corrects for sampling from the engine's (quantized, stale) policy."""
-    return torch.exp(old_log_probs - rollout_log_probs).clamp(max=cap).detach()
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def importance_weights(
+    old_log_probs: torch.Tensor,
+    rollout_log_probs: torch.Tensor,
+    loss_mask: torch.Tensor,
+    *,
+    upper: float,
+    lower: float | None = None,
+    level: str = "token",
+    mode: str = "truncate",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Detached weights pi_old / pi_rollout that correct for sampling from the engine's policy.
+
+    `level`: the ratio per token, per sequence (product over its tokens) or per sequence as the
+    geometric mean over its tokens (length-normalised). `mode`: `truncate` caps the ratio at `upper`
+    (TIS); `mask` keeps the ratio where it lies in [`lower`, `upper`] and zeroes the token or sequence
+    elsewhere (masked importance sampling). Masked-out tokens still count in the loss denominator, so
+    the normalisation does not depend on how many were dropped.
+    """
+    if level not in TIS_LEVELS or mode not in TIS_MODES:
+        raise ValueError(f"importance sampling level {level!r} / mode {mode!r}; choose from {TIS_LEVELS} / {TIS_MODES}")
+    mask = loss_mask.to(old_log_probs.dtype)
+    log_ratio = ((old_log_probs - rollout_log_probs) * mask).detach()
+    if level == "sequence":
+        log_ratio = log_ratio.sum(dim=1, keepdim=True).expand_as(mask)
+    elif level == "geometric":
+        log_ratio = (log_ratio.sum(dim=1, keepdim=True) / mask.sum(dim=1, keepdim=True).clamp(min=1)).expand_as(mask)
+    log_upper = math.log(upper)
+    if mode == "truncate":
+        outside = log_ratio > log_upper
+        weights = torch.exp(log_ratio.clamp(max=log_upper))  # clamp before exp: sequence ratios overflow
+    else:
+        log_lower = math.log(lower) if lower and lower > 0 else -math.inf
+        outside = (log_ratio > log_upper) | (log_ratio < log_lower)
+        weights = torch.where(outside, torch.zeros_like(log_ratio), torch.exp(log_ratio.clamp(max=log_upper)))
+    stats = {
+        "tis_weight_mean": _masked_mean(weights, mask),
+        "tis_weight_max": torch.where(mask > 0, weights, torch.zeros_like(weights)).max(),
+        "tis_capped_frac" if mode == "truncate" else "tis_masked_frac": _masked_mean(outside.to(mask.dtype), mask),
+    }
+    return weights, stats
 
 
 def policy_loss(
@@ -40,31 +89,42 @@ def policy_loss(
     eps_clip_high: float | None = None,
     tis_cap: float | None = None,
     aggregation: str = "token_mean",
+    eps_clip_c: float | None = None,
+    tis_level: str = "token",
+    tis_mode: str = "truncate",
+    tis_lower: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """PPO-clip with asymmetric bounds and optional TIS; all tensors are [batch, tokens]."""
+    """PPO-clip with asymmetric bounds [1 - eps_clip, 1 + eps_clip_high], optional dual-clip and TIS.
+
+    Per token: loss = max(-A r, -A clip(r)), r = exp(log_probs - old_log_probs); with `eps_clip_c` set,
+    tokens with A < 0 are further bounded by -A * eps_clip_c (dual-clip); with `tis_cap` set, the loss
+    is multiplied by the detached importance weights of `importance_weights`.
+    """
     eps_clip_high = eps_clip if eps_clip_high is None else eps_clip_high
     mask = loss_mask.to(log_probs.dtype)
-    n_tokens = mask.sum().clamp(min=1)
 
     log_ratio = log_probs - old_log_probs
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1 - eps_clip, 1 + eps_clip_high)
     per_token = torch.maximum(unclipped, clipped)
-
     stats = {
-        "clip_frac": ((clipped > unclipped).to(mask.dtype) * mask).sum() / n_tokens,
-        "approx_kl": ((-log_ratio).detach() * mask).sum() / n_tokens,
+        "clip_frac": _masked_mean((clipped > unclipped).to(mask.dtype), mask),
+        "approx_kl": _masked_mean(-log_ratio.detach(), mask),
     }
+    if eps_clip_c is not None:
+        bound = -advantages * eps_clip_c
+        dual = (advantages < 0) & (per_token > bound)
+        per_token = torch.where(dual, bound, per_token)
+        stats["dual_clip_frac"] = _masked_mean(dual.to(mask.dtype), mask)
     if tis_cap is not None:
         if rollout_log_probs is None:
             raise ValueError("tis_cap is set but rollout_log_probs is None")
-        weights = tis_weights(old_log_probs, rollout_log_probs, tis_cap)
+        weights, tis_stats = importance_weights(
+            old_log_probs, rollout_log_probs, loss_mask, upper=tis_cap, lower=tis_lower, level=tis_level, mode=tis_mode
+        )
         per_token = per_token * weights
-        raw = torch.exp(old_log_probs - rollout_log_probs).detach()
-        stats["tis_weight_mean"] = (weights * mask).sum() / n_tokens
-        stats["tis_weight_max"] = torch.where(mask > 0, weights, torch.zeros_like(weights)).max()
-        stats["tis_capped_frac"] = ((raw > tis_cap).to(mask.dtype) * mask).sum() / n_tokens
+        stats |= tis_stats
     return aggregate(per_token, mask, aggregation), {k: v.detach() for k, v in stats.items()}
 
 
@@ -78,3 +138,9 @@ def kl_penalty(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, kind: str =
     if kind == "k3":
         return torch.exp(-log_ratio) + log_ratio - 1
     raise ValueError(f"unknown KL estimator {kind!r}; choose k1, k2 or k3")
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of softmax(logits) along the last dimension."""
+    log_p = torch.log_softmax(logits.float(), dim=-1)
+    return -(log_p.exp() * log_p).sum(dim=-1)

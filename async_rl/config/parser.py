@@ -177,10 +177,39 @@ def _validate(cfg: Config, explicit: set[str], async_mode: bool) -> None:
         raise ConfigError(f"--micro-batch-size {t.micro_batch_size} must divide the global batch size {cfg.global_batch_size}")
     if t.eps_clip_high is not None and t.eps_clip_high < t.eps_clip:
         raise ConfigError(f"--eps-clip-high {t.eps_clip_high} is below --eps-clip {t.eps_clip}")
-    if t.advantage_estimator == "grpo" and r.n_samples_per_prompt < 2:
-        raise ConfigError("--advantage-estimator grpo needs --n-samples-per-prompt >= 2 (a group of one has no baseline)")
-    if "tis_clip" in explicit and not t.use_tis:
-        raise ConfigError("--tis-clip is set but --use-tis is not; add --use-tis or drop --tis-clip")
+    if t.advantage_estimator in ("grpo", "dr_grpo", "rloo") and r.n_samples_per_prompt < 2:
+        raise ConfigError(
+            f"--advantage-estimator {t.advantage_estimator} needs --n-samples-per-prompt >= 2 (a group of one has no baseline)"
+        )
+    for dest in ("tis_clip", "tis_clip_low", "tis_level", "tis_mode"):
+        if dest in explicit and not t.use_tis:
+            raise ConfigError(f"{_flag_name(dest)} is set but --use-tis is not; add --use-tis or drop {_flag_name(dest)}")
+    if t.tis_clip_low is not None and t.tis_mode != "mask":
+        raise ConfigError("--tis-clip-low only applies to --tis-mode mask")
+    if t.tis_clip_low is not None and not 0 <= t.tis_clip_low < t.tis_clip:
+        raise ConfigError(f"--tis-clip-low {t.tis_clip_low} must be in [0, --tis-clip {t.tis_clip})")
+    if t.eps_clip_c is not None and t.eps_clip_c <= 1:
+        raise ConfigError(f"--eps-clip-c must be > 1, got {t.eps_clip_c}")
+    if t.use_kl_loss and t.kl_coef <= 0:
+        raise ConfigError("--use-kl-loss needs --kl-coef > 0")
+    if t.advantage_estimator == "dr_grpo" and t.loss_aggregation != "seq_mean_token_sum":
+        raise ConfigError("--advantage-estimator dr_grpo drops length normalisation: set --loss-aggregation seq_mean_token_sum")
+    rw = cfg.reward
+    if rw.overlong_buffer_len is not None and not 0 < rw.overlong_buffer_len < r.rollout_max_response_len:
+        raise ConfigError(
+            f"--overlong-buffer-len {rw.overlong_buffer_len} must be in (0, --rollout-max-response-len {r.rollout_max_response_len})"
+        )
+    if "overlong_penalty_factor" in explicit and rw.overlong_buffer_len is None:
+        raise ConfigError("--overlong-penalty-factor is set but --overlong-buffer-len is not")
+    if r.over_sampling_batch_size is not None:
+        if not r.dynamic_sampling_filter_path:
+            raise ConfigError("--over-sampling-batch-size has no effect without --dynamic-sampling-filter-path")
+        if r.over_sampling_batch_size < r.rollout_batch_size:
+            raise ConfigError(
+                f"--over-sampling-batch-size {r.over_sampling_batch_size} is below --rollout-batch-size {r.rollout_batch_size}"
+            )
+    if r.max_sampling_rounds < 1:
+        raise ConfigError(f"--max-sampling-rounds must be >= 1, got {r.max_sampling_rounds}")
     if t.use_tis and t.tis_clip <= 0:
         raise ConfigError(f"--tis-clip must be > 0, got {t.tis_clip}")
     if c.colocate and c.rollout_num_gpus is not None:

@@ -58,6 +58,13 @@ class RolloutConfig:
     rollout_temperature: float = flag(1.0, "Sampling temperature.")
     rollout_top_p: float = flag(1.0, "Nucleus sampling threshold.")
     max_staleness: int = flag(1, "Async mode: drop samples more than this many weight versions old.")
+    dynamic_sampling_filter_path: str | None = flag(
+        None, "Group filter as pkg.module:function (DAPO: async_rl.rollout.filters.check_reward_nonzero_std)."
+    )
+    over_sampling_batch_size: int | None = flag(
+        None, "Prompts requested per sampling round while filling a filtered batch; defaults to --rollout-batch-size."
+    )
+    max_sampling_rounds: int = flag(8, "Sampling rounds before a filtered batch that is still short is trained as is.")
 
 
 @dataclass
@@ -71,18 +78,30 @@ class TrainConfig:
     adam_beta1: float = flag(0.9, "AdamW beta1.")
     adam_beta2: float = flag(0.999, "AdamW beta2.")
     clip_grad: float = flag(1.0, "Gradient-norm clip; 0 disables.")
-    advantage_estimator: str = flag("grpo", "How advantages are computed.", choices=["grpo"])
+    advantage_estimator: str = flag(
+        "grpo", "How advantages are computed.",
+        choices=["grpo", "dr_grpo", "rloo", "reinforce_plus_plus", "reinforce_plus_plus_baseline"],
+    )
     normalize_advantages_std: bool = flag(True, "GRPO: divide by the group's standard deviation.")
     eps_clip: float = flag(0.2, "PPO clip range below 1.")
     eps_clip_high: float | None = flag(None, "PPO clip range above 1 (DAPO clip-higher); defaults to --eps-clip.")
-    kl_coef: float = flag(0.0, "Weight of the KL penalty to the reference (initial) policy.")
-    kl_loss_type: str = flag("k3", "KL estimator.", choices=["k1", "k2", "k3"])
+    eps_clip_c: float | None = flag(None, "Dual-clip bound for negative advantages (DAPO uses 10); must be > 1.")
+    kl_coef: float = flag(0.0, "Weight of the KL penalty to the reference (initial) policy; > 0 loads the reference.")
+    use_kl_loss: bool = flag(False, "Add the KL to the loss; without it the KL (k1) is subtracted from the token advantages.")
+    kl_loss_type: str = flag("k3", "KL estimator in the loss.", choices=["k1", "k2", "k3"])
+    entropy_coef: float = flag(0.0, "Weight of the entropy bonus.")
     loss_aggregation: str = flag(
         "token_mean", "How per-token losses become one number.",
         choices=["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"],
     )
     use_tis: bool = flag(False, "Truncated importance sampling: weight tokens by min(p_old/p_rollout, C).")
-    tis_clip: float = flag(2.0, "TIS cap C.", aliases=["--tis-imp-ratio-cap"])
+    tis_clip: float = flag(2.0, "TIS cap C (the upper bound in mask mode).", aliases=["--tis-imp-ratio-cap"])
+    tis_clip_low: float | None = flag(None, "Lower bound of the kept ratio in --tis-mode mask.")
+    tis_level: str = flag(
+        "token", "Ratio per token, per sequence, or per sequence as a geometric mean.", choices=["token", "sequence", "geometric"]
+    )
+    tis_mode: str = flag("truncate", "truncate: cap the ratio (TIS); mask: zero tokens/sequences out of bounds.",
+                         choices=["truncate", "mask"])
     torch_num_threads: int | None = flag(None, "CPU threads per process (trainer and each engine); unset splits the cores.")
 
 
@@ -90,6 +109,8 @@ class TrainConfig:
 class RewardConfig:
     rm_type: str = flag("deepscaler", "Built-in rule reward.")
     custom_rm_path: str | None = flag(None, "Reward plugin as pkg.module:function; replaces --rm-type.")
+    overlong_buffer_len: int | None = flag(None, "DAPO overlong shaping: penalise the last this many tokens of the length limit.")
+    overlong_penalty_factor: float = flag(1.0, "DAPO overlong shaping: the penalty at the length limit.")
 
 
 @dataclass

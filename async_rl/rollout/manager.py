@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -11,7 +13,10 @@ from tqdm import tqdm
 
 from async_rl.data.prompt_dataset import PromptRow
 from async_rl.rollout.engine import FINISHED_AT, SamplingParams
+from async_rl.rollout.filters import GroupFilter
 from async_rl.sample import Sample
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -19,9 +24,22 @@ class PendingRollout:
     """Generation in flight on the engines: chunks of whole groups and the refs that will hold them."""
 
     refs: list[ray.ObjectRef]
-    n_samples: int
+    samples_per_ref: dict[ray.ObjectRef, int]
     description: str
     submitted_at: float
+
+    @property
+    def n_samples(self) -> int:
+        return sum(self.samples_per_ref.values())
+
+
+@dataclass(frozen=True)
+class DynamicSampling:
+    """How a training batch is filled: request groups in rounds until enough pass the filter."""
+
+    group_filter: GroupFilter | None
+    groups_per_round: int  # --over-sampling-batch-size (the batch size itself without over-sampling)
+    max_rounds: int
 
 
 class RolloutManager:
@@ -49,39 +67,109 @@ class RolloutManager:
         n_chunks = min(len(groups), len(self.engines) * self.chunks_per_engine)
         chunks = [[s for g in groups[i::n_chunks] for s in g] for i in range(n_chunks)]
         refs = [self.engines[i % len(self.engines)].generate.remote(chunk, params) for i, chunk in enumerate(chunks)]
-        return PendingRollout(refs, len(rows) * n_samples, description, time.time())
+        return PendingRollout(refs, {ref: len(chunk) for ref, chunk in zip(refs, chunks)}, description, time.time())
 
-    def collect(self, pending: PendingRollout) -> tuple[list[Sample], dict[str, float]]:
-        """Wait for a submitted rollout (with a progress bar) and grade it.
-
-        Returns the samples, grouped and indexed, and timings: `perf/rollout_time_s` from submission to the
-        last response, as the engines saw it, and `perf/rollout_wait_s`, how long this call blocked.
-        """
-        wait_start = time.time()
-        done: list[Sample] = []
+    def _finished_chunks(self, pending: PendingRollout):
+        """Yield each chunk's graded samples as its engine call completes, with a progress bar."""
         remaining = list(pending.refs)
         with tqdm(total=pending.n_samples, desc=pending.description, leave=False, disable=None) as bar:
             while remaining:
                 ready, remaining = ray.wait(remaining, num_returns=1)
                 chunk = ray.get(ready[0])
-                done.extend(chunk)
+                for sample in chunk:
+                    sample.reward = self._grade(sample)
                 bar.update(len(chunk))
+                yield chunk, remaining
+
+    def collect(self, pending: PendingRollout) -> tuple[list[Sample], dict[str, float]]:
+        """Wait for a submitted rollout and grade it.
+
+        Returns the samples, grouped and indexed, and timings: `perf/rollout_time_s` from submission to the
+        last response, as the engines saw it, and `perf/rollout_wait_s`, how long this call blocked.
+        """
+        wait_start = time.time()
+        done = [s for chunk, _ in self._finished_chunks(pending) for s in chunk]
         timings = {
             "perf/rollout_time_s": max(s.metadata[FINISHED_AT] for s in done) - pending.submitted_at,
             "perf/rollout_wait_s": time.time() - wait_start,
         }
-        done.sort(key=lambda s: s.group_id)
-        for i, sample in enumerate(done):
-            sample.index = i
-            sample.reward = self._grade(sample)
-        return done, timings
+        return _indexed(done), timings
+
+    def generate_batch(
+        self,
+        next_rows: Callable[[int], list[PromptRow]],
+        target_groups: int,
+        n_samples: int,
+        params: SamplingParams,
+        sampling: DynamicSampling,
+    ) -> tuple[list[Sample], dict[str, float]]:
+        """Fill a batch of `target_groups` groups that pass the filter, over-sampling in rounds.
+
+        Once the batch is full, engine calls still queued are cancelled and what still arrives is
+        discarded (counted as `rollout/groups_aborted`). If `max_rounds` rounds cannot fill it, warn and
+        return the groups that passed, rather than stop the run.
+        """
+        start = time.time()
+        kept: list[list[Sample]] = []
+        raw_scores: list[float] = []
+        counts: Counter[str] = Counter()
+        for round_index in range(sampling.max_rounds):
+            pending = self.submit(next_rows(sampling.groups_per_round), n_samples, params, f"rollout round {round_index + 1}")
+            for chunk, remaining in self._finished_chunks(pending):
+                for group in _split_groups(chunk):
+                    counts["groups_generated"] += 1
+                    raw_scores.extend(s.score for s in group)
+                    result = sampling.group_filter(group) if sampling.group_filter else None
+                    if result is not None and not result.keep:
+                        counts[f"filter_drop_{result.reason}"] += 1
+                    elif len(kept) < target_groups:
+                        kept.append(group)
+                    else:
+                        counts["groups_surplus"] += 1
+                if len(kept) == target_groups:
+                    for ref in remaining:
+                        ray.cancel(ref)
+                    counts["groups_aborted"] += sum(pending.samples_per_ref[r] for r in remaining) // n_samples
+                    break
+            if len(kept) == target_groups:
+                break
+        else:
+            logger.warning(
+                "dynamic sampling filled only %d of %d groups in %d rounds (--max-sampling-rounds); training on what passed",
+                len(kept), target_groups, sampling.max_rounds,
+            )
+        samples = _indexed([s for g in kept for s in g])
+        metrics = {f"rollout/{k}": float(v) for k, v in counts.items()}
+        metrics["rollout/groups_kept"] = float(len(kept))
+        metrics["rollout/sampling_rounds"] = float(round_index + 1)
+        metrics["rollout/raw_reward_mean"] = sum(raw_scores) / max(len(raw_scores), 1)
+        if samples:
+            metrics["perf/rollout_time_s"] = max(s.metadata[FINISHED_AT] for s in samples) - start
+        return samples, metrics
 
     def _grade(self, sample: Sample) -> float | dict:
         result = self.reward_fn(sample)
         if not isinstance(result, (int, float, dict)) or isinstance(result, dict) and "score" not in result:
-            raise TypeError(f"reward function returned {result!r} for sample {sample.index}; expected a float or a dict with 'score'")
+            raise TypeError(
+                f"reward function returned {result!r} for a sample of group {sample.group_id}; "
+                "expected a float or a dict with 'score'"
+            )
         return result
 
     def update_weights(self, weights_ref: ray.ObjectRef, version: int) -> list[ray.ObjectRef]:
         """Queue the new weights on every engine; each applies them after the generate calls already queued."""
         return [engine.update_weights.remote(weights_ref, version) for engine in self.engines]
+
+
+def _split_groups(chunk: list[Sample]) -> list[list[Sample]]:
+    groups: dict[int, list[Sample]] = {}
+    for s in chunk:
+        groups.setdefault(s.group_id, []).append(s)
+    return list(groups.values())
+
+
+def _indexed(samples: list[Sample]) -> list[Sample]:
+    samples.sort(key=lambda s: s.group_id)
+    for i, sample in enumerate(samples):
+        sample.index = i
+    return samples

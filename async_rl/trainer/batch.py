@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from async_rl.algorithms.losses import entropy_from_logits
 from async_rl.sample import Sample
 
 
@@ -40,11 +41,14 @@ def pack(samples: list[Sample], pad_token_id: int) -> PackedBatch:
     )
 
 
-def response_log_probs(model: torch.nn.Module, batch: PackedBatch, temperature: float) -> torch.Tensor:
+def response_log_probs(
+    model: torch.nn.Module, batch: PackedBatch, temperature: float, *, with_entropy: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """log softmax(logits / temperature) of each response token, [batch, max_response] (0 past the end).
 
     The logit at position t predicts token t + 1, so response token j of a row is scored by the logit at
     response_start + j - 1. Temperature matches the rollout's, as the engine samples from that distribution.
+    With `with_entropy`, also the entropy of each of those tempered distributions.
     """
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     width = batch.response_mask.shape[1]
@@ -53,4 +57,6 @@ def response_log_probs(model: torch.nn.Module, batch: PackedBatch, temperature: 
     targets = batch.input_ids.gather(1, (positions + 1).clamp(max=batch.input_ids.shape[1] - 1))
     picked = logits.gather(1, positions[:, :, None].expand(-1, -1, logits.shape[-1])).float() / temperature
     token_log_probs = picked.gather(-1, targets[:, :, None]).squeeze(-1) - torch.logsumexp(picked, dim=-1)
+    if with_entropy:
+        return token_log_probs * batch.response_mask, entropy_from_logits(picked) * batch.response_mask
     return token_log_probs * batch.response_mask

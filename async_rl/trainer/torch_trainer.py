@@ -59,16 +59,26 @@ class TorchTrainer:
 
     def _micro_loss(self, mb: PackedBatch, old: torch.Tensor, ref: torch.Tensor | None, advantages: torch.Tensor):
         cfg = self.cfg
-        log_probs = response_log_probs(self.model, mb, self.temperature)
+        log_probs, entropy = response_log_probs(self.model, mb, self.temperature, with_entropy=True)
+        token_advantages = advantages[:, None].expand_as(log_probs)
+        if ref is not None and not cfg.use_kl_loss:
+            # KL in the reward: each token's advantage pays for its (k1) divergence from the reference
+            token_advantages = token_advantages - cfg.kl_coef * (old - ref)
         loss, stats = policy_loss(
-            log_probs, old, advantages[:, None].expand_as(log_probs), mb.loss_mask,
+            log_probs, old, token_advantages, mb.loss_mask,
             rollout_log_probs=mb.rollout_log_probs, eps_clip=cfg.eps_clip, eps_clip_high=cfg.eps_clip_high,
             tis_cap=cfg.tis_clip if cfg.use_tis else None, aggregation=cfg.loss_aggregation,
+            eps_clip_c=cfg.eps_clip_c, tis_level=cfg.tis_level, tis_mode=cfg.tis_mode, tis_lower=cfg.tis_clip_low,
         )
+        entropy_mean = aggregate(entropy, mb.loss_mask, cfg.loss_aggregation)
+        stats["entropy"] = entropy_mean.detach()
+        if cfg.entropy_coef:
+            loss = loss - cfg.entropy_coef * entropy_mean
         if ref is not None:
             kl = aggregate(kl_penalty(log_probs, ref, cfg.kl_loss_type), mb.loss_mask, cfg.loss_aggregation)
-            loss = loss + cfg.kl_coef * kl
             stats["kl_ref"] = kl.detach()
+            if cfg.use_kl_loss:
+                loss = loss + cfg.kl_coef * kl
         return loss, stats
 
     def train_step(self, samples: list[Sample], advantages: list[float]) -> dict[str, float]:
