@@ -69,6 +69,7 @@ def create_engines(cfg: Config) -> list[Any]:
     actor = ray.remote(num_cpus=1, num_gpus=gpus, max_concurrency=1)(LocalEngine)
     return [
         actor.remote(cfg.model.hf_checkpoint, seed=cfg.logging.seed + 1000 * (rank + 1),
-                     num_threads=_threads_per_process(cfg), device="cuda" if gpus else "cpu")
+                     num_threads=_threads_per_process(cfg), device="cuda" if gpus else "cpu",
+                     quantization=None if cfg.rollout.rollout_quantization == "none" else cfg.rollout.rollout_quantization)
         for rank in range(cfg.cluster.rollout_num_engines)
     ]

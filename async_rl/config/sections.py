@@ -58,6 +58,10 @@ class RolloutConfig:
     rollout_temperature: float = flag(1.0, "Sampling temperature.")
     rollout_top_p: float = flag(1.0, "Nucleus sampling threshold.")
     max_staleness: int = flag(1, "Async mode: drop samples more than this many weight versions old.")
+    rollout_quantization: str = flag(
+        "none", "Rollout weight precision: fp8 serves blockwise E4M3 weights (emulated by the local engine).",
+        choices=["none", "fp8"],
+    )
     dynamic_sampling_filter_path: str | None = flag(
         None, "Group filter as pkg.module:function (DAPO: async_rl.rollout.filters.check_reward_nonzero_std)."
     )

@@ -16,12 +16,22 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from async_rl.rollout.engine import FINISHED_AT, SamplingParams
 from async_rl.rollout.sampling import sample_tokens
 from async_rl.sample import Sample, SampleStatus
+from async_rl.weights.fp8 import dequantize_blockwise, is_fp8_quantizable, quantize_blockwise
 
 
 class LocalEngine:
     """One engine process holding the policy weights; Ray runs each instance as its own actor."""
 
-    def __init__(self, hf_checkpoint: str, *, seed: int = 0, num_threads: int | None = None, device: str = "cpu"):
+    def __init__(
+        self,
+        hf_checkpoint: str,
+        *,
+        seed: int = 0,
+        num_threads: int | None = None,
+        device: str = "cpu",
+        quantization: str | None = None,
+    ):
+        """`quantization="fp8"` emulates an FP8 engine: linear weights are rounded through blockwise E4M3."""
         if num_threads:
             torch.set_num_threads(num_threads)
         self.device = torch.device(device)
@@ -31,8 +41,10 @@ class LocalEngine:
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.eos_token_id = self.tokenizer.eos_token_id
         self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_token_id
+        self.quantization = quantization
         self.weight_version = 0
         self.paused = False
+        self.update_weights(list(self.model.named_parameters()), version=0)
 
     @torch.no_grad()
     def generate(self, samples: list[Sample], params: SamplingParams) -> list[Sample]:
@@ -89,6 +101,8 @@ class LocalEngine:
         for name, tensor in named_tensors:
             if name not in params:
                 raise KeyError(f"weight update names unknown parameter {name!r}")
+            if self.quantization == "fp8" and is_fp8_quantizable(name, tensor):
+                tensor = dequantize_blockwise(*quantize_blockwise(tensor), dtype=params[name].dtype)
             params[name].copy_(tensor.to(params[name].dtype))
         self.weight_version = version
 

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from async_rl.algorithms.losses import kl_penalty, policy_loss
+from async_rl.algorithms.losses import entropy_from_logits, importance_weights, kl_penalty, policy_loss
 
 
 def t(rows):
@@ -55,3 +55,69 @@ def test_kl_estimators():
     assert math.isclose(kl_penalty(logp, ref, "k1").item(), 0.5)
     assert math.isclose(kl_penalty(logp, ref, "k2").item(), 0.125)
     assert math.isclose(kl_penalty(logp, ref, "k3").item(), math.exp(-0.5) + 0.5 - 1)
+
+
+def test_dual_clip_bounds_negative_advantage_tokens():
+    # ratio e^2 ~ 7.39 with A = -1: PPO gives max(7.39, 1.2) = 7.39; dual-clip c = 3 bounds it at 3
+    logp, old = t([[2.0, 2.0]]), t([[0.0, 0.0]])
+    loss, stats = policy_loss(logp, old, t([[-1.0, 1.0]]), t([[1, 1]]), eps_clip_c=3.0)
+    # token 2 (A = +1): max(-7.39, -1.2) = -1.2, untouched by dual-clip
+    assert math.isclose(loss.item(), (3.0 - 1.2) / 2, rel_tol=1e-9)
+    assert math.isclose(stats["dual_clip_frac"].item(), 0.5)
+
+
+def test_sequence_and_geometric_level_weights():
+    old = t([[0.0, 0.0, 0.0]])
+    rollout = t([[-0.2, -0.4, 0.0]])  # token log-ratios 0.2, 0.4, (masked)
+    mask = t([[1, 1, 0]])
+    seq, _ = importance_weights(old, rollout, mask, upper=10.0, level="sequence")
+    geo, _ = importance_weights(old, rollout, mask, upper=10.0, level="geometric")
+    assert torch.allclose(seq[0, :2], torch.full((2,), math.exp(0.6), dtype=torch.float64))
+    assert torch.allclose(geo[0, :2], torch.full((2,), math.exp(0.3), dtype=torch.float64))
+
+
+def test_mask_mode_zeroes_out_of_bounds_tokens_and_keeps_the_ratio_elsewhere():
+    old = t([[0.0, 0.0, 0.0]])
+    rollout = t([[-math.log(3.0), 0.0, math.log(4.0)]])  # ratios 3, 1, 0.25
+    weights, stats = importance_weights(old, rollout, t([[1, 1, 1]]), upper=2.0, lower=0.5, mode="mask")
+    torch.testing.assert_close(weights, t([[0.0, 1.0, 0.0]]))
+    assert math.isclose(stats["tis_masked_frac"].item(), 2 / 3)
+
+
+def test_extreme_sequence_ratios_stay_finite():
+    old = t([[0.0] * 50])
+    rollout = t([[-30.0] * 50])  # sequence log-ratio 1500 overflows exp
+    weights, _ = importance_weights(old, rollout, t([[1] * 50]), upper=2.0, level="sequence")
+    assert torch.equal(weights, torch.full_like(weights, 2.0))
+    loss, _ = policy_loss(t([[0.0] * 50]), old, t([[1.0] * 50]), t([[1] * 50]), rollout_log_probs=rollout,
+                          tis_cap=2.0, tis_level="sequence")
+    assert math.isfinite(loss.item())
+
+
+def test_rows_without_tokens_contribute_nothing():
+    logp = old = t([[0.0, 0.0], [0.0, 0.0]])
+    adv = t([[1.0, 1.0], [5.0, 5.0]])
+    mask = t([[1, 1], [0, 0]])
+    for aggregation in ("token_mean", "seq_mean_token_mean"):
+        loss, _ = policy_loss(logp, old, adv, mask, aggregation=aggregation)
+        assert math.isfinite(loss.item())
+    assert policy_loss(logp, old, adv, mask)[0].item() == -1.0
+
+
+def test_token_mean_over_micro_batches_matches_the_whole_batch_gradient():
+    torch.manual_seed(0)
+    logits = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    old, adv = torch.randn(6, 5, dtype=torch.float64) * 0.1, torch.randn(6, 5, dtype=torch.float64)
+    mask = (torch.rand(6, 5) > 0.3).double()
+    loss, _ = policy_loss(logits, old, adv, mask)
+    (whole,) = torch.autograd.grad(loss, logits)
+    total, parts = mask.sum(), []
+    for rows in (slice(0, 2), slice(2, 6)):  # unequal micro-batches, unequal token counts
+        micro, _ = policy_loss(logits[rows], old[rows], adv[rows], mask[rows])
+        parts.append(micro * mask[rows].sum() / total)
+    (split,) = torch.autograd.grad(sum(parts), logits)
+    torch.testing.assert_close(split, whole)
+
+
+def test_entropy_of_uniform_logits_is_log_vocab():
+    assert math.isclose(entropy_from_logits(torch.zeros(1, 8)).item(), math.log(8), rel_tol=1e-6)

@@ -64,6 +64,15 @@ def test_async_flag_selects_async_mode():
         (["--colocate", "--rollout-num-gpus", "4"], "--colocate"),
         (["--rollout-num-gpus", "6", "--rollout-num-gpus-per-engine", "4"], "--rollout-num-gpus"),
         (["--rollout-backend", "vllm"], "--rollout-backend"),
+        (["--tis-mode", "mask"], "--tis-mode"),
+        (["--use-tis", "--tis-clip-low", "0.5"], "--tis-clip-low"),
+        (["--eps-clip-c", "0.5"], "--eps-clip-c"),
+        (["--use-kl-loss"], "--use-kl-loss"),
+        (["--advantage-estimator", "dr_grpo"], "--advantage-estimator"),
+        (["--overlong-buffer-len", "100"], "--overlong-buffer-len"),
+        (["--overlong-penalty-factor", "2"], "--overlong-penalty-factor"),
+        (["--over-sampling-batch-size", "16"], "--over-sampling-batch-size"),
+        (["--dynamic-sampling-filter-path", "m:f", "--over-sampling-batch-size", "4"], "--over-sampling-batch-size"),
     ],
 )
 def test_bad_or_contradictory_flags_fail_with_one_line_naming_the_flag(capsys, argv, named):

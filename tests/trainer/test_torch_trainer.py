@@ -73,3 +73,22 @@ def test_save_then_load_restores_weights_and_optimizer(tiny_model, tokenizer, tm
     restored.train_step(samples, advantages(8))
     a, b = params_of(trainer), params_of(restored)
     assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_kl_to_the_reference_and_entropy_bonus_enter_the_update(tiny_model, tokenizer):
+    samples = rollout(tiny_model, tokenizer)
+    runs = {}
+    for name, cfg in {
+        "plain": TrainConfig(lr=1e-3, micro_batch_size=8),
+        "kl_loss": TrainConfig(lr=1e-3, micro_batch_size=8, kl_coef=0.5, use_kl_loss=True),
+        "kl_reward": TrainConfig(lr=1e-3, micro_batch_size=8, kl_coef=0.5),
+        "entropy": TrainConfig(lr=1e-3, micro_batch_size=8, entropy_coef=0.1),
+    }.items():
+        trainer = TorchTrainer(str(tiny_model), cfg, global_batch_size=8, temperature=1.0)
+        trainer.train_step(samples, advantages(8))
+        metrics = trainer.train_step(samples, advantages(8))  # second step: policy has moved from the reference
+        runs[name] = (params_of(trainer), metrics)
+    assert runs["kl_loss"][1]["train/kl_ref"] > 0 and "train/kl_ref" not in runs["plain"][1]
+    assert runs["plain"][1]["train/entropy"] > 0
+    for name in ("kl_loss", "kl_reward", "entropy"):
+        assert any(not torch.equal(runs["plain"][0][n], runs[name][0][n]) for n in runs["plain"][0]), name

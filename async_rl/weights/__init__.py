@@ -1,0 +1,1 @@
+"""Weight formats and transfer: FP8 blockwise quantization."""

@@ -1,0 +1,20 @@
+"""A dynamic-sampling filter written the way slime users write them: fn(args, samples) -> object with keep/reason."""
+
+from dataclasses import dataclass
+
+
+@dataclass
+class DynamicFilterOutput:
+    keep: bool
+    reason: str | None = None
+
+
+def keep_if_any_correct(args, samples):
+    assert args.n_samples_per_prompt == len(samples)
+    if any(s.reward == 1.0 for s in samples):
+        return DynamicFilterOutput(keep=True)
+    return DynamicFilterOutput(keep=False, reason="none_correct")
+
+
+def reject_everything(samples):
+    return False
