@@ -7,6 +7,7 @@ lives here or below, so the two loops cannot drift apart.
 from __future__ import annotations
 
 import argparse
+import logging
 import random
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,6 +31,8 @@ from async_rl.rollout.manager import DynamicSampling, RolloutManager
 from async_rl.rollout.metrics import group_metrics, rollout_metrics
 from async_rl.sample import Sample
 from rewards.registry import get_reward_fn
+
+logger = logging.getLogger(__name__)
 
 
 def eval_sets_from_flag(values: list[str] | None) -> dict[str, str]:
@@ -80,7 +83,7 @@ class TrainingSession:
         except BaseException:
             ray.shutdown()
             raise
-        self.logger = MetricsLogger(cfg.logging.output_dir, cfg.logging.tensorboard_dir)
+        self.metrics_logger = MetricsLogger(cfg.logging.output_dir, cfg.logging.tensorboard_dir)
         self.rollout_params = SamplingParams(
             cfg.rollout.rollout_temperature, cfg.rollout.rollout_top_p, cfg.rollout.rollout_max_response_len
         )
@@ -111,8 +114,12 @@ class TrainingSession:
         """Produce the next batch in the background; also returns the dataset position before it."""
         return self._producer.submit(self.produce_rollout), self.dataset.state_dict()
 
-    def train(self, samples: list[Sample]) -> dict[str, float]:
-        """Advantages from the (shaped) rewards, then the trainer's optimizer step(s)."""
+    def train(self, step: int, samples: list[Sample]) -> dict[str, float]:
+        """Advantages from the (shaped) rewards, then the trainer's optimizer step(s); timed as `perf/train_time_s`."""
+        start = time.perf_counter()
+        if not samples:
+            logger.warning("step %d: no group to train on (all filtered or stale); skipping the optimizer step", step)
+            return {"perf/train_time_s": 0.0}
         cfg = self.cfg
         rewards = torch.tensor([s.score for s in samples], dtype=torch.float32)
         metrics = {}
@@ -126,7 +133,9 @@ class TrainingSession:
         advantages = compute_advantages(
             cfg.train.advantage_estimator, rewards, self.n_samples, normalize_std=cfg.train.normalize_advantages_std
         )
-        return metrics | ray.get(self.trainer.train_step.remote(samples, advantages.tolist()))
+        metrics |= ray.get(self.trainer.train_step.remote(samples, advantages.tolist()))
+        metrics["perf/train_time_s"] = time.perf_counter() - start
+        return metrics
 
     def push_weights(self, version: int) -> list[ray.ObjectRef]:
         """Export the trainer's weights and queue them on every engine.
@@ -179,7 +188,7 @@ class TrainingSession:
 
     def close(self) -> None:
         self._producer.shutdown(wait=False, cancel_futures=True)
-        self.logger.close()
+        self.metrics_logger.close()
         for engine in self.rollout.engines:
             ray.kill(engine)
         ray.kill(self.trainer)

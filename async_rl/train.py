@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Sequence
 
@@ -14,8 +13,6 @@ import ray
 from async_rl.cli import run_cli
 from async_rl.config import Config, parse_config
 from async_rl.session import TrainingSession
-
-logger = logging.getLogger(__name__)
 
 
 def run(cfg: Config) -> None:
@@ -27,23 +24,18 @@ def run(cfg: Config) -> None:
             samples, rollout_metrics = session.produce_rollout()
             metrics |= rollout_metrics
 
-            train_start = time.perf_counter()
-            if samples:
-                metrics |= session.train(samples)
-            else:
-                logger.warning("step %d: no group passed the filter; skipping the optimizer step", step)
-            metrics["perf/train_time_s"] = time.perf_counter() - train_start
+            metrics |= session.train(step, samples)
 
             push_start = time.perf_counter()
             ray.get(session.push_weights(version=step + 1))
             metrics["perf/update_weights_time_s"] = time.perf_counter() - push_start
             metrics["perf/step_time_s"] = time.perf_counter() - step_start
-            session.logger.log(step, metrics)
+            session.metrics_logger.log(step, metrics)
 
             if session.should_save(step + 1):
                 session.save(step + 1, session.dataset.state_dict())
         if session.should_evaluate(cfg.rollout.num_rollout):
-            session.logger.log(cfg.rollout.num_rollout, session.evaluate())
+            session.metrics_logger.log(cfg.rollout.num_rollout, session.evaluate())
 
 
 def main(argv: Sequence[str] | None = None) -> None:

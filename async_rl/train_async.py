@@ -61,24 +61,19 @@ def run(cfg: Config) -> None:
                 samples, staleness = drop_stale_groups(samples, step, cfg.rollout.max_staleness)
                 metrics |= staleness
 
-            train_start = time.perf_counter()
-            if samples:
-                metrics |= session.train(samples)
-            else:
-                logger.warning("step %d: no group to train on; skipping the optimizer step", step)
-            metrics["perf/train_time_s"] = time.perf_counter() - train_start
+            metrics |= session.train(step, samples)
 
             push_start = time.perf_counter()
             pushed = session.push_weights(version=step + 1)
             metrics["perf/update_weights_time_s"] = time.perf_counter() - push_start
             metrics["perf/step_time_s"] = time.perf_counter() - step_start
-            session.logger.log(step, metrics)
+            session.metrics_logger.log(step, metrics)
 
             if session.should_save(step + 1):
                 session.save(step + 1, resume_state)
         ray.get(pushed)
         if session.should_evaluate(cfg.rollout.num_rollout):
-            session.logger.log(cfg.rollout.num_rollout, session.evaluate())
+            session.metrics_logger.log(cfg.rollout.num_rollout, session.evaluate())
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -15,7 +15,7 @@ def test_pushed_weights_reach_every_engine(tiny_model, tmp_path):
         engines = session.rollout.engines
         probe = samples[:4]
         before = ray.get(engines[0].generate.remote(probe, session.rollout_params))
-        assert session.train(samples)["train/grad_norm"] > 0
+        assert session.train(0, samples)["train/grad_norm"] > 0
         ray.get(session.push_weights(version=1))
         assert [ray.get(e.health.remote())["weight_version"] for e in engines] == [1, 1]
         after = ray.get(engines[1].generate.remote(probe, session.rollout_params))
