@@ -22,6 +22,8 @@ setup(
         "tqdm>=4.60",
         "pyarrow>=14",
         "sympy>=1.12",
+        "pylatexenc>=2.10",
+        "math-verify>=0.7",
     ],
     extras_require={
         "gpu": ["sglang>=0.5", "megatron-core>=0.13", "transformer-engine>=2.0"],

@@ -36,6 +36,11 @@ class Sample:
         return len(self.response_tokens)
 
     @property
+    def tokens(self) -> list[int]:
+        """Prompt and response tokens together (the name slime's reward plugins use)."""
+        return self.prompt_tokens + self.response_tokens
+
+    @property
     def score(self) -> float:
         """The scalar reward, whichever form the reward function returned."""
         if self.reward is None:

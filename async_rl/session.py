@@ -30,7 +30,9 @@ from async_rl.rollout.filters import load_group_filter
 from async_rl.rollout.manager import DynamicSampling, RolloutManager
 from async_rl.rollout.metrics import group_metrics, rollout_metrics
 from async_rl.sample import Sample
-from rewards.registry import get_reward_fn
+from rewards.deepscaler import lacks_reasoning_marker
+from rewards.grading import RewardGrader
+from rewards.registry import resolve_reward
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +54,15 @@ class TrainingSession:
         np.random.seed(cfg.logging.seed)
         torch.manual_seed(cfg.logging.seed)
 
-        reward_fn = get_reward_fn(cfg.reward.rm_type, cfg.reward.custom_rm_path)
-        r = cfg.rollout
-        group_filter = (
-            load_group_filter(r.dynamic_sampling_filter_path, argparse.Namespace(**cfg.to_flat_dict()))
-            if r.dynamic_sampling_filter_path else None
+        flat_args = argparse.Namespace(**cfg.to_flat_dict())  # what slime-style plugins receive as `args`
+        rw = cfg.reward
+        grader = RewardGrader(
+            resolve_reward(rw.rm_type, rw.custom_rm_path, rw.group_rm), args=flat_args,
+            num_workers=rw.reward_num_workers, timeout=rw.reward_timeout, default=rw.reward_default,
         )
+        self.warn_on_missing_think = rw.rm_type == "deepscaler" and not rw.custom_rm_path
+        r = cfg.rollout
+        group_filter = load_group_filter(r.dynamic_sampling_filter_path, flat_args) if r.dynamic_sampling_filter_path else None
         self.sampling = DynamicSampling(
             group_filter, r.over_sampling_batch_size or r.rollout_batch_size, r.max_sampling_rounds if group_filter else 1
         )
@@ -76,7 +81,7 @@ class TrainingSession:
         start_ray(cfg)
         try:  # a failure past this point must not leave Ray and its actors running
             self.trainer = create_trainer(cfg)
-            self.rollout = RolloutManager(create_engines(cfg), reward_fn)
+            self.rollout = RolloutManager(create_engines(cfg), grader)
             self.start_step = 0
             if cfg.checkpoint.load:
                 self._load(cfg.checkpoint.load)
@@ -108,7 +113,20 @@ class TrainingSession:
         )
         if samples:
             metrics |= rollout_metrics(samples) | group_metrics(samples, self.n_samples)
+            if self.warn_on_missing_think:
+                metrics |= self._missing_think_check(samples)
         return samples, metrics
+
+    @staticmethod
+    def _missing_think_check(samples: list[Sample]) -> dict[str, float]:
+        """deepscaler scores 0 without `</think>`: say so loudly when most responses lack it."""
+        fraction = sum(lacks_reasoning_marker(s.response) for s in samples) / len(samples)
+        if fraction > 0.5:
+            logger.warning(
+                "%.0f%% of responses have no </think>, which --rm-type deepscaler always scores 0 (no learning "
+                "signal); for models that do not think use --rm-type math", 100 * fraction,
+            )
+        return {"reward/missing_think_frac": fraction}
 
     def start_rollout(self) -> tuple[Future, dict[str, int]]:
         """Produce the next batch in the background; also returns the dataset position before it."""
@@ -188,6 +206,7 @@ class TrainingSession:
 
     def close(self) -> None:
         self._producer.shutdown(wait=False, cancel_futures=True)
+        self.rollout.grader.close()
         self.metrics_logger.close()
         for engine in self.rollout.engines:
             ray.kill(engine)

@@ -7,28 +7,44 @@ RESPONSE_MARKER = "###Response"
 
 
 def text_after_reasoning(response: str) -> str | None:
-    """The text after the last `</think>` (or `###Response`); None when the response has neither."""
-    for marker in (THINK_END, RESPONSE_MARKER):
-        if marker in response:
-            return response.rsplit(marker, 1)[1]
+    """The part of a response that is graded, as DeepScaleR defines it.
+
+    After the last `</think>`; failing that, the text between the first `###Response` and the next one;
+    None when the response has neither marker.
+    """
+    if THINK_END in response:
+        return response.rsplit(THINK_END, 1)[1]
+    if RESPONSE_MARKER in response:
+        return response.split(RESPONSE_MARKER)[1]
     return None
 
 
-def last_boxed(text: str) -> str | None:
-    """Contents of the last `\\boxed{...}` (or `\\fbox{...}`), nested braces balanced; None if absent or unclosed."""
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+def last_boxed_block(text: str) -> str | None:
+    """The last `\\boxed...{...}` (or, with no `\\boxed`, `\\fbox...{...}`) including its braces, balanced.
+
+    None when there is no box or its braces never close.
+    """
+    start = text.rfind("\\boxed")
     if start < 0:
-        return None
-    brace = text.find("{", start)
-    if brace < 0:
-        rest = text[start + len("\\boxed"):]
-        return rest.split("$")[0].strip() if rest.startswith(" ") else None
+        start = text.rfind("\\fbox")
+        if start < 0:
+            return None
     depth = 0
-    for i in range(brace, len(text)):
+    for i in range(start, len(text)):
         if text[i] == "{":
             depth += 1
         elif text[i] == "}":
             depth -= 1
             if depth == 0:
-                return text[brace + 1 : i]
+                return text[start : i + 1]
     return None
+
+
+def boxed_answer(text: str) -> str | None:
+    """The contents of the last `\\boxed{...}`; None without one (an `\\fbox` or `\\boxed 5` does not count)."""
+    if "\\boxed" not in text:
+        return None
+    block = last_boxed_block(text)
+    if block is None or not block.startswith("\\boxed{") or not block.endswith("}"):
+        return None
+    return block[len("\\boxed{") : -1]

@@ -30,15 +30,16 @@ def tokenizer(tiny_model):
     return AutoTokenizer.from_pretrained(tiny_model)
 
 
-def run_flags(tiny_model: Path, output_dir: Path, *extra: str) -> list[str]:
-    """Flags for a small, fast run of the embedded default."""
+def run_flags(tiny_model: Path, output_dir: Path, *extra: str, evaluate: bool = True) -> list[str]:
+    """Flags for a small, fast run of the embedded default (without `--config`, so eval can be left out)."""
+    eval_flags = ["--eval-prompt-data", "arithmetic", str(tiny_model / "data" / "eval.jsonl"), "--eval-interval", "1",
+                  "--n-samples-per-eval-prompt", "2", "--eval-max-response-len", "32"]
     return [
-        "--config", str(REPO / "configs" / "embedded_cpu.yaml"),
         "--hf-checkpoint", str(tiny_model),
         "--prompt-data", str(tiny_model / "data" / "train.jsonl"),
-        "--eval-prompt-data", "arithmetic", str(tiny_model / "data" / "eval.jsonl"),
         "--output-dir", str(output_dir),
         "--rollout-batch-size", "4", "--n-samples-per-prompt", "4", "--micro-batch-size", "8",
-        "--eval-interval", "1", "--torch-num-threads", "1",
+        "--rollout-max-response-len", "32", "--lr", "3e-4", "--use-tis", "--torch-num-threads", "1",
+        *(eval_flags if evaluate else []),
         *extra,
     ]

@@ -63,3 +63,21 @@ def test_missing_checkpoint_is_one_line_and_exit_code_2(tiny_model, tmp_path):
     result = run_cli(*run_flags(tiny_model, tmp_path / "run", "--load", str(tmp_path / "nowhere")))
     assert result.returncode == 2
     assert "--load: no checkpoint at" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_reward_plugin_that_raises_and_hangs_does_not_stop_the_run(tiny_model, tmp_path):
+    out = tmp_path / "run"
+    train.main(run_flags(tiny_model, out, "--num-rollout", "2", "--reward-timeout", "1",
+                         "--custom-rm-path", "tests.plugins.reward_plugins:flaky", evaluate=False))
+    rows = metrics_of(out)
+    assert [r["step"] for r in rows] == [0, 1]
+    assert sum(r["reward/errors"] for r in rows) > 0 and sum(r["reward/timeouts"] for r in rows) > 0
+    assert all(r["rollout/samples"] == 16 for r in rows)
+
+
+def test_the_example_plugin_loads_through_the_flag_and_logs_its_extra_field(tiny_model, tmp_path):
+    out = tmp_path / "run"
+    train.main(run_flags(tiny_model, out, "--num-rollout", "1",
+                         "--custom-rm-path", "rewards.example_plugin:boxed_answer_with_format", evaluate=False))
+    (row,) = metrics_of(out)
+    assert 0.0 <= row["rollout/reward_format_ok_mean"] <= 1.0 and row["reward/errors"] == 0

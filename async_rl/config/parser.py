@@ -219,6 +219,10 @@ def _validate(cfg: Config, explicit: set[str], async_mode: bool) -> None:
             f"--rollout-num-gpus {c.rollout_num_gpus} is not a multiple of --rollout-num-gpus-per-engine "
             f"{c.rollout_num_gpus_per_engine}"
         )
+    if cfg.reward.group_rm and not cfg.reward.custom_rm_path:
+        raise ConfigError("--group-rm applies to a --custom-rm-path function; set --custom-rm-path")
+    if cfg.reward.reward_timeout <= 0 or cfg.reward.reward_num_workers < 1:
+        raise ConfigError("--reward-timeout must be > 0 and --reward-num-workers >= 1")
     if cfg.checkpoint.save_interval is not None and not cfg.checkpoint.save:
         raise ConfigError("--save-interval is set but --save is not")
     if cfg.eval.eval_interval is not None and not cfg.eval.eval_prompt_data:

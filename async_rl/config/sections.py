@@ -113,6 +113,10 @@ class TrainConfig:
 class RewardConfig:
     rm_type: str = flag("deepscaler", "Built-in rule reward.")
     custom_rm_path: str | None = flag(None, "Reward plugin as pkg.module:function; replaces --rm-type.")
+    group_rm: bool = flag(False, "The --custom-rm-path function grades a whole group: fn(samples) -> list.")
+    reward_timeout: float = flag(5.0, "Seconds one reward call may take; a timeout scores --reward-default.")
+    reward_num_workers: int = flag(2, "Worker processes that grade with sync reward functions.")
+    reward_default: float = flag(0.0, "Reward of a sample whose grading timed out or raised.")
     overlong_buffer_len: int | None = flag(None, "DAPO overlong shaping: penalise the last this many tokens of the length limit.")
     overlong_penalty_factor: float = flag(1.0, "DAPO overlong shaping: the penalty at the length limit.")
 

@@ -15,6 +15,7 @@ from async_rl.data.prompt_dataset import PromptRow
 from async_rl.rollout.engine import FINISHED_AT, SamplingParams
 from async_rl.rollout.filters import GroupFilter
 from async_rl.sample import Sample
+from rewards.grading import RewardGrader
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +44,9 @@ class DynamicSampling:
 
 
 class RolloutManager:
-    def __init__(self, engines: Sequence[Any], reward_fn: Callable[[Sample], float | dict], *, chunks_per_engine: int = 2):
+    def __init__(self, engines: Sequence[Any], grader: RewardGrader, *, chunks_per_engine: int = 2):
         self.engines = list(engines)
-        self.reward_fn = reward_fn
+        self.grader = grader
         self.chunks_per_engine = chunks_per_engine
         self._next_group_id = 0
 
@@ -69,15 +70,22 @@ class RolloutManager:
         refs = [self.engines[i % len(self.engines)].generate.remote(chunk, params) for i, chunk in enumerate(chunks)]
         return PendingRollout(refs, {ref: len(chunk) for ref, chunk in zip(refs, chunks)}, description, time.time())
 
-    def _finished_chunks(self, pending: PendingRollout):
-        """Yield each chunk's graded samples as its engine call completes, with a progress bar."""
+    def _finished_chunks(self, pending: PendingRollout, reward_counts: Counter):
+        """Yield each chunk's graded samples as its engine call completes, with a progress bar.
+
+        Grading failures (timeouts, errors) are added to `reward_counts`.
+        """
         remaining = list(pending.refs)
         with tqdm(total=pending.n_samples, desc=pending.description, leave=False, disable=None) as bar:
             while remaining:
                 ready, remaining = ray.wait(remaining, num_returns=1)
                 chunk = ray.get(ready[0])
-                for sample in chunk:
-                    sample.reward = self._grade(sample)
+                for position, sample in enumerate(chunk):
+                    sample.index = position
+                rewards, counts = self.grader.grade(chunk)
+                for sample, reward in zip(chunk, rewards):
+                    sample.reward = reward
+                reward_counts.update(counts)
                 bar.update(len(chunk))
                 yield chunk, remaining
 
@@ -88,12 +96,13 @@ class RolloutManager:
         last response, as the engines saw it, and `perf/rollout_wait_s`, how long this call blocked.
         """
         wait_start = time.time()
-        done = [s for chunk, _ in self._finished_chunks(pending) for s in chunk]
-        timings = {
+        reward_counts: Counter = Counter()
+        done = [s for chunk, _ in self._finished_chunks(pending, reward_counts) for s in chunk]
+        metrics = {
             "perf/rollout_time_s": max(s.metadata[FINISHED_AT] for s in done) - pending.submitted_at,
             "perf/rollout_wait_s": time.time() - wait_start,
         }
-        return _indexed(done), timings
+        return _indexed(done), metrics | _reward_failure_metrics(reward_counts)
 
     def generate_batch(
         self,
@@ -113,9 +122,10 @@ class RolloutManager:
         kept: list[list[Sample]] = []
         raw_scores: list[float] = []
         counts: Counter[str] = Counter()
+        reward_counts: Counter = Counter()
         for round_index in range(sampling.max_rounds):
             pending = self.submit(next_rows(sampling.groups_per_round), n_samples, params, f"rollout round {round_index + 1}")
-            for chunk, remaining in self._finished_chunks(pending):
+            for chunk, remaining in self._finished_chunks(pending, reward_counts):
                 for group in _split_groups(chunk):
                     counts["groups_generated"] += 1
                     raw_scores.extend(s.score for s in group)
@@ -143,22 +153,18 @@ class RolloutManager:
         metrics["rollout/groups_kept"] = float(len(kept))
         metrics["rollout/sampling_rounds"] = float(round_index + 1)
         metrics["rollout/raw_reward_mean"] = sum(raw_scores) / max(len(raw_scores), 1)
+        metrics |= _reward_failure_metrics(reward_counts)
         if samples:
             metrics["perf/rollout_time_s"] = max(s.metadata[FINISHED_AT] for s in samples) - start
         return samples, metrics
 
-    def _grade(self, sample: Sample) -> float | dict:
-        result = self.reward_fn(sample)
-        if not isinstance(result, (int, float, dict)) or isinstance(result, dict) and "score" not in result:
-            raise TypeError(
-                f"reward function returned {result!r} for a sample of group {sample.group_id}; "
-                "expected a float or a dict with 'score'"
-            )
-        return result
-
     def update_weights(self, weights_ref: ray.ObjectRef, version: int) -> list[ray.ObjectRef]:
         """Queue the new weights on every engine; each applies them after the generate calls already queued."""
         return [engine.update_weights.remote(weights_ref, version) for engine in self.engines]
+
+
+def _reward_failure_metrics(counts: Counter) -> dict[str, float]:
+    return {"reward/timeouts": float(counts["timeouts"]), "reward/errors": float(counts["errors"])}
 
 
 def _split_groups(chunk: list[Sample]) -> list[list[Sample]]:

@@ -1,0 +1,160 @@
+"""Grading samples without ever stalling training.
+
+Sync reward functions run in a pool of worker processes, each call under a per-sample timeout (an alarm
+inside the worker, and a hard deadline outside it that replaces the pool if a worker is stuck in C code).
+Async functions run on an event loop under `asyncio.wait_for`. A call that times out or raises gives
+the configured default reward and is counted; the run goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import math
+import multiprocessing
+import pickle
+import signal
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, wait
+from typing import Any
+
+from rewards.registry import RewardSpec
+
+logger = logging.getLogger(__name__)
+_HARD_DEADLINE_GRACE_S = 5.0
+
+
+class _Timeout(Exception):
+    pass
+
+
+def _raise_timeout(signum, frame):
+    raise _Timeout()
+
+
+def _call_with_alarm(fn, call_args: tuple, timeout: float) -> tuple[str, Any]:
+    """("ok", value), ("timeout", None) or ("error", message)."""
+    signal.signal(signal.SIGALRM, _raise_timeout)
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        return "ok", fn(*call_args)
+    except _Timeout:
+        return "timeout", None
+    except Exception as e:  # a plugin's bug must not kill the worker; it is reported with its sample
+        return "error", f"{type(e).__name__}: {e}"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def _call_each_with_alarm(fn, calls: list[tuple], timeout: float) -> list[tuple[str, Any]]:
+    """Runs in a worker: several calls per task keep the inter-process traffic off the critical path."""
+    return [_call_with_alarm(fn, call_args, timeout) for call_args in calls]
+
+
+class RewardGrader:
+    def __init__(self, spec: RewardSpec, *, args: argparse.Namespace, num_workers: int = 2,
+                 timeout: float = 5.0, default: float = 0.0):
+        self.spec = spec
+        self.args = args
+        self.num_workers = num_workers
+        self.timeout = timeout
+        self.default = default
+        self._pool: ProcessPoolExecutor | None = None
+        if not spec.is_async:
+            try:
+                pickle.dumps(spec.fn)
+            except Exception as e:
+                raise ValueError(f"{spec.name}: the function cannot be sent to a grading worker "
+                                 f"(define it at module level): {e}") from None
+
+    def _workers(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.num_workers, mp_context=multiprocessing.get_context("forkserver"))
+        return self._pool
+
+    def _replace_pool(self) -> None:
+        """Kill workers stuck past the hard deadline; the next call starts fresh ones."""
+        if self._pool is not None:
+            for process in list(self._pool._processes.values()):
+                process.kill()
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def _call_args(self, unit: list) -> tuple:
+        payload = unit if self.spec.group else unit[0]
+        return (self.args, payload) if self.spec.takes_args else (payload,)
+
+    def _run_in_pool(self, units: list[list]) -> list[tuple[str, Any]]:
+        """Units go out in a few tasks per worker; a task past the hard deadline times out all its units."""
+        pool = self._workers()
+        n_tasks = min(len(units), self.num_workers * 4)
+        tasks = [list(range(i, len(units), n_tasks)) for i in range(n_tasks)]
+        futures = [pool.submit(_call_each_with_alarm, self.spec.fn, [self._call_args(units[j]) for j in task], self.timeout)
+                   for task in tasks]
+        budget = self.timeout * math.ceil(len(units) / self.num_workers) + _HARD_DEADLINE_GRACE_S
+        done, not_done = wait(futures, timeout=budget)
+        if not_done:
+            self._replace_pool()
+        outcomes: list[tuple[str, Any]] = [("timeout", None)] * len(units)
+        for task, future in zip(tasks, futures):
+            if future in done:
+                for j, outcome in zip(task, future.result()):
+                    outcomes[j] = outcome
+        return outcomes
+
+    async def _run_async(self, units: list[list]) -> list[tuple[str, Any]]:
+        async def one(unit):
+            try:
+                return "ok", await asyncio.wait_for(self.spec.fn(*self._call_args(unit)), self.timeout)
+            except asyncio.TimeoutError:
+                return "timeout", None
+            except Exception as e:
+                return "error", f"{type(e).__name__}: {e}"
+
+        return await asyncio.gather(*(one(u) for u in units))
+
+    def grade(self, samples: list) -> tuple[list[float | dict], Counter]:
+        """Rewards in sample order, and counts of `timeouts` and `errors` (each such sample gets the default)."""
+        if self.spec.group:
+            by_group: dict[int, list] = {}
+            for s in samples:
+                by_group.setdefault(s.group_id, []).append(s)
+            units = list(by_group.values())
+        else:
+            units = [[s] for s in samples]
+        outcomes = asyncio.run(self._run_async(units)) if self.spec.is_async else self._run_in_pool(units)
+        counts: Counter = Counter()
+        rewards: dict[int, float | dict] = {}
+        for unit, (status, value) in zip(units, outcomes):
+            values = self._check(unit, status, value, counts)
+            for sample, reward in zip(unit, values):
+                rewards[id(sample)] = reward
+        return [rewards[id(s)] for s in samples], counts
+
+    def _check(self, unit: list, status: str, value: Any, counts: Counter) -> list[float | dict]:
+        """The unit's rewards, or the default for each of its samples with a counted, logged reason."""
+        where = f"group {unit[0].group_id}" + ("" if self.spec.group else f", sample {unit[0].index}")
+        if status == "ok":
+            values = value if self.spec.group else [value]
+            if self.spec.group and (not isinstance(value, list) or len(value) != len(unit)):
+                status, value = "error", f"returned {value!r}, expected a list of {len(unit)} rewards"
+            elif not all(_is_reward(v) for v in values):
+                status, value = "error", f"returned {value!r}, expected a float or a dict with 'score'"
+            else:
+                return values
+        counts["timeouts" if status == "timeout" else "errors"] += len(unit)
+        reason = f"timed out after {self.timeout:g}s" if status == "timeout" else f"failed: {value}"
+        logger.warning("reward %s %s on %s; scoring %g", self.spec.name, reason, where, self.default)
+        return [self.default] * len(unit)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+def _is_reward(value: Any) -> bool:
+    if isinstance(value, dict):
+        return isinstance(value.get("score"), (int, float))
+    return isinstance(value, (int, float))

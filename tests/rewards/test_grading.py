@@ -1,0 +1,83 @@
+import argparse
+import time
+
+import pytest
+
+from async_rl.errors import UserInputError
+from async_rl.sample import Sample
+from rewards.grading import RewardGrader
+from rewards.registry import resolve_reward
+
+ARGS = argparse.Namespace(rollout_batch_size=7)
+PLUGINS = "tests.plugins.reward_plugins"
+
+
+def samples(n, group_size=1, response="<think>x</think>\\boxed{4}", label="4"):
+    return [Sample(prompt="p", prompt_tokens=[1], response=response, label=label, group_id=i // group_size, index=i)
+            for i in range(n)]
+
+
+def grade(spec, batch, **kwargs):
+    grader = RewardGrader(spec, args=ARGS, **kwargs)
+    try:
+        return grader.grade(batch)
+    finally:
+        grader.close()
+
+
+def test_rule_reward_runs_in_worker_processes():
+    rewards, counts = grade(resolve_reward("deepscaler"), samples(6))
+    assert rewards == [1.0] * 6 and counts["timeouts"] == counts["errors"] == 0
+
+
+def test_sync_plugin_async_slime_plugin_and_group_plugin_load_unchanged():
+    batch = samples(4, response="4")
+    assert grade(resolve_reward("deepscaler", f"{PLUGINS}:exact_label"), batch)[0] == [1.0] * 4
+    rewards, _ = grade(resolve_reward("deepscaler", f"{PLUGINS}:slime_style"), batch)
+    assert rewards == [{"score": 1.0, "seen_batch": 7.0}] * 4
+    group = samples(4, group_size=4)
+    group[2].response = "4"
+    rewards, _ = grade(resolve_reward("deepscaler", f"{PLUGINS}:group_best_of", group_rm=True), group)
+    assert rewards == [0.0, 0.0, 1.0, 0.0]
+
+
+def test_plugin_that_raises_or_hangs_is_counted_and_scored_default(caplog):
+    start = time.perf_counter()
+    rewards, counts = grade(resolve_reward("deepscaler", f"{PLUGINS}:flaky"), samples(6), timeout=1.0, default=-1.0)
+    assert time.perf_counter() - start < 10
+    assert rewards == [-1.0, -1.0, 1.0, -1.0, -1.0, 1.0]
+    assert counts == {"errors": 2, "timeouts": 2}
+    assert f"--custom-rm-path {PLUGINS}:flaky failed: ValueError: plugin bug on group 0, sample 0" in caplog.text
+
+
+def test_a_worker_stuck_in_c_code_is_replaced_after_the_hard_deadline():
+    spec = resolve_reward("deepscaler", f"{PLUGINS}:deaf_to_alarms")
+    grader = RewardGrader(spec, args=ARGS, num_workers=1, timeout=0.5)
+    try:
+        start = time.perf_counter()
+        rewards, counts = grader.grade(samples(1))
+        assert time.perf_counter() - start < 10
+        assert rewards == [0.0] and counts["timeouts"] == 1
+        grader.spec = resolve_reward("deepscaler")  # the replacement pool grades normally
+        assert grader.grade(samples(2))[0] == [1.0, 1.0]
+    finally:
+        grader.close()
+
+
+def test_a_reward_of_the_wrong_type_is_an_error_not_a_crash():
+    rewards, counts = grade(resolve_reward("deepscaler", f"{PLUGINS}:returns_nonsense"), samples(2))
+    assert rewards == [0.0, 0.0] and counts["errors"] == 2
+
+
+@pytest.mark.parametrize(
+    "rm_type, path, message",
+    [
+        ("nope", None, "--rm-type: unknown reward 'nope'"),
+        ("deepscaler", "no_such_module:fn", "--custom-rm-path: cannot import module 'no_such_module'"),
+        ("deepscaler", f"{PLUGINS}:missing", "has no attribute 'missing'"),
+        ("deepscaler", "just_a_name", "expected pkg.module:function"),
+    ],
+)
+def test_bad_reward_names_are_clear_errors(rm_type, path, message):
+    with pytest.raises(UserInputError, match=message):
+        resolve_reward(rm_type, path)
