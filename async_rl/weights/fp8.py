@@ -23,19 +23,39 @@ def _blocked(w: torch.Tensor, block_size: int) -> tuple[torch.Tensor, tuple[int,
     return padded.view(row_blocks, block_size, col_blocks, block_size), (rows, cols)
 
 
+def round_up_to_power_of_two(x: torch.Tensor) -> torch.Tensor:
+    """The smallest power of two >= x, for positive float32 x, by exponent arithmetic (exact, no log2)."""
+    bits = x.view(torch.int32)
+    exponent = bits & 0x7F800000
+    return torch.where((bits & 0x007FFFFF) == 0, exponent, exponent + (1 << 23)).view(torch.float32)
+
+
 def quantize_blockwise(w: torch.Tensor, block_size: int = 128, pow2_scale: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(q, scale_inv): q float8_e4m3fn of w's shape, scale_inv float32 [ceil(out/128), ceil(in/128)].
 
     Each block's largest magnitude maps to 448. With `pow2_scale` the scale is rounded up to a power of
     two (E8M0-representable), so the block's maximum still fits. An all-zero block gets scale_inv 1.
+    CUDA tensors go through the fused Triton kernel when Triton is installed; this is its oracle.
     """
     if w.ndim != 2:
         raise ValueError(f"blockwise FP8 quantizes 2-D weights, got shape {tuple(w.shape)}")
+    if w.is_cuda and block_size == 128:
+        from async_rl.weights import fp8_triton
+
+        if fp8_triton.available():
+            return fp8_triton.quantize_blockwise(w, pow2_scale=pow2_scale)
+    return quantize_blockwise_reference(w, block_size, pow2_scale)
+
+
+def quantize_blockwise_reference(w: torch.Tensor, block_size: int = 128, pow2_scale: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain torch version of `quantize_blockwise` (any device)."""
     blocks, (rows, cols) = _blocked(w, block_size)
     amax = blocks.abs().amax(dim=(1, 3), keepdim=True)
-    scale_inv = torch.where(amax > 0, amax / FP8_E4M3_MAX, torch.ones_like(amax))
+    # a tensor divisor: torch turns division by a Python scalar into a multiplication by its reciprocal,
+    # which rounds differently from the IEEE division the kernel does
+    scale_inv = torch.where(amax > 0, amax / torch.full_like(amax, FP8_E4M3_MAX), torch.ones_like(amax))
     if pow2_scale:
-        scale_inv = torch.exp2(torch.ceil(torch.log2(scale_inv)))
+        scale_inv = round_up_to_power_of_two(scale_inv)
     q = (blocks / scale_inv).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
     q = q.view(blocks.shape[0] * block_size, -1)[:rows, :cols].contiguous()
     return q, scale_inv[:, 0, :, 0].contiguous()
