@@ -156,14 +156,16 @@ class TrainingSession:
         return metrics
 
     def push_weights(self, version: int) -> list[ray.ObjectRef]:
-        """Export the trainer's weights and queue them on every engine.
+        """Stream the trainer's weights to every engine, bucket by bucket (FP8 pairs for an FP8 rollout).
 
-        Returns once the export is done; the refs resolve when each engine has applied the weights, which
-        happens after the generate calls already queued on it.
+        Returns once the trainer has exported the last bucket; the refs resolve when each engine has
+        applied the weights, which happens after the generate calls already queued on it.
         """
-        weights = self.trainer.export_weights.remote()
-        ray.wait([weights])
-        return self.rollout.update_weights(weights, version)
+        r = self.cfg.rollout
+        buckets = self.trainer.export_weight_buckets.options(num_returns="streaming").remote(
+            r.update_weight_buffer_size, r.rollout_quantization == "fp8", r.force_pow_2_scale
+        )
+        return self.rollout.update_weights(buckets, version)
 
     def should_evaluate(self, step: int) -> bool:
         interval = self.cfg.eval.eval_interval

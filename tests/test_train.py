@@ -81,3 +81,11 @@ def test_the_example_plugin_loads_through_the_flag_and_logs_its_extra_field(tiny
                          "--custom-rm-path", "rewards.example_plugin:boxed_answer_with_format", evaluate=False))
     (row,) = metrics_of(out)
     assert 0.0 <= row["rollout/reward_format_ok_mean"] <= 1.0 and row["reward/errors"] == 0
+
+
+def test_fp8_rollout_with_tis_trains_and_logs_the_mismatch(tiny_model, tmp_path):
+    out = tmp_path / "run"
+    train.main(run_flags(tiny_model, out, "--num-rollout", "2", "--rollout-quantization", "fp8",
+                         "--update-weight-buffer-size", "65536", evaluate=False))
+    rows = metrics_of(out)
+    assert all(r["train/rollout_logprob_abs_diff"] > 1e-4 and "train/tis_weight_mean" in r for r in rows)

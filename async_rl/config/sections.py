@@ -58,6 +58,8 @@ class RolloutConfig:
     rollout_temperature: float = flag(1.0, "Sampling temperature.")
     rollout_top_p: float = flag(1.0, "Nucleus sampling threshold.")
     max_staleness: int = flag(1, "Async mode: drop samples more than this many weight versions old.")
+    update_weight_buffer_size: int = flag(512 * 1024**2, "Bytes of weights per weight-sync bucket.")
+    force_pow_2_scale: bool = flag(False, "FP8 rollout: round every block scale up to a power of two (E8M0).")
     rollout_quantization: str = flag(
         "none", "Rollout weight precision: fp8 serves blockwise E4M3 weights (emulated by the local engine).",
         choices=["none", "fp8"],

@@ -26,8 +26,14 @@ class RolloutEngine(Protocol):
     def generate(self, samples: list[Sample], params: SamplingParams) -> list[Sample]:
         """Fill in response tokens, text, per-token rollout log-probs, status and weight version."""
 
+    def load_weights(self, named_tensors: Sequence[tuple[str, torch.Tensor]]) -> None:
+        """Load one bucket of policy weights (Hugging Face names; FP8 pairs for an FP8 engine)."""
+
+    def set_weight_version(self, version: int) -> None:
+        """Adopt the version of the weights loaded since the last call."""
+
     def update_weights(self, named_tensors: Sequence[tuple[str, torch.Tensor]], version: int) -> None:
-        """Load new policy weights (Hugging Face names) and adopt their version."""
+        """`load_weights` then `set_weight_version`."""
 
     def pause(self) -> None: ...
 

@@ -16,7 +16,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from async_rl.rollout.engine import FINISHED_AT, SamplingParams
 from async_rl.rollout.sampling import sample_tokens
 from async_rl.sample import Sample, SampleStatus
-from async_rl.weights.fp8 import dequantize_blockwise, is_fp8_quantizable, quantize_blockwise
+from async_rl.rollout.fp8_linear import convert_to_fp8
+from async_rl.weights.fp8 import is_fp8_quantizable, quantize_blockwise, scale_name
 
 
 class LocalEngine:
@@ -31,7 +32,8 @@ class LocalEngine:
         device: str = "cpu",
         quantization: str | None = None,
     ):
-        """`quantization="fp8"` emulates an FP8 engine: linear weights are rounded through blockwise E4M3."""
+        """`quantization="fp8"` emulates an FP8 engine: attention and MLP linear layers keep blockwise E4M3
+        weights with float32 scales and round their inputs through E4M3 per token and 128 channels."""
         if num_threads:
             torch.set_num_threads(num_threads)
         self.device = torch.device(device)
@@ -41,10 +43,9 @@ class LocalEngine:
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.eos_token_id = self.tokenizer.eos_token_id
         self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_token_id
-        self.quantization = quantization
+        self.fp8_modules = set(convert_to_fp8(self.model, is_fp8_quantizable)) if quantization == "fp8" else set()
         self.weight_version = 0
         self.paused = False
-        self.update_weights(list(self.model.named_parameters()), version=0)
 
     @torch.no_grad()
     def generate(self, samples: list[Sample], params: SamplingParams) -> list[Sample]:
@@ -96,15 +97,28 @@ class LocalEngine:
         return samples
 
     @torch.no_grad()
-    def update_weights(self, named_tensors: Sequence[tuple[str, torch.Tensor]], version: int) -> None:
-        params = dict(self.model.named_parameters())
+    def load_weights(self, named_tensors: Sequence[tuple[str, torch.Tensor]]) -> None:
+        """Copy one bucket of weights in (Hugging Face names).
+
+        An FP8 layer takes float8 bytes and their `_scale_inv` as they come; sent a high-precision weight
+        instead, it quantizes it here (correct, but the slow path FP8 weight sync exists to avoid).
+        """
+        targets = dict(self.model.named_parameters()) | dict(self.model.named_buffers())
         for name, tensor in named_tensors:
-            if name not in params:
+            if name not in targets:
                 raise KeyError(f"weight update names unknown parameter {name!r}")
-            if self.quantization == "fp8" and is_fp8_quantizable(name, tensor):
-                tensor = dequantize_blockwise(*quantize_blockwise(tensor), dtype=params[name].dtype)
-            params[name].copy_(tensor.to(params[name].dtype))
+            module_name = name.rsplit(".", 1)[0]
+            if module_name in self.fp8_modules and name.endswith(".weight") and tensor.dtype != torch.float8_e4m3fn:
+                tensor, scale_inv = quantize_blockwise(tensor)
+                targets[scale_name(name)].copy_(scale_inv)
+            targets[name].copy_(tensor.to(targets[name].device))
+
+    def set_weight_version(self, version: int) -> None:
         self.weight_version = version
+
+    def update_weights(self, named_tensors: Sequence[tuple[str, torch.Tensor]], version: int) -> None:
+        self.load_weights(named_tensors)
+        self.set_weight_version(version)
 
     def pause(self) -> None:
         self.paused = True

@@ -6,7 +6,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import ray
 from tqdm import tqdm
@@ -158,9 +158,16 @@ class RolloutManager:
             metrics["perf/rollout_time_s"] = max(s.metadata[FINISHED_AT] for s in samples) - start
         return samples, metrics
 
-    def update_weights(self, weights_ref: ray.ObjectRef, version: int) -> list[ray.ObjectRef]:
-        """Queue the new weights on every engine; each applies them after the generate calls already queued."""
-        return [engine.update_weights.remote(weights_ref, version) for engine in self.engines]
+    def update_weights(self, bucket_refs: Iterable[ray.ObjectRef], version: int) -> list[ray.ObjectRef]:
+        """Queue weight buckets on every engine as they arrive, then the new version.
+
+        Each engine applies them after the generate calls already queued on it; the returned refs
+        resolve once every engine has the new version.
+        """
+        for bucket in bucket_refs:
+            for engine in self.engines:
+                engine.load_weights.remote(bucket)
+        return [engine.set_weight_version.remote(version) for engine in self.engines]
 
 
 def _reward_failure_metrics(counts: Counter) -> dict[str, float]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Iterator, Protocol
 
 import torch
 
@@ -16,8 +16,11 @@ class Trainer(Protocol):
     def train_step(self, samples: list[Sample], advantages: list[float]) -> dict[str, float]:
         """Recompute old log-probs, then one or more optimizer steps over the samples; returns metrics."""
 
-    def export_weights(self) -> list[tuple[str, torch.Tensor]]:
-        """Policy weights under Hugging Face names, for pushing to rollout engines."""
+    def export_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Policy weights under Hugging Face names."""
+
+    def export_weight_buckets(self, bucket_bytes: int, fp8: bool = False, pow2_scale: bool = False) -> Iterator[list]:
+        """The weights in sync buckets, FP8-quantized (weight + `_scale_inv`) when the rollout is FP8."""
 
     def save(self, path: str) -> None: ...
 

@@ -47,6 +47,32 @@ def quantize_blockwise(w: torch.Tensor, block_size: int = 128, pow2_scale: bool 
     return quantize_blockwise_reference(w, block_size, pow2_scale)
 
 
+def quantize_blockwise_many(weights: list[torch.Tensor], pow2_scale: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`quantize_blockwise` of several weights: one fused launch on the GPU, one call each elsewhere."""
+    if weights and all(w.is_cuda for w in weights):
+        from async_rl.weights import fp8_triton
+
+        if fp8_triton.available():
+            return fp8_triton.quantize_blockwise_many(weights, pow2_scale)
+    return [quantize_blockwise_reference(w, pow2_scale=pow2_scale) for w in weights]
+
+
+def quantize_activations(x: torch.Tensor, group_size: int = 128) -> torch.Tensor:
+    """x rounded through E4M3 with one scale per token per `group_size` channels (dynamic 1x128 scheme)."""
+    *lead, channels = x.shape
+    groups = -(-channels // group_size)
+    padded = torch.nn.functional.pad(x.to(torch.float32), (0, groups * group_size - channels)).view(*lead, groups, group_size)
+    amax = padded.abs().amax(dim=-1, keepdim=True)
+    scale = torch.where(amax > 0, amax / torch.full_like(amax, FP8_E4M3_MAX), torch.ones_like(amax))
+    rounded = (padded / scale).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn).to(torch.float32) * scale
+    return rounded.view(*lead, groups * group_size)[..., :channels].to(x.dtype)
+
+
+def scale_name(weight_name: str) -> str:
+    """Where a quantized weight's scales live in a checkpoint: `<module>.weight_scale_inv`."""
+    return weight_name + "_scale_inv"
+
+
 def quantize_blockwise_reference(w: torch.Tensor, block_size: int = 128, pow2_scale: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Plain torch version of `quantize_blockwise` (any device)."""
     blocks, (rows, cols) = _blocked(w, block_size)
