@@ -18,6 +18,7 @@ from async_rl.rollout.sampling import sample_tokens
 from async_rl.sample import Sample, SampleStatus
 from async_rl.rollout.fp8_linear import convert_to_fp8
 from async_rl.weights.fp8 import is_fp8_quantizable, quantize_blockwise, scale_name
+from async_rl.weights.sync import from_transport
 
 
 class LocalEngine:
@@ -107,6 +108,7 @@ class LocalEngine:
         for name, tensor in named_tensors:
             if name not in targets:
                 raise KeyError(f"weight update names unknown parameter {name!r}")
+            tensor = from_transport(tensor, targets[name].dtype)
             module_name = name.rsplit(".", 1)[0]
             if module_name in self.fp8_modules and name.endswith(".weight") and tensor.dtype != torch.float8_e4m3fn:
                 tensor, scale_inv = quantize_blockwise(tensor)

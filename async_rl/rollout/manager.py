@@ -162,12 +162,10 @@ class RolloutManager:
         """Queue weight buckets on every engine as they arrive, then the new version.
 
         Each engine applies them after the generate calls already queued on it; the returned refs
-        resolve once every engine has the new version.
+        resolve once every engine has the new version (and raise if any load failed).
         """
-        for bucket in bucket_refs:
-            for engine in self.engines:
-                engine.load_weights.remote(bucket)
-        return [engine.set_weight_version.remote(version) for engine in self.engines]
+        loads = [engine.load_weights.remote(bucket) for bucket in bucket_refs for engine in self.engines]
+        return loads + [engine.set_weight_version.remote(version) for engine in self.engines]
 
 
 def _reward_failure_metrics(counts: Counter) -> dict[str, float]:

@@ -13,7 +13,7 @@ from async_rl.algorithms.losses import aggregate, kl_penalty, policy_loss
 from async_rl.config.sections import TrainConfig
 from async_rl.sample import Sample
 from async_rl.trainer.batch import PackedBatch, pack, response_log_probs
-from async_rl.weights.sync import weight_buckets
+from async_rl.weights.sync import to_transport, weight_buckets
 
 
 class TorchTrainer:
@@ -126,7 +126,7 @@ class TorchTrainer:
     def export_weight_buckets(self, bucket_bytes: int, fp8: bool = False, pow2_scale: bool = False):
         """Yield weight-sync buckets (quantized on this device when the rollout is FP8); Ray streams them."""
         for bucket in weight_buckets(self.export_weights(), bucket_bytes=bucket_bytes, fp8=fp8, pow2_scale=pow2_scale):
-            yield [(name, t.to("cpu", copy=True)) for name, t in bucket]
+            yield [(name, to_transport(t)) for name, t in bucket]
 
     def save(self, path: str) -> None:
         """Hugging Face layout under `model/` plus optimizer and RNG state; the caller makes it atomic."""
