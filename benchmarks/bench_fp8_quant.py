@@ -60,41 +60,48 @@ def copy_bandwidth() -> float:
     return 2 * src.numel() / (time_ms(lambda: dst.copy_(src)) / 1e3)
 
 
+def repeat_per_tensor(fn, weights: list[torch.Tensor], layers: int):
+    def all_layers():
+        for _ in range(layers):
+            for w in weights:
+                fn(w)
+    return all_layers
+
+
+def in_buckets(buckets: list[list[torch.Tensor]]):
+    def all_buckets():
+        for bucket in buckets:
+            fp8_triton.quantize_blockwise_many(bucket)
+    return all_buckets
+
+
+def measure(name: str, dims: tuple, bandwidth: float, compiled) -> list[tuple]:
+    hidden, inter, layers, q_out, kv_out = dims
+    shapes = layer_shapes(hidden, inter, q_out, kv_out)
+    # one layer's weights, quantized `layers` times: every matrix is far larger than L2, so this costs
+    # what quantizing `layers` distinct layers costs, without holding the whole model
+    weights = [torch.randn(s, dtype=torch.bfloat16, device="cuda") * 0.02 for s in shapes]
+    for w, (q_t, s_t) in zip(weights, fp8_triton.quantize_blockwise_many(weights)):  # correctness first
+        q_r, s_r = quantize_blockwise_reference(w)
+        assert torch.equal(q_t.view(torch.uint8), q_r.view(torch.uint8)) and torch.equal(s_t, s_r), name
+    elements = layers * sum(r * c for r, c in shapes)
+    moved = elements * (2 + 1) + layers * sum(-(-r // 128) * -(-c // 128) * 4 for r, c in shapes)
+    floor_ms = moved / bandwidth * 1e3
+    results = {
+        "triton": time_ms(in_buckets(to_buckets(weights * layers, BUCKET_BYTES)), repeats=3),
+        "torch.compile": time_ms(repeat_per_tensor(compiled, weights, layers), repeats=3),
+        "torch eager": time_ms(repeat_per_tensor(quantize_blockwise_reference, weights, layers), repeats=3),
+    }
+    return [(name, elements / 1e9, method, ms, floor_ms, floor_ms / ms) for method, ms in results.items()]
+
+
 def main() -> None:
     torch.manual_seed(0)
     bandwidth = copy_bandwidth()
     compiled = torch.compile(quantize_blockwise_reference, dynamic=False)
     rows = []
-    for name, (hidden, inter, layers, q_out, kv_out) in MODELS.items():
-        shapes = layer_shapes(hidden, inter, q_out, kv_out)
-        # one layer's weights, quantized `layers` times: every matrix is far larger than L2, so this
-        # costs what quantizing `layers` distinct layers costs, without holding the whole model
-        weights = [torch.randn(s, dtype=torch.bfloat16, device="cuda") * 0.02 for s in shapes]
-        for w, (q_t, s_t) in zip(weights, fp8_triton.quantize_blockwise_many(weights)):  # correctness first
-            q_r, s_r = quantize_blockwise_reference(w)
-            assert torch.equal(q_t.view(torch.uint8), q_r.view(torch.uint8)) and torch.equal(s_t, s_r), name
-        elements = layers * sum(r * c for r, c in shapes)
-        moved = elements * (2 + 1) + layers * sum(-(-r // 128) * -(-c // 128) * 4 for r, c in shapes)
-        floor_ms = moved / bandwidth * 1e3
-
-        def run(fn):
-            def all_layers():
-                for _ in range(layers):
-                    for w in weights:
-                        fn(w)
-            return time_ms(all_layers, repeats=3)
-
-        buckets = to_buckets(weights * layers, BUCKET_BYTES)
-
-        def triton_buckets():
-            for bucket in buckets:
-                fp8_triton.quantize_blockwise_many(bucket)
-
-        results = {"triton": time_ms(triton_buckets, repeats=3), "torch.compile": run(compiled),
-                   "torch eager": run(quantize_blockwise_reference)}
-        for method, ms in results.items():
-            rows.append((name, elements / 1e9, method, ms, floor_ms, floor_ms / ms))
-        del weights
+    for name, dims in MODELS.items():
+        rows += measure(name, dims, bandwidth, compiled)
         torch.cuda.empty_cache()
     print(f"device: {torch.cuda.get_device_name()}, copy bandwidth {bandwidth / 1e12:.2f} TB/s; "
           "Triton output equals the torch oracle bit for bit on every shape")
