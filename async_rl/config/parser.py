@@ -95,8 +95,9 @@ def build_parser(prog: str = "async_rl", *, suppress_defaults: bool = False) -> 
         argument_default=argparse.SUPPRESS if suppress_defaults else None,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--config", help="omegaconf YAML whose keys are flag names with underscores.")
-    parser.add_argument("--async", dest="async_mode", action="store_true", help="Run the asynchronous loop.")
+    run = parser.add_argument_group("run")
+    run.add_argument("--config", help="omegaconf YAML whose keys are flag names with underscores.")
+    run.add_argument("--async", dest="async_mode", action="store_true", help="Run the asynchronous loop.")
     for section, cls in SECTIONS.items():
         group = parser.add_argument_group(section)
         hints = typing.get_type_hints(cls)
