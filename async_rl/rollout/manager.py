@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections import Counter
@@ -48,13 +49,12 @@ class RolloutManager:
         self.engines = list(engines)
         self.grader = grader
         self.chunks_per_engine = chunks_per_engine
-        self._next_group_id = 0
+        self._group_ids = itertools.count()  # thread-safe: eval and the async producer both make groups
 
     def make_groups(self, rows: Sequence[PromptRow], n_samples: int) -> list[list[Sample]]:
         groups = []
         for row in rows:
-            group_id = self._next_group_id
-            self._next_group_id += 1
+            group_id = next(self._group_ids)
             groups.append([
                 Sample(prompt=row.prompt, prompt_tokens=list(row.prompt_tokens), label=row.label,
                        group_id=group_id, metadata=dict(row.metadata))
