@@ -7,7 +7,7 @@ from typing import Any
 
 import ray
 
-from async_rl.config import Config, ConfigError
+from async_rl.config import Config
 
 _WORKER_ENV = {
     "TRANSFORMERS_VERBOSITY": "error",
@@ -47,8 +47,6 @@ def start_ray(cfg: Config) -> None:
 
 
 def create_trainer(cfg: Config) -> Any:
-    if cfg.backend.train_backend != "torch":
-        raise ConfigError(f"--train-backend {cfg.backend.train_backend} is not available in this release; use torch")
     from async_rl.trainer.torch_trainer import TorchTrainer
 
     gpus = _gpu_share(cfg)
@@ -61,8 +59,6 @@ def create_trainer(cfg: Config) -> Any:
 
 
 def create_engines(cfg: Config) -> list[Any]:
-    if cfg.backend.rollout_backend != "local":
-        raise ConfigError(f"--rollout-backend {cfg.backend.rollout_backend} is not available in this release; use local")
     from async_rl.rollout.local_engine import LocalEngine
 
     gpus = _gpu_share(cfg)

@@ -234,6 +234,10 @@ def _validate(cfg: Config, explicit: set[str], async_mode: bool) -> None:
         raise ConfigError(
             f"--max-staleness {r.max_staleness} is below 1, but the async loop trains on samples one version old"
         )
+    if cfg.backend.rollout_backend != "local":
+        raise ConfigError(f"--rollout-backend {cfg.backend.rollout_backend} is not available in this release; use local")
+    if cfg.backend.train_backend != "torch":
+        raise ConfigError(f"--train-backend {cfg.backend.train_backend} is not available in this release; use torch")
     if not cfg.model.hf_checkpoint:
         raise ConfigError("--hf-checkpoint is required")
     if not cfg.data.prompt_data:
