@@ -1,16 +1,20 @@
-"""Entry-point wrapper: user mistakes become one line on stderr and exit status 2, not a traceback."""
+"""Entry-point wrapper: user mistakes and deliberate stops become one line on stderr, not a traceback."""
 
 from __future__ import annotations
 
 import sys
 from typing import Callable
 
-from async_rl.errors import UserInputError
+from async_rl.errors import TrainingAborted, UserInputError
 
 
 def run_cli(prog: str, body: Callable[[], None]) -> None:
+    """Bad input exits 2 and a deliberate stop exits 1, each with one line on stderr."""
     try:
         body()
     except UserInputError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except TrainingAborted as e:
+        print(f"{prog}: stopped: {e}", file=sys.stderr)
+        sys.exit(1)

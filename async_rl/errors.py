@@ -3,3 +3,7 @@
 
 class UserInputError(ValueError):
     """Its message names the flag, file or row at fault."""
+
+
+class TrainingAborted(RuntimeError):
+    """The run stopped itself on purpose (e.g. too many non-finite steps); the message says why and which flag."""

@@ -23,6 +23,7 @@ from async_rl.algorithms.advantages import compute_advantages, overlong_penalty
 from async_rl.checkpoint import read_driver_state, resolve_checkpoint, save_checkpoint
 from async_rl.config import Config
 from async_rl.data.prompt_dataset import PromptDataset
+from async_rl.errors import TrainingAborted
 from async_rl.metrics_logger import MetricsLogger
 from async_rl.placement import create_engines, create_trainer, start_ray
 from async_rl.rollout.engine import SamplingParams
@@ -35,6 +36,7 @@ from rewards.grading import RewardGrader
 from rewards.registry import resolve_reward
 
 logger = logging.getLogger(__name__)
+ENGINE_RNG = "engine_rng.pt"
 
 
 def eval_sets_from_flag(values: list[str] | None) -> dict[str, str]:
@@ -94,6 +96,7 @@ class TrainingSession:
         )
         self.eval_params = SamplingParams(cfg.eval.eval_temperature, cfg.rollout.rollout_top_p, cfg.eval.eval_max_response_len)
         self._producer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout-producer")
+        self.skipped_steps = 0
 
     def _save_config(self) -> None:
         resolved = OmegaConf.create(self.cfg.to_flat_dict())
@@ -153,6 +156,13 @@ class TrainingSession:
         )
         metrics |= ray.get(self.trainer.train_step.remote(samples, advantages.tolist()))
         metrics["perf/train_time_s"] = time.perf_counter() - start
+        self.skipped_steps += int(metrics["train/skipped_steps"])
+        limit = cfg.train.max_skipped_steps
+        if limit is not None and self.skipped_steps > limit:
+            raise TrainingAborted(
+                f"{self.skipped_steps} optimizer steps skipped for a NaN/inf loss or gradient, more than "
+                f"--max-skipped-steps {limit} (last at step {step})"
+            )
         return metrics
 
     def push_weights(self, version: int) -> list[ray.ObjectRef]:
@@ -194,13 +204,21 @@ class TrainingSession:
     def save(self, step: int, data_state: dict[str, int]) -> None:
         """Checkpoint after `step` completed steps; `data_state` is the dataset position of the next unseen prompt."""
         driver_state = {"step": step, "dataset": data_state}
-        save_checkpoint(self.cfg.checkpoint.save, step, driver_state,
-                        lambda path: ray.get(self.trainer.save.remote(path)))
+        engine_rng = ray.get([e.rng_state.remote() for e in self.rollout.engines])
+
+        def write(path: str) -> None:
+            ray.get(self.trainer.save.remote(path))
+            torch.save(engine_rng, Path(path) / ENGINE_RNG)
+
+        save_checkpoint(self.cfg.checkpoint.save, step, driver_state, write)
 
     def _load(self, path: str) -> None:
         checkpoint = resolve_checkpoint(path)
         state = read_driver_state(checkpoint)
         ray.get(self.trainer.load.remote(str(checkpoint)))
+        engine_rng = torch.load(checkpoint / ENGINE_RNG)
+        if len(engine_rng) == len(self.rollout.engines):  # same engine count: continue their sampling streams
+            ray.get([e.load_rng_state.remote(s) for e, s in zip(self.rollout.engines, engine_rng)])
         self.dataset.load_state_dict(state["dataset"])
         self.start_step = int(state["step"])
         ray.get(self.push_weights(self.start_step))

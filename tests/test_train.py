@@ -89,3 +89,36 @@ def test_fp8_rollout_with_tis_trains_and_logs_the_mismatch(tiny_model, tmp_path)
                          "--update-weight-buffer-size", "65536", evaluate=False))
     rows = metrics_of(out)
     assert all(r["train/rollout_logprob_abs_diff"] > 1e-4 and "train/tis_weight_mean" in r for r in rows)
+
+
+def test_sync_resume_is_exact(tiny_model, tmp_path):
+    """Four steps in one run, and two + resume + two, give bit-identical weights and identical metrics."""
+    import torch
+    from safetensors.torch import load_file
+
+    flags = ["--rollout-shuffle", "--eval-interval", "2"]
+    train.main(run_flags(tiny_model, tmp_path / "straight", "--num-rollout", "4", "--save", str(tmp_path / "a"), *flags))
+    train.main(run_flags(tiny_model, tmp_path / "first", "--num-rollout", "2", "--save", str(tmp_path / "b"), *flags))
+    train.main(run_flags(tiny_model, tmp_path / "resumed", "--num-rollout", "4", "--load", str(tmp_path / "b"),
+                         "--save", str(tmp_path / "b"), *flags))
+    straight = load_file(tmp_path / "a" / "step_000004" / "model" / "model.safetensors")
+    resumed = load_file(tmp_path / "b" / "step_000004" / "model" / "model.safetensors")
+    assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+    def comparable(rows):
+        return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]
+
+    first = metrics_of(tmp_path / "first")
+    assert first[-1]["step"] == 2 and "rollout/reward_mean" not in first[-1]  # the first run's closing eval
+    assert comparable(metrics_of(tmp_path / "straight")) == comparable(first[:-1] + metrics_of(tmp_path / "resumed"))
+
+
+def test_non_finite_steps_are_skipped_counted_and_bounded(tiny_model, tmp_path):
+    out = tmp_path / "run"
+    result = run_cli(*run_flags(tiny_model, out, "--num-rollout", "3", "--max-skipped-steps", "1",
+                                "--custom-rm-path", "tests.plugins.reward_plugins:not_a_number", evaluate=False))
+    assert result.returncode == 1
+    assert "2 optimizer steps skipped for a NaN/inf loss or gradient, more than --max-skipped-steps 1" in result.stderr
+    assert "Traceback" not in result.stderr
+    (row,) = metrics_of(out)
+    assert row["train/skipped_steps"] == 1

@@ -108,6 +108,9 @@ class TrainConfig:
     )
     tis_mode: str = flag("truncate", "truncate: cap the ratio (TIS); mask: zero tokens/sequences out of bounds.",
                          choices=["truncate", "mask"])
+    max_skipped_steps: int | None = flag(
+        None, "Stop the run once more optimizer steps than this were skipped for a NaN/inf loss or gradient."
+    )
     torch_num_threads: int | None = flag(None, "CPU threads per process (trainer and each engine); unset splits the cores.")
 
 

@@ -35,6 +35,11 @@ class RolloutEngine(Protocol):
     def update_weights(self, named_tensors: Sequence[tuple[str, torch.Tensor]], version: int) -> None:
         """`load_weights` then `set_weight_version`."""
 
+    def rng_state(self) -> torch.Tensor:
+        """The sampling RNG state, saved with checkpoints so that a resumed run samples what the original would."""
+
+    def load_rng_state(self, state: torch.Tensor) -> None: ...
+
     def pause(self) -> None: ...
 
     def resume(self) -> None: ...

@@ -122,6 +122,12 @@ class LocalEngine:
         self.load_weights(named_tensors)
         self.set_weight_version(version)
 
+    def rng_state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def load_rng_state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
+
     def pause(self) -> None:
         self.paused = True
 

@@ -92,7 +92,7 @@ class TorchTrainer:
         adv = torch.tensor(advantages, dtype=torch.float32, device=self.device).split(self.cfg.micro_batch_size)
         per_step = self.global_batch_size // self.cfg.micro_batch_size
         sums: dict[str, float] = {}
-        n_micro = 0
+        n_micro = skipped = 0
         for start in range(0, len(micro_batches), per_step):
             idx = range(start, min(start + per_step, len(micro_batches)))
             # Each micro-batch's mean is re-weighted so that the sum equals the mean over the whole global batch.
@@ -111,13 +111,18 @@ class TorchTrainer:
             clip = self.cfg.clip_grad if self.cfg.clip_grad > 0 else float("inf")
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
             sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm) * len(idx)
-            self.optimizer.step()
+            if torch.isfinite(grad_norm):
+                self.optimizer.step()
+            else:  # a NaN/inf loss or gradient must not reach the weights
+                self.optimizer.zero_grad(set_to_none=True)
+                skipped += 1
         self.version += 1
         mask_total = sum(float(mb.loss_mask.sum()) for mb in micro_batches)
         abs_diff = sum(float(((o - mb.rollout_log_probs).abs() * mb.loss_mask).sum()) for o, mb in zip(old, micro_batches))
         metrics = {f"train/{k}": v / n_micro for k, v in sums.items()}
         metrics["train/rollout_logprob_abs_diff"] = abs_diff / max(mask_total, 1.0)
         metrics["train/lr"] = self.optimizer.param_groups[0]["lr"]
+        metrics["train/skipped_steps"] = float(skipped)
         return metrics
 
     def export_weights(self) -> Iterator[tuple[str, torch.Tensor]]:

@@ -92,3 +92,14 @@ def test_kl_to_the_reference_and_entropy_bonus_enter_the_update(tiny_model, toke
     assert runs["plain"][1]["train/entropy"] > 0
     for name in ("kl_loss", "kl_reward", "entropy"):
         assert any(not torch.equal(runs["plain"][0][n], runs[name][0][n]) for n in runs["plain"][0]), name
+
+
+def test_a_non_finite_gradient_skips_the_optimizer_step(tiny_model, tokenizer):
+    samples = rollout(tiny_model, tokenizer)
+    trainer = TorchTrainer(str(tiny_model), TrainConfig(lr=1e-3, micro_batch_size=4), global_batch_size=4, temperature=1.0)
+    before = params_of(trainer)
+    metrics = trainer.train_step(samples, [float("nan")] * 4 + [1.0, -1.0, 1.0, -1.0])
+    assert metrics["train/skipped_steps"] == 1  # the first global batch of 4; the second one trains
+    after = params_of(trainer)
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+    assert all(torch.isfinite(p).all() for p in after.values())
