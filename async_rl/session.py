@@ -73,10 +73,11 @@ class TrainingSession:
         self.dataset = PromptDataset(
             data.prompt_data, tokenizer, input_key=data.input_key, label_key=data.label_key,
             apply_chat_template=data.apply_chat_template, shuffle=data.rollout_shuffle, seed=cfg.logging.seed,
+            skip_bad_rows=data.skip_bad_rows,
         )
         self.eval_sets = {
             name: PromptDataset(path, tokenizer, input_key=data.input_key, label_key=data.label_key,
-                                apply_chat_template=data.apply_chat_template)
+                                apply_chat_template=data.apply_chat_template, skip_bad_rows=data.skip_bad_rows)
             for name, path in eval_sets_from_flag(cfg.eval.eval_prompt_data).items()
         }
 

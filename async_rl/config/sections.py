@@ -47,6 +47,7 @@ class DataConfig:
     label_key: str = flag("label", "Row key holding the ground-truth answer.")
     apply_chat_template: bool = flag(False, "Wrap prompts with the tokenizer's chat template.")
     rollout_shuffle: bool = flag(False, "Shuffle prompts each epoch (deterministic given --seed).")
+    skip_bad_rows: bool = flag(False, "Skip (count and log) malformed dataset lines instead of stopping.")
 
 
 @dataclass

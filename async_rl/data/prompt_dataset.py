@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,8 @@ from typing import Any
 import numpy as np
 
 from async_rl.errors import UserInputError
+
+logger = logging.getLogger(__name__)
 
 
 class DatasetError(UserInputError):
@@ -24,8 +27,11 @@ class PromptRow:
     metadata: dict[str, Any]
 
 
-def read_rows(path: str) -> list[dict[str, Any]]:
-    """Rows of a .jsonl or .parquet file, each a dict."""
+def read_rows(path: str, *, skip_bad_rows: bool = False) -> list[dict[str, Any]]:
+    """Rows of a .jsonl or .parquet file, each a dict.
+
+    A malformed line is an error naming file and line, or, with `skip_bad_rows`, counted and logged.
+    """
     p = Path(path)
     if not p.is_file():
         raise DatasetError(f"{path}: file not found")
@@ -33,18 +39,24 @@ def read_rows(path: str) -> list[dict[str, Any]]:
         import pyarrow.parquet as pq
 
         return pq.read_table(p).to_pylist()
-    rows = []
+    rows, bad = [], []
     with p.open(encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
+                problem = None if isinstance(row, dict) else f"expected a JSON object, got {type(row).__name__}"
             except json.JSONDecodeError as e:
-                raise DatasetError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DatasetError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
+                problem = f"not valid JSON ({e.msg})"
+            if problem is None:
+                rows.append(row)
+            elif skip_bad_rows:
+                bad.append(line_no)
+            else:
+                raise DatasetError(f"{path}:{line_no}: {problem} (--skip-bad-rows skips such lines)")
+    if bad:
+        logger.warning("%s: skipped %d malformed line(s): %s", path, len(bad), ", ".join(map(str, bad[:20])))
     return rows
 
 
@@ -61,14 +73,21 @@ class PromptDataset:
         apply_chat_template: bool = False,
         shuffle: bool = False,
         seed: int = 0,
+        skip_bad_rows: bool = False,
     ):
         self.path = path
         self.shuffle = shuffle
         self.seed = seed
-        self.rows = [
-            self._to_prompt_row(row, i + 1, tokenizer, input_key, label_key, apply_chat_template)
-            for i, row in enumerate(read_rows(path))
-        ]
+        self.rows, skipped = [], []
+        for i, row in enumerate(read_rows(path, skip_bad_rows=skip_bad_rows)):
+            try:
+                self.rows.append(self._to_prompt_row(row, i + 1, tokenizer, input_key, label_key, apply_chat_template))
+            except DatasetError as e:
+                if not skip_bad_rows:
+                    raise
+                skipped.append(str(e))
+        if skipped:
+            logger.warning("%s: skipped %d row(s) without the expected fields, first: %s", path, len(skipped), skipped[0])
         if not self.rows:
             raise DatasetError(f"{path}: no rows")
         self.epoch = 0

@@ -36,6 +36,17 @@ def test_malformed_line_error_names_file_and_line(tokenizer, tmp_path):
         PromptDataset(str(path), tokenizer)
 
 
+def test_skip_bad_rows_counts_and_logs_instead_of_stopping(tokenizer, tmp_path, caplog):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"prompt": "1+1=", "label": "2"}\n{"prompt": \n[1, 2]\n{"prompt": "2+2=", "label": "4"}\n')
+    with path.open("a") as f:
+        f.write('{"question": "3+3=", "label": "6"}\n')
+    ds = PromptDataset(str(path), tokenizer, skip_bad_rows=True)
+    assert [r.label for r in ds.rows] == ["2", "4"]
+    assert "skipped 2 malformed line(s): 2, 3" in caplog.text
+    assert "skipped 1 row(s) without the expected fields" in caplog.text
+
+
 def test_missing_keys_name_the_row(tokenizer, tmp_path):
     path = tmp_path / "rows.jsonl"
     path.write_text('{"prompt": "1+1=", "label": "2"}\n{"question": "2+2=", "label": "4"}\n')
