@@ -58,14 +58,14 @@ def create_trainer(cfg: Config) -> Any:
     )
 
 
-def create_engines(cfg: Config) -> list[Any]:
+def create_engine(cfg: Config, rank: int) -> Any:
+    """Rollout engine `rank` as a Ray actor of its own (a process an operator can find by its class name)."""
     from async_rl.rollout.local_engine import LocalEngine
 
     gpus = _gpu_share(cfg)
     actor = ray.remote(num_cpus=1, num_gpus=gpus, max_concurrency=1)(LocalEngine)
-    return [
-        actor.remote(cfg.model.hf_checkpoint, seed=cfg.logging.seed + 1000 * (rank + 1),
-                     num_threads=_threads_per_process(cfg), device="cuda" if gpus else "cpu",
-                     quantization=None if cfg.rollout.rollout_quantization == "none" else cfg.rollout.rollout_quantization)
-        for rank in range(cfg.cluster.rollout_num_engines)
-    ]
+    return actor.remote(
+        cfg.model.hf_checkpoint, seed=cfg.logging.seed + 1000 * (rank + 1), num_threads=_threads_per_process(cfg),
+        device="cuda" if gpus else "cpu",
+        quantization=None if cfg.rollout.rollout_quantization == "none" else cfg.rollout.rollout_quantization,
+    )

@@ -25,7 +25,7 @@ from async_rl.config import Config
 from async_rl.data.prompt_dataset import PromptDataset
 from async_rl.errors import TrainingAborted
 from async_rl.metrics_logger import MetricsLogger
-from async_rl.placement import create_engines, create_trainer, start_ray
+from async_rl.placement import create_engine, create_trainer, start_ray
 from async_rl.rollout.engine import SamplingParams
 from async_rl.rollout.filters import load_group_filter
 from async_rl.rollout.manager import DynamicSampling, RolloutManager
@@ -84,7 +84,7 @@ class TrainingSession:
         start_ray(cfg)
         try:  # a failure past this point must not leave Ray and its actors running
             self.trainer = create_trainer(cfg)
-            self.rollout = RolloutManager(create_engines(cfg), grader)
+            self.rollout = RolloutManager(lambda rank: create_engine(cfg, rank), cfg.cluster.rollout_num_engines, grader)
             self.start_step = 0
             if cfg.checkpoint.load:
                 self._load(cfg.checkpoint.load)

@@ -26,13 +26,14 @@ class PendingRollout:
     """Generation in flight on the engines: chunks of whole groups and the refs that will hold them."""
 
     refs: list[ray.ObjectRef]
-    samples_per_ref: dict[ray.ObjectRef, int]
+    requests: dict[ray.ObjectRef, tuple[int, list[Sample]]]  # ref -> (engine rank, the chunk it generates)
+    params: SamplingParams
     description: str
     submitted_at: float
 
     @property
     def n_samples(self) -> int:
-        return sum(self.samples_per_ref.values())
+        return sum(len(chunk) for _, chunk in self.requests.values())
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,14 @@ class DynamicSampling:
 
 
 class RolloutManager:
-    def __init__(self, engines: Sequence[Any], grader: RewardGrader, *, chunks_per_engine: int = 2):
-        self.engines = list(engines)
+    def __init__(self, engine_factory: Callable[[int], Any], num_engines: int, grader: RewardGrader, *,
+                 chunks_per_engine: int = 2):
+        """`engine_factory(rank)` starts engine `rank`; it is called again to replace an engine that died."""
+        self.engine_factory = engine_factory
+        self.engines = [engine_factory(rank) for rank in range(num_engines)]
         self.grader = grader
+        self.restarts = 0
+        self._weights: tuple[list[ray.ObjectRef], int] = ([], 0)  # the buckets and version engines hold now
         self.chunks_per_engine = chunks_per_engine
         self._group_ids = itertools.count()  # thread-safe: eval and the async producer both make groups
 
@@ -67,8 +73,31 @@ class RolloutManager:
         groups = self.make_groups(rows, n_samples)
         n_chunks = min(len(groups), len(self.engines) * self.chunks_per_engine)
         chunks = [[s for g in groups[i::n_chunks] for s in g] for i in range(n_chunks)]
-        refs = [self.engines[i % len(self.engines)].generate.remote(chunk, params) for i, chunk in enumerate(chunks)]
-        return PendingRollout(refs, {ref: len(chunk) for ref, chunk in zip(refs, chunks)}, description, time.time())
+        requests = {}
+        for i, chunk in enumerate(chunks):
+            rank = i % len(self.engines)
+            requests[self.engines[rank].generate.remote(chunk, params)] = (rank, chunk)
+        return PendingRollout(list(requests), requests, params, description, time.time())
+
+    def _restart(self, rank: int, dead: Any) -> None:
+        """Replace a dead engine with a fresh one holding the current weights (once per death)."""
+        if self.engines[rank] is not dead:
+            return  # another chunk of the same engine already brought it back
+        logger.warning("rollout engine %d died; restarting it with weight version %d", rank, self._weights[1])
+        ray.kill(dead)
+        self.engines[rank] = self.engine_factory(rank)
+        buckets, version = self._weights
+        ray.get([self.engines[rank].load_weights.remote(b) for b in buckets]
+                + [self.engines[rank].set_weight_version.remote(version)])
+        self.restarts += 1
+
+    def _reissue(self, pending: PendingRollout, ref: ray.ObjectRef, engine: Any) -> ray.ObjectRef:
+        """Generate a lost chunk again on its engine's replacement; the same samples, none counted twice."""
+        rank, chunk = pending.requests.pop(ref)
+        self._restart(rank, engine)
+        new_ref = self.engines[rank].generate.remote(chunk, pending.params)
+        pending.requests[new_ref] = (rank, chunk)
+        return new_ref
 
     def _finished_chunks(self, pending: PendingRollout, reward_counts: Counter):
         """Yield each chunk's graded samples as its engine call completes, with a progress bar.
@@ -76,10 +105,17 @@ class RolloutManager:
         Grading failures (timeouts, errors) are added to `reward_counts`.
         """
         remaining = list(pending.refs)
+        engine_of = {ref: self.engines[rank] for ref, (rank, _) in pending.requests.items()}
         with tqdm(total=pending.n_samples, desc=pending.description, leave=False, disable=None) as bar:
             while remaining:
                 ready, remaining = ray.wait(remaining, num_returns=1)
-                chunk = ray.get(ready[0])
+                try:
+                    chunk = ray.get(ready[0])
+                except ray.exceptions.RayActorError:  # the engine process died: its health check
+                    new_ref = self._reissue(pending, ready[0], engine_of[ready[0]])
+                    engine_of[new_ref] = self.engines[pending.requests[new_ref][0]]
+                    remaining.append(new_ref)
+                    continue
                 for position, sample in enumerate(chunk):
                     sample.index = position
                 rewards, counts = self.grader.grade(chunk)
@@ -95,12 +131,13 @@ class RolloutManager:
         Returns the samples, grouped and indexed, and timings: `perf/rollout_time_s` from submission to the
         last response, as the engines saw it, and `perf/rollout_wait_s`, how long this call blocked.
         """
-        wait_start = time.time()
+        wait_start, restarts_before = time.time(), self.restarts
         reward_counts: Counter = Counter()
         done = [s for chunk, _ in self._finished_chunks(pending, reward_counts) for s in chunk]
         metrics = {
             "perf/rollout_time_s": max(s.metadata[FINISHED_AT] for s in done) - pending.submitted_at,
             "perf/rollout_wait_s": time.time() - wait_start,
+            "rollout/engine_restarts": float(self.restarts - restarts_before),
         }
         return _indexed(done), metrics | _reward_failure_metrics(reward_counts)
 
@@ -118,7 +155,7 @@ class RolloutManager:
         discarded (counted as `rollout/groups_aborted`). If `max_rounds` rounds cannot fill it, warn and
         return the groups that passed, rather than stop the run.
         """
-        start = time.time()
+        start, restarts_before = time.time(), self.restarts
         kept: list[list[Sample]] = []
         raw_scores: list[float] = []
         counts: Counter[str] = Counter()
@@ -139,7 +176,7 @@ class RolloutManager:
                 if len(kept) == target_groups:
                     for ref in remaining:
                         ray.cancel(ref)
-                    counts["groups_aborted"] += sum(pending.samples_per_ref[r] for r in remaining) // n_samples
+                    counts["groups_aborted"] += sum(len(pending.requests[r][1]) for r in remaining) // n_samples
                     break
             if len(kept) == target_groups:
                 break
@@ -153,6 +190,7 @@ class RolloutManager:
         metrics["rollout/groups_kept"] = float(len(kept))
         metrics["rollout/sampling_rounds"] = float(round_index + 1)
         metrics["rollout/raw_reward_mean"] = sum(raw_scores) / max(len(raw_scores), 1)
+        metrics["rollout/engine_restarts"] = float(self.restarts - restarts_before)
         metrics |= _reward_failure_metrics(reward_counts)
         if samples:
             metrics["perf/rollout_time_s"] = max(s.metadata[FINISHED_AT] for s in samples) - start
@@ -164,7 +202,11 @@ class RolloutManager:
         Each engine applies them after the generate calls already queued on it; the returned refs
         resolve once every engine has the new version (and raise if any load failed).
         """
-        loads = [engine.load_weights.remote(bucket) for bucket in bucket_refs for engine in self.engines]
+        buckets, loads = [], []
+        for bucket in bucket_refs:  # dispatched as each bucket arrives from the trainer
+            buckets.append(bucket)
+            loads += [engine.load_weights.remote(bucket) for engine in self.engines]
+        self._weights = (buckets, version)  # kept so that a restarted engine gets them too
         return loads + [engine.set_weight_version.remote(version) for engine in self.engines]
 
 
