@@ -13,10 +13,11 @@ import ray
 from async_rl.cli import run_cli
 from async_rl.config import Config, parse_config
 from async_rl.session import TrainingSession
+from async_rl.stop_signal import StopSignal
 
 
 def run(cfg: Config) -> None:
-    with TrainingSession(cfg) as session:
+    with TrainingSession(cfg) as session, StopSignal() as stop:
         for step in range(session.start_step, cfg.rollout.num_rollout):
             metrics = session.evaluate() if session.should_evaluate(step) else {}
             step_start = time.perf_counter()
@@ -32,10 +33,15 @@ def run(cfg: Config) -> None:
             metrics["perf/step_time_s"] = time.perf_counter() - step_start
             session.metrics_logger.log(step, metrics)
 
-            if session.should_save(step + 1):
+            if session.should_save(step + 1) or stop.requested and cfg.checkpoint.save:
                 session.save(step + 1, session.dataset.state_dict())
-        if session.should_evaluate(cfg.rollout.num_rollout):
-            session.metrics_logger.log(cfg.rollout.num_rollout, session.evaluate())
+            if stop.requested:
+                break
+        else:
+            if session.should_evaluate(cfg.rollout.num_rollout):
+                session.metrics_logger.log(cfg.rollout.num_rollout, session.evaluate())
+    if stop.requested:
+        raise SystemExit(128 + stop.signum)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

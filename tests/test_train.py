@@ -122,3 +122,28 @@ def test_non_finite_steps_are_skipped_counted_and_bounded(tiny_model, tmp_path):
     assert "Traceback" not in result.stderr
     (row,) = metrics_of(out)
     assert row["train/skipped_steps"] == 1
+
+
+def test_sigterm_stops_after_the_step_saves_and_shuts_ray_down(tiny_model, tmp_path):
+    import signal
+    import time
+
+    out, ckpt = tmp_path / "run", tmp_path / "ckpt"
+    cmd = [sys.executable, "-m", "async_rl.train",
+           *run_flags(tiny_model, out, "--num-rollout", "500", "--save", str(ckpt), evaluate=False)]
+    process = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not ((out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text().strip()):
+            assert time.time() < deadline and process.poll() is None, process.stderr.read() if process.poll() else "no step"
+            time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    steps = [r["step"] for r in metrics_of(out)]
+    assert len(steps) < 500
+    assert (ckpt / "latest").read_text() == f"step_{steps[-1] + 1:06d}"
+    assert (ckpt / f"step_{steps[-1] + 1:06d}" / "model" / "model.safetensors").is_file()
