@@ -198,9 +198,11 @@ class TrainingSession:
         metrics["perf/eval_time_s"] = time.perf_counter() - start
         return metrics
 
-    def should_save(self, step: int) -> bool:
+    def should_save(self, step: int, stopping: bool = False) -> bool:
+        """At the interval, at the end, and when a stop signal ends the run early (with --save set)."""
         c = self.cfg.checkpoint
-        return bool(c.save) and (step == self.cfg.rollout.num_rollout or bool(c.save_interval) and step % c.save_interval == 0)
+        return bool(c.save) and (stopping or step == self.cfg.rollout.num_rollout
+                                 or bool(c.save_interval) and step % c.save_interval == 0)
 
     def save(self, step: int, data_state: dict[str, int]) -> None:
         """Checkpoint after `step` completed steps; `data_state` is the dataset position of the next unseen prompt."""

@@ -33,7 +33,7 @@ def run(cfg: Config) -> None:
             metrics["perf/step_time_s"] = time.perf_counter() - step_start
             session.metrics_logger.log(step, metrics)
 
-            if session.should_save(step + 1) or stop.requested and cfg.checkpoint.save:
+            if session.should_save(step + 1, stopping=stop.requested):
                 session.save(step + 1, session.dataset.state_dict())
             if stop.requested:
                 break

@@ -25,15 +25,14 @@ logger = logging.getLogger(__name__)
 class PendingRollout:
     """Generation in flight on the engines: chunks of whole groups and the refs that will hold them."""
 
-    refs: list[ray.ObjectRef]
-    requests: dict[ray.ObjectRef, tuple[int, list[Sample]]]  # ref -> (engine rank, the chunk it generates)
+    requests: dict[ray.ObjectRef, tuple[int, Any, list[Sample]]]  # ref -> (engine rank, engine, its chunk)
     params: SamplingParams
     description: str
     submitted_at: float
 
     @property
     def n_samples(self) -> int:
-        return sum(len(chunk) for _, chunk in self.requests.values())
+        return sum(len(chunk) for _, _, chunk in self.requests.values())
 
 
 @dataclass(frozen=True)
@@ -76,8 +75,9 @@ class RolloutManager:
         requests = {}
         for i, chunk in enumerate(chunks):
             rank = i % len(self.engines)
-            requests[self.engines[rank].generate.remote(chunk, params)] = (rank, chunk)
-        return PendingRollout(list(requests), requests, params, description, time.time())
+            engine = self.engines[rank]
+            requests[engine.generate.remote(chunk, params)] = (rank, engine, chunk)
+        return PendingRollout(requests, params, description, time.time())
 
     def _restart(self, rank: int, dead: Any) -> None:
         """Replace a dead engine with a fresh one holding the current weights (once per death)."""
@@ -91,12 +91,13 @@ class RolloutManager:
                 + [self.engines[rank].set_weight_version.remote(version)])
         self.restarts += 1
 
-    def _reissue(self, pending: PendingRollout, ref: ray.ObjectRef, engine: Any) -> ray.ObjectRef:
+    def _reissue(self, pending: PendingRollout, ref: ray.ObjectRef) -> ray.ObjectRef:
         """Generate a lost chunk again on its engine's replacement; the same samples, none counted twice."""
-        rank, chunk = pending.requests.pop(ref)
-        self._restart(rank, engine)
-        new_ref = self.engines[rank].generate.remote(chunk, pending.params)
-        pending.requests[new_ref] = (rank, chunk)
+        rank, dead, chunk = pending.requests.pop(ref)
+        self._restart(rank, dead)
+        engine = self.engines[rank]
+        new_ref = engine.generate.remote(chunk, pending.params)
+        pending.requests[new_ref] = (rank, engine, chunk)
         return new_ref
 
     def _finished_chunks(self, pending: PendingRollout, reward_counts: Counter):
@@ -104,17 +105,14 @@ class RolloutManager:
 
         Grading failures (timeouts, errors) are added to `reward_counts`.
         """
-        remaining = list(pending.refs)
-        engine_of = {ref: self.engines[rank] for ref, (rank, _) in pending.requests.items()}
+        remaining = list(pending.requests)
         with tqdm(total=pending.n_samples, desc=pending.description, leave=False, disable=None) as bar:
             while remaining:
                 ready, remaining = ray.wait(remaining, num_returns=1)
                 try:
                     chunk = ray.get(ready[0])
-                except ray.exceptions.RayActorError:  # the engine process died: its health check
-                    new_ref = self._reissue(pending, ready[0], engine_of[ready[0]])
-                    engine_of[new_ref] = self.engines[pending.requests[new_ref][0]]
-                    remaining.append(new_ref)
+                except ray.exceptions.RayActorError:  # a failed call is the health check: the engine died
+                    remaining.append(self._reissue(pending, ready[0]))
                     continue
                 for position, sample in enumerate(chunk):
                     sample.index = position
@@ -176,7 +174,7 @@ class RolloutManager:
                 if len(kept) == target_groups:
                     for ref in remaining:
                         ray.cancel(ref)
-                    counts["groups_aborted"] += sum(len(pending.requests[r][1]) for r in remaining) // n_samples
+                    counts["groups_aborted"] += sum(len(pending.requests[r][2]) for r in remaining) // n_samples
                     break
             if len(kept) == target_groups:
                 break
