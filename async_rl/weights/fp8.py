@@ -39,12 +39,9 @@ def quantize_blockwise(w: torch.Tensor, block_size: int = 128, pow2_scale: bool 
     """
     if w.ndim != 2:
         raise ValueError(f"blockwise FP8 quantizes 2-D weights, got shape {tuple(w.shape)}")
-    if w.is_cuda and block_size == 128:
-        from async_rl.weights import fp8_triton
-
-        if fp8_triton.available():
-            return fp8_triton.quantize_blockwise(w, pow2_scale=pow2_scale)
-    return quantize_blockwise_reference(w, block_size, pow2_scale)
+    if block_size != 128:  # the kernel is built for the 128 x 128 blocks SGLang uses
+        return quantize_blockwise_reference(w, block_size, pow2_scale)
+    return quantize_blockwise_many([w], pow2_scale)[0]
 
 
 def quantize_blockwise_many(weights: list[torch.Tensor], pow2_scale: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
