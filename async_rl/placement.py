@@ -63,7 +63,8 @@ def create_engine(cfg: Config, rank: int) -> Any:
     from async_rl.rollout.local_engine import LocalEngine
 
     gpus = _gpu_share(cfg)
-    actor = ray.remote(num_cpus=1, num_gpus=gpus, max_concurrency=1)(LocalEngine)
+    # calls run one at a time, in order; `abort` and `health` use a thread of their own to reach a busy engine
+    actor = ray.remote(num_cpus=1, num_gpus=gpus, max_concurrency=1, concurrency_groups={"control": 1})(LocalEngine)
     return actor.remote(
         cfg.model.hf_checkpoint, seed=cfg.logging.seed + 1000 * (rank + 1), num_threads=_threads_per_process(cfg),
         device="cuda" if gpus else "cpu",

@@ -7,11 +7,12 @@ lives here or below, so the two loops cannot drift apart.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import random
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import ray
@@ -24,12 +25,14 @@ from async_rl.checkpoint import read_driver_state, resolve_checkpoint, save_chec
 from async_rl.config import Config
 from async_rl.data.prompt_dataset import PromptDataset
 from async_rl.errors import TrainingAborted
+from async_rl.invariants import check_first_step, check_probe
 from async_rl.metrics_logger import MetricsLogger
 from async_rl.placement import create_engine, create_trainer, start_ray
 from async_rl.rollout.engine import SamplingParams
 from async_rl.rollout.filters import load_group_filter
 from async_rl.rollout.manager import DynamicSampling, RolloutManager
 from async_rl.rollout.metrics import group_metrics, rollout_metrics
+from async_rl.rollout.producer import AdmissionControl, RolloutProducer, sample_from_dict, sample_to_dict
 from async_rl.sample import Sample
 from rewards.deepscaler import lacks_reasoning_marker
 from rewards.grading import RewardGrader
@@ -37,6 +40,8 @@ from rewards.registry import resolve_reward
 
 logger = logging.getLogger(__name__)
 ENGINE_RNG = "engine_rng.pt"
+ROLLOUT_BUFFER = "rollout_buffer.json"  # async runs: buffered groups and the prompts still generating
+PROBE = "probe.json"  # --check-invariants: a batch and its loss / grad norm at the saved weights
 
 
 def eval_sets_from_flag(values: list[str] | None) -> dict[str, str]:
@@ -86,6 +91,8 @@ class TrainingSession:
             self.trainer = create_trainer(cfg)
             self.rollout = RolloutManager(lambda rank: create_engine(cfg, rank), cfg.cluster.rollout_num_engines, grader)
             self.start_step = 0
+            self.resumed_rollout_state: dict[str, Any] | None = None
+            self._last_batch: tuple[list[Sample], list[float]] | None = None
             if cfg.checkpoint.load:
                 self._load(cfg.checkpoint.load)
         except BaseException:
@@ -96,7 +103,6 @@ class TrainingSession:
             cfg.rollout.rollout_temperature, cfg.rollout.rollout_top_p, cfg.rollout.rollout_max_response_len
         )
         self.eval_params = SamplingParams(cfg.eval.eval_temperature, cfg.rollout.rollout_top_p, cfg.eval.eval_max_response_len)
-        self._producer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout-producer")
         self.skipped_steps = 0
 
     def _save_config(self) -> None:
@@ -115,11 +121,16 @@ class TrainingSession:
         samples, metrics = self.rollout.generate_batch(
             self.dataset.next_batch, self.cfg.rollout.rollout_batch_size, self.n_samples, self.rollout_params, self.sampling
         )
-        if samples:
-            metrics |= rollout_metrics(samples) | group_metrics(samples, self.n_samples)
-            if self.warn_on_missing_think:
-                metrics |= self._missing_think_check(samples)
-        return samples, metrics
+        return samples, metrics | self.batch_metrics(samples)
+
+    def batch_metrics(self, samples: list[Sample]) -> dict[str, float]:
+        """Reward, length and group statistics of a training batch."""
+        if not samples:
+            return {}
+        metrics = rollout_metrics(samples) | group_metrics(samples, self.n_samples)
+        if self.warn_on_missing_think:
+            metrics |= self._missing_think_check(samples)
+        return metrics
 
     @staticmethod
     def _missing_think_check(samples: list[Sample]) -> dict[str, float]:
@@ -132,9 +143,14 @@ class TrainingSession:
             )
         return {"reward/missing_think_frac": fraction}
 
-    def start_rollout(self) -> tuple[Future, dict[str, int]]:
-        """Produce the next batch in the background; also returns the dataset position before it."""
-        return self._producer.submit(self.produce_rollout), self.dataset.state_dict()
+    def start_producer(self) -> RolloutProducer:
+        """The async loop's background rollout, bounded by `--max-staleness` (and restored after `--load`)."""
+        r = self.cfg.rollout
+        admission = AdmissionControl(r.rollout_batch_size, r.max_staleness, self.sampling.groups_per_round)
+        return RolloutProducer(
+            self.rollout, self.dataset, self.n_samples, self.rollout_params, self.sampling, admission,
+            version=self.start_step, resume_state=self.resumed_rollout_state,
+        ).start()
 
     def train(self, step: int, samples: list[Sample]) -> dict[str, float]:
         """Advantages from the (shaped) rewards, then the trainer's optimizer step(s); timed as `perf/train_time_s`."""
@@ -157,6 +173,11 @@ class TrainingSession:
         )
         metrics |= ray.get(self.trainer.train_step.remote(samples, advantages.tolist()))
         metrics["perf/train_time_s"] = time.perf_counter() - start
+        self._last_batch = (samples, advantages.tolist())
+        if cfg.train.check_invariants and step == self.start_step:
+            checked = check_first_step(step, samples, metrics, quantized_rollout=cfg.rollout.rollout_quantization != "none",
+                                       logprob_tol=cfg.train.invariant_logprob_tol)
+            print(f"invariants hold at step {step}: {', '.join(checked)}", flush=True)
         self.skipped_steps += int(metrics["train/skipped_steps"])
         limit = cfg.train.max_skipped_steps
         if limit is not None and self.skipped_steps > limit:
@@ -204,14 +225,25 @@ class TrainingSession:
         return bool(c.save) and (stopping or step == self.cfg.rollout.num_rollout
                                  or bool(c.save_interval) and step % c.save_interval == 0)
 
-    def save(self, step: int, data_state: dict[str, int]) -> None:
-        """Checkpoint after `step` completed steps; `data_state` is the dataset position of the next unseen prompt."""
+    def save(self, step: int, data_state: dict[str, int], rollout_state: dict[str, Any] | None = None) -> None:
+        """Checkpoint after `step` completed steps; `data_state` is the dataset position of the next unseen prompt.
+
+        `rollout_state` (async) holds the buffered groups and the prompts still generating, so none is lost.
+        """
         driver_state = {"step": step, "dataset": data_state}
-        engine_rng = ray.get([e.rng_state.remote() for e in self.rollout.engines])
+        engine_rng = self.rollout.rng_states()
+        probe = None
+        if self.cfg.train.check_invariants and self._last_batch:
+            samples, advantages = self._last_batch
+            probe = {"samples": [sample_to_dict(s) for s in samples], "advantages": advantages,
+                     "result": ray.get(self.trainer.probe.remote(samples, advantages))}
 
         def write(path: str) -> None:
             ray.get(self.trainer.save.remote(path))
             torch.save(engine_rng, Path(path) / ENGINE_RNG)
+            for name, content in ((ROLLOUT_BUFFER, rollout_state), (PROBE, probe)):
+                if content is not None:
+                    (Path(path) / name).write_text(json.dumps(content))
 
         save_checkpoint(self.cfg.checkpoint.save, step, driver_state, write)
 
@@ -221,14 +253,20 @@ class TrainingSession:
         ray.get(self.trainer.load.remote(str(checkpoint)))
         engine_rng = torch.load(checkpoint / ENGINE_RNG)
         if len(engine_rng) == len(self.rollout.engines):  # same engine count: continue their sampling streams
-            ray.get([e.load_rng_state.remote(s) for e, s in zip(self.rollout.engines, engine_rng)])
+            ray.get([e.load_rng_state.remote(s) for e, s in zip(self.rollout.engines, engine_rng) if s is not None])
         self.dataset.load_state_dict(state["dataset"])
         self.start_step = int(state["step"])
-        ray.get(self.push_weights(self.start_step))
+        if (checkpoint / ROLLOUT_BUFFER).is_file():
+            self.resumed_rollout_state = json.loads((checkpoint / ROLLOUT_BUFFER).read_text())
+        if self.cfg.train.check_invariants and (checkpoint / PROBE).is_file():
+            probe = json.loads((checkpoint / PROBE).read_text())
+            samples = [sample_from_dict(d) for d in probe["samples"]]
+            check_probe(probe["result"], ray.get(self.trainer.probe.remote(samples, probe["advantages"])), str(checkpoint))
+            print(f"invariant holds after --load: probe loss and grad norm equal ({probe['result']})", flush=True)
+        self.rollout.wait_weights(self.push_weights(self.start_step))
         print(f"resumed from {checkpoint} at step {self.start_step}", flush=True)
 
     def close(self) -> None:
-        self._producer.shutdown(wait=False, cancel_futures=True)
         self.rollout.grader.close()
         self.metrics_logger.close()
         for engine in self.rollout.engines:

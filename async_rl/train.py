@@ -5,19 +5,25 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Sequence
-
-import ray
 
 from async_rl.cli import run_cli
 from async_rl.config import Config, parse_config
 from async_rl.session import TrainingSession
 from async_rl.stop_signal import StopSignal
 
+logger = logging.getLogger(__name__)
+
 
 def run(cfg: Config) -> None:
     with TrainingSession(cfg) as session, StopSignal() as stop:
+        if session.resumed_rollout_state:
+            state = session.resumed_rollout_state
+            logger.warning("the checkpoint comes from an async run: the sync loop does not train its %d buffered "
+                           "groups and %d prompts in generation; resume with --async to keep them",
+                           len(state["buffer"]), len(state["retry_prompts"]))
         for step in range(session.start_step, cfg.rollout.num_rollout):
             metrics = session.evaluate() if session.should_evaluate(step) else {}
             step_start = time.perf_counter()
@@ -28,7 +34,7 @@ def run(cfg: Config) -> None:
             metrics |= session.train(step, samples)
 
             push_start = time.perf_counter()
-            ray.get(session.push_weights(version=step + 1))
+            session.rollout.wait_weights(session.push_weights(version=step + 1))
             metrics["perf/update_weights_time_s"] = time.perf_counter() - push_start
             metrics["perf/step_time_s"] = time.perf_counter() - step_start
             session.metrics_logger.log(step, metrics)

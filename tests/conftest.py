@@ -35,7 +35,10 @@ def tokenizer(tiny_model):
 
 
 def run_flags(tiny_model: Path, output_dir: Path, *extra: str, evaluate: bool = True) -> list[str]:
-    """Flags for a small, fast run of the embedded default (without `--config`, so eval can be left out)."""
+    """Flags for a small, fast run of the embedded default (without `--config`, so eval can be left out).
+
+    `--check-invariants` is on: every test run also checks first-step log-probs and resume probes.
+    """
     eval_flags = ["--eval-prompt-data", "arithmetic", str(tiny_model / "data" / "eval.jsonl"), "--eval-interval", "1",
                   "--n-samples-per-eval-prompt", "2", "--eval-max-response-len", "32"]
     return [
@@ -43,7 +46,7 @@ def run_flags(tiny_model: Path, output_dir: Path, *extra: str, evaluate: bool = 
         "--prompt-data", str(tiny_model / "data" / "train.jsonl"),
         "--output-dir", str(output_dir),
         "--rollout-batch-size", "4", "--n-samples-per-prompt", "4", "--micro-batch-size", "8",
-        "--rollout-max-response-len", "32", "--lr", "3e-4", "--use-tis", "--torch-num-threads", "1",
+        "--rollout-max-response-len", "32", "--lr", "3e-4", "--use-tis", "--torch-num-threads", "1", "--check-invariants",
         *(eval_flags if evaluate else []),
         *extra,
     ]

@@ -4,6 +4,7 @@ import pytest
 import ray
 
 from async_rl.config import parse_config
+from async_rl.sample import Sample
 from async_rl.session import TrainingSession
 from tests.conftest import run_flags
 
@@ -22,7 +23,7 @@ def test_pushed_weights_reach_every_engine(tiny_model, tmp_path, quantization, t
         samples, _ = session.produce_rollout()
         assert {s.weight_version for s in samples} == {0}
         engines = session.rollout.engines
-        probe = samples[:8]
+        probe = [Sample(prompt=s.prompt, prompt_tokens=s.prompt_tokens, group_id=s.group_id) for s in samples[:8]]
         before = ray.get(engines[0].generate.remote(probe, session.rollout_params))
         assert session.train(0, samples)["train/grad_norm"] > 0
         ray.get(session.push_weights(version=1))

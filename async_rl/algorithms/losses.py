@@ -111,6 +111,7 @@ def policy_loss(
     stats = {
         "clip_frac": _masked_mean((clipped > unclipped).to(mask.dtype), mask),
         "approx_kl": _masked_mean(-log_ratio.detach(), mask),
+        "ratio_max_abs_dev": torch.where(mask > 0, (ratio.detach() - 1).abs(), torch.zeros_like(ratio)).max(),
     }
     if eps_clip_c is not None:
         bound = -advantages * eps_clip_c

@@ -230,10 +230,10 @@ def _validate(cfg: Config, explicit: set[str], async_mode: bool) -> None:
         raise ConfigError("--eval-interval is set but --eval-prompt-data is not")
     if cfg.eval.eval_prompt_data and len(cfg.eval.eval_prompt_data) > 1 and len(cfg.eval.eval_prompt_data) % 2:
         raise ConfigError("--eval-prompt-data takes one PATH or NAME PATH pairs")
-    if async_mode and r.max_staleness < 1:
-        raise ConfigError(
-            f"--max-staleness {r.max_staleness} is below 1, but the async loop trains on samples one version old"
-        )
+    if r.max_staleness < 0:
+        raise ConfigError(f"--max-staleness must be >= 0, got {r.max_staleness}")
+    if r.partial_rollout and not async_mode:
+        raise ConfigError("--partial-rollout applies to the async loop; add --async")
     if cfg.backend.rollout_backend != "local":
         raise ConfigError(f"--rollout-backend {cfg.backend.rollout_backend} is not available in this release; use local")
     if cfg.backend.train_backend != "torch":

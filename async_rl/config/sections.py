@@ -58,7 +58,14 @@ class RolloutConfig:
     rollout_max_response_len: int = flag(64, "Maximum new tokens per response.")
     rollout_temperature: float = flag(1.0, "Sampling temperature.")
     rollout_top_p: float = flag(1.0, "Nucleus sampling threshold.")
-    max_staleness: int = flag(1, "Async mode: drop samples more than this many weight versions old.")
+    max_staleness: int = flag(
+        1, "Async mode: admit new rollouts only while every sample will train at most this many weight versions "
+        "after its own (AReaL's admission control); older samples are dropped and counted."
+    )
+    partial_rollout: bool = flag(
+        False, "Async mode: a weight push interrupts running generation, which then continues with the new "
+        "weights, keeping the tokens (and log-probs) generated so far."
+    )
     update_weight_buffer_size: int = flag(512 * 1024**2, "Bytes of weights per weight-sync bucket.")
     force_pow_2_scale: bool = flag(False, "FP8 rollout: round every block scale up to a power of two (E8M0).")
     rollout_quantization: str = flag(
@@ -69,7 +76,8 @@ class RolloutConfig:
         None, "Group filter as pkg.module:function (DAPO: async_rl.rollout.filters.check_reward_nonzero_std)."
     )
     over_sampling_batch_size: int | None = flag(
-        None, "Prompts requested per sampling round while filling a filtered batch; defaults to --rollout-batch-size."
+        None, "Prompts requested per sampling round while filling a filtered batch; defaults to --rollout-batch-size. "
+        "Async mode: the most prompts generating at once."
     )
     max_sampling_rounds: int = flag(8, "Sampling rounds before a filtered batch that is still short is trained as is.")
 
@@ -113,6 +121,12 @@ class TrainConfig:
         None, "Stop the run once more optimizer steps than this were skipped for a NaN/inf loss or gradient."
     )
     torch_num_threads: int | None = flag(None, "CPU threads per process (trainer and each engine); unset splits the cores.")
+    check_invariants: bool = flag(
+        False, "Stop with an error when a correctness invariant fails: at the first step, trainer log-probs equal "
+        "the rollout's (on-policy samples, unquantized rollout) and the PPO ratio is 1; after --load, the loss "
+        "and gradient norm on the checkpoint's probe batch equal those recorded when it was saved."
+    )
+    invariant_logprob_tol: float = flag(1e-3, "--check-invariants: largest mean |trainer - rollout| log-prob difference.")
 
 
 @dataclass

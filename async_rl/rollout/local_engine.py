@@ -7,6 +7,7 @@ so the orchestrator cannot tell them apart.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Sequence
 
@@ -19,6 +20,8 @@ from async_rl.sample import Sample, SampleStatus
 from async_rl.rollout.fp8_linear import convert_to_fp8
 from async_rl.weights.fp8 import is_fp8_quantizable, quantize_blockwise, scale_name
 from async_rl.weights.sync import from_transport
+
+_DONE = (SampleStatus.COMPLETED, SampleStatus.TRUNCATED)
 
 
 class LocalEngine:
@@ -47,18 +50,39 @@ class LocalEngine:
         self.fp8_modules = set(convert_to_fp8(self.model, is_fp8_quantizable)) if quantization == "fp8" else set()
         self.weight_version = 0
         self.paused = False
+        self._aborted: set[int] = set()  # request ids to stop; `abort` runs on another thread than `generate`
+        self._abort_lock = threading.Lock()
+
+    def _is_aborted(self, request_id: int | None) -> bool:
+        with self._abort_lock:
+            return request_id in self._aborted
 
     @torch.no_grad()
-    def generate(self, samples: list[Sample], params: SamplingParams) -> list[Sample]:
+    def generate(self, samples: list[Sample], params: SamplingParams, request_id: int | None = None) -> list[Sample]:
+        """Sample responses; a sample that already holds response tokens (a partial rollout) is continued.
+
+        When `abort(request_id)` arrives, generation stops after the current token: every unfinished
+        sample comes back ABORTED with the tokens and log-probs produced so far, ready to be continued.
+        """
         if self.paused:
             raise RuntimeError("engine is paused; resume() it before generating")
+        try:
+            return self._generate(samples, params, request_id)
+        finally:
+            with self._abort_lock:
+                self._aborted.discard(request_id)
+
+    def _generate(self, samples: list[Sample], params: SamplingParams, request_id: int | None) -> list[Sample]:
         batch = len(samples)
-        prompt_len = max(len(s.prompt_tokens) for s in samples)
+        contexts = [s.prompt_tokens + s.response_tokens for s in samples]
+        # finished samples of a continued chunk stay as they are
+        budget = [0 if s.status in _DONE else params.max_new_tokens - s.response_length for s in samples]
+        prompt_len = max(len(c) for c in contexts)
         input_ids = torch.full((batch, prompt_len), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((batch, prompt_len), dtype=torch.long)
-        for i, s in enumerate(samples):  # left padding keeps every row's next token at the same column
-            input_ids[i, prompt_len - len(s.prompt_tokens):] = torch.tensor(s.prompt_tokens)
-            attention_mask[i, prompt_len - len(s.prompt_tokens):] = 1
+        for i, c in enumerate(contexts):  # left padding keeps every row's next token at the same column
+            input_ids[i, prompt_len - len(c):] = torch.tensor(c)
+            attention_mask[i, prompt_len - len(c):] = 1
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
@@ -68,17 +92,22 @@ class LocalEngine:
             past_key_values=cache, use_cache=True,
         ).logits[:, -1]
         next_position = position_ids[:, -1] + 1
-        tokens: list[list[int]] = [[] for _ in range(batch)]
-        log_probs: list[list[float]] = [[] for _ in range(batch)]
-        finished = torch.zeros(batch, dtype=torch.bool, device=self.device)
-        for _ in range(params.max_new_tokens):
+        tokens = [list(s.response_tokens) for s in samples]
+        log_probs = [list(s.rollout_log_probs) for s in samples]
+        budget_left = torch.tensor(budget, device=self.device)
+        finished = budget_left <= 0
+        aborted = self._is_aborted(request_id)
+        for step in range(max(budget)):
+            if aborted:
+                break
             token, token_log_prob = sample_tokens(logits, params.temperature, params.top_p, self.generator)
             for i in (~finished).nonzero().flatten().tolist():
                 tokens[i].append(int(token[i]))
                 log_probs[i].append(float(token_log_prob[i]))
-            finished |= token == self.eos_token_id
+            finished |= (token == self.eos_token_id) | (budget_left <= step + 1)
             if bool(finished.all()):
                 break
+            aborted = self._is_aborted(request_id)
             attention_mask = torch.cat([attention_mask, torch.ones((batch, 1), dtype=torch.long, device=self.device)], 1)
             logits = self.model(
                 input_ids=token[:, None], attention_mask=attention_mask, position_ids=next_position[:, None],
@@ -87,15 +116,29 @@ class LocalEngine:
             next_position = next_position + 1
 
         finished_at = time.time()
-        for s, toks, lps in zip(samples, tokens, log_probs):
+        for s, toks, lps, done, todo in zip(samples, tokens, log_probs, finished.tolist(), budget):
+            if todo <= 0:
+                continue
+            if s.response_length == 0:  # a continued sample keeps the (older) version it started with
+                s.weight_version = self.weight_version
             s.response_tokens = toks
             s.rollout_log_probs = lps
             s.loss_mask = [1] * len(toks)
             s.response = self.tokenizer.decode(toks, skip_special_tokens=True)
-            s.status = SampleStatus.COMPLETED if toks and toks[-1] == self.eos_token_id else SampleStatus.TRUNCATED
-            s.weight_version = self.weight_version
+            if not done:
+                s.status = SampleStatus.ABORTED
+            else:
+                s.status = SampleStatus.COMPLETED if toks and toks[-1] == self.eos_token_id else SampleStatus.TRUNCATED
             s.metadata[FINISHED_AT] = finished_at
         return samples
+
+    def abort(self, request_ids: Sequence[int]) -> None:
+        """Stop these `generate` calls, running or queued, at the next token (they return ABORTED samples).
+
+        Called on a separate thread (the actor's control concurrency group) while a `generate` runs.
+        """
+        with self._abort_lock:
+            self._aborted.update(request_ids)
 
     @torch.no_grad()
     def load_weights(self, named_tensors: Sequence[tuple[str, torch.Tensor]]) -> None:

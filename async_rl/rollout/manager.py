@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -22,17 +23,27 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
+class EngineCall:
+    """One `generate` call in flight: a chunk of whole groups on one engine."""
+
+    rank: int
+    engine: Any
+    chunk: list[Sample]
+    request_id: int
+
+
+@dataclass
 class PendingRollout:
     """Generation in flight on the engines: chunks of whole groups and the refs that will hold them."""
 
-    requests: dict[ray.ObjectRef, tuple[int, Any, list[Sample]]]  # ref -> (engine rank, engine, its chunk)
+    requests: dict[ray.ObjectRef, EngineCall]
     params: SamplingParams
     description: str
     submitted_at: float
 
     @property
     def n_samples(self) -> int:
-        return sum(len(chunk) for _, _, chunk in self.requests.values())
+        return sum(len(call.chunk) for call in self.requests.values())
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,14 @@ class RolloutManager:
         self._weights: tuple[list[ray.ObjectRef], int] = ([], 0)  # the buckets and version engines hold now
         self.chunks_per_engine = chunks_per_engine
         self._group_ids = itertools.count()  # thread-safe: eval and the async producer both make groups
+        self._request_ids = itertools.count()
+        # A restart copies `_weights` into the new engine; a push replaces them: one at a time, or a
+        # replacement could miss the first buckets of a push. Re-entrant: a push may restart a dead engine.
+        self._engines_lock = threading.RLock()
+
+    def start_group_ids_at(self, first: int) -> None:
+        """Continue group numbering after a resume, so restored groups keep ids no new group takes."""
+        self._group_ids = itertools.count(first)
 
     def make_groups(self, rows: Sequence[PromptRow], n_samples: int) -> list[list[Sample]]:
         groups = []
@@ -71,34 +90,56 @@ class RolloutManager:
         """Send every group to an engine, round-robin in chunks of whole groups; returns at once."""
         groups = self.make_groups(rows, n_samples)
         n_chunks = min(len(groups), len(self.engines) * self.chunks_per_engine)
-        chunks = [[s for g in groups[i::n_chunks] for s in g] for i in range(n_chunks)]
-        requests = {}
-        for i, chunk in enumerate(chunks):
-            rank = i % len(self.engines)
-            engine = self.engines[rank]
-            requests[engine.generate.remote(chunk, params)] = (rank, engine, chunk)
-        return PendingRollout(requests, params, description, time.time())
+        pending = PendingRollout({}, params, description, time.time())
+        for i in range(n_chunks):
+            self.dispatch(pending, [s for g in groups[i::n_chunks] for s in g], i % len(self.engines))
+        return pending
+
+    def dispatch(self, pending: PendingRollout, chunk: list[Sample], rank: int) -> ray.ObjectRef:
+        """Queue one chunk on engine `rank` and record the call in `pending`."""
+        call = EngineCall(rank, self.engines[rank], chunk, next(self._request_ids))
+        ref = call.engine.generate.remote(chunk, pending.params, call.request_id)
+        pending.requests[ref] = call
+        return ref
+
+    def abort(self, calls: Iterable[EngineCall]) -> None:
+        """Stop these calls at their next token (partial rollouts); they return ABORTED samples to continue.
+
+        Sent through the engines' `control` concurrency group, so it reaches an engine busy generating.
+        """
+        by_engine: dict[int, tuple[Any, list[int]]] = {}
+        for call in calls:
+            by_engine.setdefault(id(call.engine), (call.engine, []))[1].append(call.request_id)
+        for engine, request_ids in by_engine.values():
+            engine.abort.options(concurrency_group="control").remote(request_ids)
 
     def _restart(self, rank: int, dead: Any) -> None:
         """Replace a dead engine with a fresh one holding the current weights (once per death)."""
-        if self.engines[rank] is not dead:
-            return  # another chunk of the same engine already brought it back
-        logger.warning("rollout engine %d died; restarting it with weight version %d", rank, self._weights[1])
-        ray.kill(dead)
-        self.engines[rank] = self.engine_factory(rank)
-        buckets, version = self._weights
-        ray.get([self.engines[rank].load_weights.remote(b) for b in buckets]
-                + [self.engines[rank].set_weight_version.remote(version)])
-        self.restarts += 1
+        with self._engines_lock:  # the async producer and an evaluation may both find the same dead engine
+            if self.engines[rank] is not dead:
+                return  # another chunk of the same engine already brought it back
+            logger.warning("rollout engine %d died; restarting it with weight version %d", rank, self._weights[1])
+            ray.kill(dead)
+            self.engines[rank] = self.engine_factory(rank)
+            buckets, version = self._weights
+            ray.get([self.engines[rank].load_weights.remote(b) for b in buckets]
+                    + [self.engines[rank].set_weight_version.remote(version)])
+            self.restarts += 1
 
-    def _reissue(self, pending: PendingRollout, ref: ray.ObjectRef) -> ray.ObjectRef:
+    def reissue(self, pending: PendingRollout, ref: ray.ObjectRef) -> ray.ObjectRef:
         """Generate a lost chunk again on its engine's replacement; the same samples, none counted twice."""
-        rank, dead, chunk = pending.requests.pop(ref)
-        self._restart(rank, dead)
-        engine = self.engines[rank]
-        new_ref = engine.generate.remote(chunk, pending.params)
-        pending.requests[new_ref] = (rank, engine, chunk)
-        return new_ref
+        call = pending.requests.pop(ref)
+        self._restart(call.rank, call.engine)
+        return self.dispatch(pending, call.chunk, call.rank)
+
+    def grade(self, chunk: list[Sample], reward_counts: Counter) -> None:
+        """Reward every sample of a finished chunk in place; timeouts and errors are added to `reward_counts`."""
+        for position, sample in enumerate(chunk):
+            sample.index = position
+        rewards, counts = self.grader.grade(chunk)
+        for sample, reward in zip(chunk, rewards):
+            sample.reward = reward
+        reward_counts.update(counts)
 
     def _finished_chunks(self, pending: PendingRollout, reward_counts: Counter):
         """Yield each chunk's graded samples as its engine call completes, with a progress bar.
@@ -112,14 +153,9 @@ class RolloutManager:
                 try:
                     chunk = ray.get(ready[0])
                 except ray.exceptions.RayActorError:  # a failed call is the health check: the engine died
-                    remaining.append(self._reissue(pending, ready[0]))
+                    remaining.append(self.reissue(pending, ready[0]))
                     continue
-                for position, sample in enumerate(chunk):
-                    sample.index = position
-                rewards, counts = self.grader.grade(chunk)
-                for sample, reward in zip(chunk, rewards):
-                    sample.reward = reward
-                reward_counts.update(counts)
+                self.grade(chunk, reward_counts)
                 bar.update(len(chunk))
                 yield chunk, remaining
 
@@ -137,7 +173,7 @@ class RolloutManager:
             "perf/rollout_wait_s": time.time() - wait_start,
             "rollout/engine_restarts": float(self.restarts - restarts_before),
         }
-        return _indexed(done), metrics | _reward_failure_metrics(reward_counts)
+        return indexed(done), metrics | reward_failure_metrics(reward_counts)
 
     def generate_batch(
         self,
@@ -161,7 +197,7 @@ class RolloutManager:
         for round_index in range(sampling.max_rounds):
             pending = self.submit(next_rows(sampling.groups_per_round), n_samples, params, f"rollout round {round_index + 1}")
             for chunk, remaining in self._finished_chunks(pending, reward_counts):
-                for group in _split_groups(chunk):
+                for group in split_groups(chunk):
                     counts["groups_generated"] += 1
                     raw_scores.extend(s.score for s in group)
                     result = sampling.group_filter(group) if sampling.group_filter else None
@@ -174,7 +210,7 @@ class RolloutManager:
                 if len(kept) == target_groups:
                     for ref in remaining:
                         ray.cancel(ref)
-                    counts["groups_aborted"] += sum(len(pending.requests[r][2]) for r in remaining) // n_samples
+                    counts["groups_aborted"] += sum(len(pending.requests[r].chunk) for r in remaining) // n_samples
                     break
             if len(kept) == target_groups:
                 break
@@ -183,13 +219,13 @@ class RolloutManager:
                 "dynamic sampling filled only %d of %d groups in %d rounds (--max-sampling-rounds); training on what passed",
                 len(kept), target_groups, sampling.max_rounds,
             )
-        samples = _indexed([s for g in kept for s in g])
+        samples = indexed([s for g in kept for s in g])
         metrics = {f"rollout/{k}": float(v) for k, v in counts.items()}
         metrics["rollout/groups_kept"] = float(len(kept))
         metrics["rollout/sampling_rounds"] = float(round_index + 1)
         metrics["rollout/raw_reward_mean"] = sum(raw_scores) / max(len(raw_scores), 1)
         metrics["rollout/engine_restarts"] = float(self.restarts - restarts_before)
-        metrics |= _reward_failure_metrics(reward_counts)
+        metrics |= reward_failure_metrics(reward_counts)
         if samples:
             metrics["perf/rollout_time_s"] = max(s.metadata[FINISHED_AT] for s in samples) - start
         return samples, metrics
@@ -200,26 +236,56 @@ class RolloutManager:
         Each engine applies them after the generate calls already queued on it; the returned refs
         resolve once every engine has the new version (and raise if any load failed).
         """
-        buckets, loads = [], []
-        for bucket in bucket_refs:  # dispatched as each bucket arrives from the trainer
-            buckets.append(bucket)
-            loads += [engine.load_weights.remote(bucket) for engine in self.engines]
-        self._weights = (buckets, version)  # kept so that a restarted engine gets them too
-        return loads + [engine.set_weight_version.remote(version) for engine in self.engines]
+        with self._engines_lock:
+            buckets, loads = [], []
+            for bucket in bucket_refs:  # dispatched as each bucket arrives from the trainer
+                buckets.append(bucket)
+                loads += [engine.load_weights.remote(bucket) for engine in self.engines]
+            self._weights = (buckets, version)  # kept so that a restarted engine gets them too
+            return loads + [engine.set_weight_version.remote(version) for engine in self.engines]
+
+    def wait_weights(self, refs: list[ray.ObjectRef]) -> None:
+        """Wait for a weight push; an engine that died meanwhile is replaced, and gets the new weights."""
+        lost = False
+        for ref in refs:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError:
+                lost = True
+        if lost:
+            self.restart_dead_engines()
+
+    def rng_states(self) -> list[Any]:
+        """Each engine's sampling RNG state for a checkpoint; None for an engine that just died."""
+        states = []
+        for engine in self.engines:
+            try:
+                states.append(ray.get(engine.rng_state.options(concurrency_group="control").remote()))
+            except ray.exceptions.RayActorError:
+                states.append(None)
+        return states
+
+    def restart_dead_engines(self) -> None:
+        """Health-check every engine (through its control thread) and replace the ones that do not answer."""
+        for rank, engine in enumerate(list(self.engines)):
+            try:
+                ray.get(engine.health.options(concurrency_group="control").remote(), timeout=60)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                self._restart(rank, engine)
 
 
-def _reward_failure_metrics(counts: Counter) -> dict[str, float]:
+def reward_failure_metrics(counts: Counter) -> dict[str, float]:
     return {"reward/timeouts": float(counts["timeouts"]), "reward/errors": float(counts["errors"])}
 
 
-def _split_groups(chunk: list[Sample]) -> list[list[Sample]]:
+def split_groups(chunk: list[Sample]) -> list[list[Sample]]:
     groups: dict[int, list[Sample]] = {}
     for s in chunk:
         groups.setdefault(s.group_id, []).append(s)
     return list(groups.values())
 
 
-def _indexed(samples: list[Sample]) -> list[Sample]:
+def indexed(samples: list[Sample]) -> list[Sample]:
     samples.sort(key=lambda s: s.group_id)
     for i, sample in enumerate(samples):
         sample.index = i

@@ -32,3 +32,15 @@ def group_metrics(samples: list[Sample], group_size: int) -> dict[str, float]:
     groups = [samples[i : i + group_size] for i in range(0, len(samples), group_size)]
     flat = sum(len({s.score for s in g}) == 1 for g in groups)
     return {"rollout/zero_variance_group_frac": flat / max(len(groups), 1)}
+
+
+def overlap_ratio(metrics: dict[str, float]) -> dict[str, float]:
+    """`perf/overlap_ratio`: the share of a batch's generation time the trainer did not wait for.
+
+    1 means generation was hidden entirely behind training (and weight pushes); 0 means the trainer
+    waited for all of it, as in the sync loop.
+    """
+    rollout_time = metrics.get("perf/rollout_time_s")
+    if not rollout_time:
+        return {}
+    return {"perf/overlap_ratio": min(1.0, max(0.0, 1.0 - metrics["perf/rollout_wait_s"] / rollout_time))}

@@ -16,6 +16,11 @@ from async_rl.trainer.batch import PackedBatch, pack, response_log_probs
 from async_rl.weights.sync import to_transport, weight_buckets
 
 
+def _is_max(stat: str) -> bool:
+    """Stats named *_max* are maxima over the batch; the others are means."""
+    return "_max" in stat
+
+
 class TorchTrainer:
     def __init__(
         self,
@@ -83,34 +88,48 @@ class TorchTrainer:
                 loss = loss + cfg.kl_coef * kl
         return loss, stats
 
-    def train_step(self, samples: list[Sample], advantages: list[float]) -> dict[str, float]:
-        """Old log-probs at the current weights (the proximal policy), then PPO steps of global-batch size."""
-        self.model.train()
+    def _prepare(self, samples: list[Sample], advantages: list[float]):
         micro_batches = self._micro_batches(samples)
         old = self._log_probs_of(self.model, micro_batches)
         ref = self._log_probs_of(self.ref_model, micro_batches) if self.ref_model is not None else [None] * len(old)
         adv = torch.tensor(advantages, dtype=torch.float32, device=self.device).split(self.cfg.micro_batch_size)
+        return micro_batches, old, ref, adv
+
+    def _accumulate(self, micro_batches, old, ref, adv, idx: range, sums: dict[str, float]) -> torch.Tensor:
+        """Gradients of one global batch (micro-batches `idx`) into `.grad`; returns the (pre-clip) grad norm."""
+        # Each micro-batch's mean is re-weighted so that the sum equals the mean over the whole global batch.
+        if self.cfg.loss_aggregation == "token_mean":
+            weights = [float(micro_batches[i].loss_mask.sum()) for i in idx]
+        else:
+            weights = [float(micro_batches[i].loss_mask.shape[0]) for i in idx]
+        total = max(sum(weights), 1.0)
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, weight in zip(idx, weights):
+            loss, stats = self._micro_loss(micro_batches[i], old[i], ref[i], adv[i])
+            (loss * weight / total).backward()
+            for k, v in {"loss": loss.detach(), **stats}.items():
+                if _is_max(k):
+                    sums[k] = max(sums.get(k, float("-inf")), float(v))
+                else:
+                    sums[k] = sums.get(k, 0.0) + float(v) * weight / total
+        clip = self.cfg.clip_grad if self.cfg.clip_grad > 0 else float("inf")
+        return torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+
+    def train_step(self, samples: list[Sample], advantages: list[float]) -> dict[str, float]:
+        """Old log-probs at the current weights (the proximal policy), then PPO steps of global-batch size."""
+        self.model.train()
+        micro_batches, old, ref, adv = self._prepare(samples, advantages)
         per_step = self.global_batch_size // self.cfg.micro_batch_size
         sums: dict[str, float] = {}
-        n_micro = skipped = 0
+        n_steps = skipped = 0
+        first_ratio_dev = 0.0
         for start in range(0, len(micro_batches), per_step):
             idx = range(start, min(start + per_step, len(micro_batches)))
-            # Each micro-batch's mean is re-weighted so that the sum equals the mean over the whole global batch.
-            if self.cfg.loss_aggregation == "token_mean":
-                weights = [float(micro_batches[i].loss_mask.sum()) for i in idx]
-            else:
-                weights = [float(micro_batches[i].loss_mask.shape[0]) for i in idx]
-            total = max(sum(weights), 1.0)
-            self.optimizer.zero_grad(set_to_none=True)
-            for i, weight in zip(idx, weights):
-                loss, stats = self._micro_loss(micro_batches[i], old[i], ref[i], adv[i])
-                (loss * weight / total).backward()
-                for k, v in {"loss": loss.detach(), **stats}.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                n_micro += 1
-            clip = self.cfg.clip_grad if self.cfg.clip_grad > 0 else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-            sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm) * len(idx)
+            grad_norm = self._accumulate(micro_batches, old, ref, adv, idx, sums)
+            if n_steps == 0:  # the weights have not moved yet: new and old log-probs are the same policy
+                first_ratio_dev = sums.get("ratio_max_abs_dev", 0.0)
+            sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm)
+            n_steps += 1
             if torch.isfinite(grad_norm):
                 self.optimizer.step()
             else:  # a NaN/inf loss or gradient must not reach the weights
@@ -119,11 +138,26 @@ class TorchTrainer:
         self.version += 1
         mask_total = sum(float(mb.loss_mask.sum()) for mb in micro_batches)
         abs_diff = sum(float(((o - mb.rollout_log_probs).abs() * mb.loss_mask).sum()) for o, mb in zip(old, micro_batches))
-        metrics = {f"train/{k}": v / n_micro for k, v in sums.items()}
+        metrics = {f"train/{k}": v if _is_max(k) else v / n_steps for k, v in sums.items() if k != "ratio_max_abs_dev"}
+        metrics["train/first_step_ratio_max_abs_dev"] = first_ratio_dev
         metrics["train/rollout_logprob_abs_diff"] = abs_diff / max(mask_total, 1.0)
         metrics["train/lr"] = self.optimizer.param_groups[0]["lr"]
         metrics["train/skipped_steps"] = float(skipped)
         return metrics
+
+    def probe(self, samples: list[Sample], advantages: list[float]) -> dict[str, float]:
+        """Loss and gradient norm of the first global batch at the current weights; nothing is updated.
+
+        Recorded with a checkpoint and recomputed after loading it: equal values show that the weights
+        came back exactly.
+        """
+        self.model.train()
+        micro_batches, old, ref, adv = self._prepare(samples, advantages)
+        sums: dict[str, float] = {}
+        idx = range(min(self.global_batch_size // self.cfg.micro_batch_size, len(micro_batches)))
+        grad_norm = self._accumulate(micro_batches, old, ref, adv, idx, sums)
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"loss": sums["loss"], "grad_norm": float(grad_norm)}
 
     def export_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         return ((name, p.detach()) for name, p in self.model.named_parameters())

@@ -85,8 +85,9 @@ def test_missing_required_flag_is_named(capsys):
     assert "--hf-checkpoint" in error_of(capsys, "--prompt-data", "x.jsonl")
 
 
-def test_async_mode_rejects_zero_staleness(capsys):
-    assert "--max-staleness" in error_of(capsys, *REQUIRED, "--async", "--max-staleness", "0")
+def test_negative_staleness_and_sync_partial_rollout_are_rejected(capsys):
+    assert "--max-staleness" in error_of(capsys, *REQUIRED, "--async", "--max-staleness", "-1")
+    assert "--partial-rollout" in error_of(capsys, *REQUIRED, "--partial-rollout")
 
 
 def test_unknown_yaml_key_names_key_and_file(capsys, tmp_path):

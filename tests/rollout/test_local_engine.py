@@ -88,3 +88,26 @@ def test_fp8_engine_log_probs_differ_from_full_precision_by_a_little(tiny_model,
     diffs = torch.cat([torch.tensor(lp) - torch.tensor(s.rollout_log_probs)
                        for s, lp in zip(samples, trainer.compute_log_probs(samples))]).abs()
     assert 1e-4 < diffs.mean() < 0.1
+
+
+def test_an_aborted_request_returns_at_once_and_its_samples_continue_later(tiny_model, tokenizer):
+    engine = LocalEngine(str(tiny_model), seed=0)
+    params = SamplingParams(temperature=1.0, max_new_tokens=24)
+    engine.abort([7])  # arrives while the request is still queued
+    untouched = engine.generate(prompts(tokenizer, TEXTS), params, request_id=7)
+    assert all(s.status == SampleStatus.ABORTED and s.response_length == 0 for s in untouched)
+
+    partial = engine.generate(prompts(tokenizer, TEXTS * 2), SamplingParams(temperature=1.0, max_new_tokens=3))
+    for s in partial:
+        s.status = SampleStatus.ABORTED  # as if a weight push had stopped them after three tokens
+    partial[0].status = SampleStatus.COMPLETED  # a finished sample in the same chunk is left alone
+    kept = [list(s.response_tokens) for s in partial]
+    done = engine.generate(partial, params, request_id=8)
+    assert done[0].response_tokens == kept[0] and done[0].status == SampleStatus.COMPLETED
+    trainer = TorchTrainer(str(tiny_model), TrainConfig(micro_batch_size=8), global_batch_size=8, temperature=1.0)
+    recomputed = trainer.compute_log_probs(done)
+    for s, first, lp in zip(done[1:], kept[1:], recomputed[1:]):
+        assert s.response_tokens[:3] == first and s.status in (SampleStatus.COMPLETED, SampleStatus.TRUNCATED)
+        assert len(s.rollout_log_probs) == len(s.loss_mask) == s.response_length <= 24
+        # the continuation attends to the kept tokens at the right positions: the trainer agrees token by token
+        torch.testing.assert_close(torch.tensor(lp), torch.tensor(s.rollout_log_probs), atol=2e-4, rtol=0)

@@ -1,0 +1,265 @@
+"""Continuous rollout for the async loop: a background thread keeps a bounded buffer of graded groups.
+
+Admission control (AReaL's rule) bounds staleness by construction: a new group is admitted only while
+
+    min(max_running - running, (max_staleness + version + 1) * batch_groups - (accepted + running)) > 0
+
+where `version` is the newest weight version pushed to the engines and `accepted` counts every group
+that ever entered the buffer. A group admitted under version v is trained by step v + max_staleness at
+the latest, so no trained sample is more than `max_staleness` versions old, and the buffer never holds
+more than (max_staleness + 1) batches: it is bounded and pushes back on generation. The counters are
+part of the checkpoint, so the bound also holds right after a resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import ray
+
+from async_rl.data.prompt_dataset import PromptDataset, PromptRow
+from async_rl.rollout.engine import FINISHED_AT, SamplingParams
+from async_rl.rollout.manager import (
+    DynamicSampling, PendingRollout, RolloutManager, indexed, reward_failure_metrics, split_groups,
+)
+from async_rl.sample import Sample, SampleStatus
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AdmissionControl:
+    batch_groups: int
+    max_staleness: int
+    max_running: int
+
+    def capacity(self, version: int, accepted: int, running: int) -> int:
+        """How many more groups may start generating now."""
+        return min(self.max_running - running, (self.max_staleness + version + 1) * self.batch_groups - (accepted + running))
+
+
+@dataclass
+class _BufferedGroup:
+    samples: list[Sample]
+    admitted_at: float
+
+
+def sample_to_dict(sample: Sample) -> dict[str, Any]:
+    return asdict(sample) | {"status": sample.status.value}
+
+
+def sample_from_dict(d: dict[str, Any]) -> Sample:
+    return Sample(**(d | {"status": SampleStatus(d["status"])}))
+
+
+class RolloutProducer:
+    """Generates, grades and filters groups in the background; the trainer takes whole batches.
+
+    For partial rollouts the loop calls `abort_in_flight()` just before a weight push: every running
+    generation stops, the tokens generated so far are kept with their log-probs, and the samples continue
+    with the new weights once `set_version` announces them. Otherwise a push waits behind queued generation.
+    """
+
+    def __init__(
+        self,
+        manager: RolloutManager,
+        dataset: PromptDataset,
+        n_samples: int,
+        params: SamplingParams,
+        sampling: DynamicSampling,
+        admission: AdmissionControl,
+        *,
+        version: int,
+        resume_state: dict[str, Any] | None = None,
+    ):
+        self.manager, self.dataset, self.n_samples, self.sampling = manager, dataset, n_samples, sampling
+        self.admission = admission
+        self.version = version
+        self.accepted = 0
+        self.buffer: list[_BufferedGroup] = []
+        self._retry_rows: list[PromptRow] = []  # prompts that were generating when the checkpoint was taken
+        if resume_state:
+            self._restore(resume_state)
+        self._calls = PendingRollout({}, params, "async rollout", time.time())
+        self._admitted_at: dict[int, float] = {}  # group id -> when it was admitted
+        self._parked: list[list[Sample]] = []  # aborted chunks waiting for the new weights
+        self._abort_version: int | None = None
+        n_engines = len(manager.engines)
+        self._chunk_groups = max(1, math.ceil(admission.max_running / (n_engines * manager.chunks_per_engine)))
+        self._counts: Counter[str] = Counter()
+        self._reward_counts: Counter = Counter()
+        self._generated_since_take = 0
+        self._restarts_at_take = manager.restarts
+        self._cond = threading.Condition()
+        self._error: BaseException | None = None
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="rollout-producer", daemon=True)
+
+    # ---- trainer side -------------------------------------------------------------------------------
+
+    def start(self) -> "RolloutProducer":
+        self._thread.start()
+        return self
+
+    def take_batch(self, target_groups: int) -> tuple[list[Sample], dict[str, float]]:
+        """Block until `target_groups` groups are buffered and return them with the pipeline's metrics.
+
+        With a dynamic-sampling filter that keeps rejecting, give up once `--max-sampling-rounds` rounds'
+        worth of groups were generated for this batch and return what passed (as the sync loop does).
+        """
+        give_up_after = self.sampling.max_rounds * self.sampling.groups_per_round
+        wait_start = time.time()
+        with self._cond:
+            while len(self.buffer) < target_groups and self._error is None:
+                if self.sampling.group_filter and self._generated_since_take >= give_up_after:
+                    logger.warning("dynamic sampling filled only %d of %d groups within --max-sampling-rounds "
+                                   "rounds' worth of groups; training on what passed", len(self.buffer), target_groups)
+                    break
+                self._cond.wait(timeout=1.0)
+            if self._error is not None:
+                raise RuntimeError("the rollout producer failed") from self._error
+            taken, self.buffer = self.buffer[:target_groups], self.buffer[target_groups:]
+            metrics = {f"rollout/{k}": float(v) for k, v in self._counts.items()}
+            metrics |= reward_failure_metrics(self._reward_counts)
+            metrics |= {
+                "rollout/groups_kept": float(len(taken)),
+                "rollout/buffer_groups": float(len(self.buffer)),
+                "rollout/running_groups": float(self._running),
+                "rollout/engine_restarts": float(self.manager.restarts - self._restarts_at_take),
+            }
+            self._counts.clear()
+            self._reward_counts.clear()
+            self._generated_since_take = 0
+            self._restarts_at_take = self.manager.restarts
+            self._cond.notify_all()
+        samples = indexed([s for g in taken for s in g.samples])
+        metrics["perf/rollout_wait_s"] = time.time() - wait_start
+        if taken:
+            first_admitted = min(g.admitted_at for g in taken)  # restored groups count from the resume
+            metrics["perf/rollout_time_s"] = max(0.0, max(s.metadata[FINISHED_AT] for s in samples) - first_admitted)
+        return samples, metrics
+
+    def abort_in_flight(self) -> None:
+        """Partial rollouts: stop running generation before a weight push; it resumes after `set_version`."""
+        with self._cond:
+            self._abort_version = self.version
+            self.manager.abort(list(self._calls.requests.values()))
+
+    def set_version(self, version: int) -> None:
+        """The engines have this version queued: admit (and continue) generation under it."""
+        with self._cond:
+            self.version = version
+            self._cond.notify_all()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything needed to resume without losing or repeating a prompt, taken at one instant.
+
+        Buffered groups are kept whole; groups still generating are saved as prompts to generate again.
+        """
+        with self._cond:
+            generating = [c.chunk for c in self._calls.requests.values()] + self._parked
+            retry = [asdict(row) for row in self._retry_rows]
+            retry += [asdict(PromptRow(g[0].prompt, g[0].prompt_tokens, g[0].label, g[0].metadata))
+                      for chunk in generating for g in split_groups(chunk)]
+            return {
+                "dataset": self.dataset.state_dict(),
+                "accepted": self.accepted,
+                "buffer": [[sample_to_dict(s) for s in g.samples] for g in self.buffer],
+                "retry_prompts": retry,
+            }
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout=10)
+
+    # ---- producer thread ------------------------------------------------------------------------------
+
+    @property
+    def _running(self) -> int:
+        in_calls = sum(len(c.chunk) for c in self._calls.requests.values())
+        return (in_calls + sum(len(c) for c in self._parked)) // self.n_samples
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.accepted = int(state["accepted"])
+        now = time.time()
+        self.buffer = [_BufferedGroup([sample_from_dict(d) for d in g], now) for g in state["buffer"]]
+        self._retry_rows = [PromptRow(**row) for row in state["retry_prompts"]]
+        self.manager.start_group_ids_at(1 + max((s.group_id for g in self.buffer for s in g.samples), default=-1))
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    if self._stopping:
+                        return
+                    self._resume_parked()
+                    self._admit()
+                    refs = list(self._calls.requests)
+                    if not refs:
+                        self._cond.wait(timeout=0.1)
+                        continue
+                ready, _ = ray.wait(refs, num_returns=1, timeout=0.1)
+                if ready:
+                    self._receive(ready[0])
+        except BaseException as e:  # surfaced to the trainer by take_batch
+            logger.exception("rollout producer failed")
+            with self._cond:
+                self._error = e
+                self._cond.notify_all()
+
+    def _admit(self) -> None:
+        capacity = self.admission.capacity(self.version, self.accepted, self._running)
+        while capacity > 0:
+            n = min(capacity, self._chunk_groups)
+            rows, self._retry_rows = self._retry_rows[:n], self._retry_rows[n:]
+            rows += self.dataset.next_batch(n - len(rows)) if len(rows) < n else []
+            groups = self.manager.make_groups(rows, self.n_samples)
+            now = time.time()
+            self._admitted_at |= {g[0].group_id: now for g in groups}
+            self.manager.dispatch(self._calls, [s for g in groups for s in g], self._least_busy_engine())
+            capacity -= n
+
+    def _least_busy_engine(self) -> int:
+        load = Counter(call.rank for call in self._calls.requests.values())
+        return min(range(len(self.manager.engines)), key=lambda rank: load[rank])
+
+    def _resume_parked(self) -> None:
+        if self._parked and self._abort_version is not None and self.version > self._abort_version:
+            for chunk in self._parked:
+                self.manager.dispatch(self._calls, chunk, self._least_busy_engine())
+            self._parked.clear()
+
+    def _receive(self, ref: ray.ObjectRef) -> None:
+        try:
+            chunk = ray.get(ref)
+        except ray.exceptions.RayActorError:  # a failed call is the health check: the engine died
+            with self._cond:
+                self.manager.reissue(self._calls, ref)
+            return
+        with self._cond:
+            self._calls.requests.pop(ref)
+            aborted = sum(s.status == SampleStatus.ABORTED for s in chunk)
+            if aborted:
+                self._counts["partial_aborted_samples"] += aborted
+                self._parked.append(chunk)
+                return
+            self.manager.grade(chunk, self._reward_counts)
+            for group in split_groups(chunk):
+                self._counts["groups_generated"] += 1
+                self._generated_since_take += 1
+                result = self.sampling.group_filter(group) if self.sampling.group_filter else None
+                if result is not None and not result.keep:
+                    self._counts[f"filter_drop_{result.reason}"] += 1
+                else:
+                    self.buffer.append(_BufferedGroup(group, self._admitted_at.get(group[0].group_id, time.time())))
+                    self.accepted += 1
+                self._admitted_at.pop(group[0].group_id, None)
+            self._cond.notify_all()
