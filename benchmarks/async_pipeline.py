@@ -1,0 +1,69 @@
+"""How much of rollout the async loop hides behind training, and what staleness it costs.
+
+Runs the embedded default under the sync loop (the baseline) and under async variants in the same
+invocation, and prints mean per-step timings over steps 1.. (step 0 includes start-up) with each
+step time as a ratio of the sync step:
+
+    python benchmarks/async_pipeline.py --model-dir outputs/tiny_model --num-rollout 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+RUNS = {
+    "sync (baseline)": [],
+    "async, --max-staleness 1": ["--async"],
+    "async, --max-staleness 2": ["--async", "--max-staleness", "2"],
+    "async, --max-staleness 1 --partial-rollout": ["--async", "--partial-rollout"],
+}
+COLUMNS = {
+    "step s": "perf/step_time_s", "rollout s": "perf/rollout_time_s", "train s": "perf/train_time_s",
+    "wait s": "perf/rollout_wait_s", "push s": "perf/update_weights_time_s", "overlap": "perf/overlap_ratio",
+    "staleness": "rollout/staleness_mean", "interrupted/step": "rollout/partial_aborted_samples",
+}
+
+
+def run(model_dir: Path, output_dir: Path, num_rollout: int, extra: list[str]) -> list[dict]:
+    cmd = [
+        sys.executable, "-m", "async_rl.train", "--config", str(REPO / "configs" / "embedded_cpu.yaml"),
+        "--hf-checkpoint", str(model_dir), "--prompt-data", str(model_dir / "data" / "train.jsonl"),
+        "--eval-prompt-data", "arithmetic", str(model_dir / "data" / "eval.jsonl"),
+        "--output-dir", str(output_dir), "--num-rollout", str(num_rollout), *extra,
+    ]
+    subprocess.run(cmd, check=True, capture_output=True, cwd=REPO)
+    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", type=Path, default=REPO / "outputs" / "tiny_model")
+    parser.add_argument("--num-rollout", type=int, default=40)
+    args = parser.parse_args()
+    table = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (name, extra) in enumerate(RUNS.items()):
+            print(f"running {name} ...", file=sys.stderr, flush=True)
+            rows = run(args.model_dir, Path(tmp) / str(i), args.num_rollout, extra)
+            steps = [r for r in rows if "perf/step_time_s" in r and r["step"] >= 1]
+            evals = [r["eval/reward_mean"] for r in rows if "eval/reward_mean" in r]
+            table[name] = {col: statistics.fmean(r.get(key, 0.0) for r in steps) for col, key in COLUMNS.items()}
+            table[name]["eval"] = f"{evals[0]:.3f} -> {evals[-1]:.3f}"
+    base = table["sync (baseline)"]["step s"]
+    print("| loop | " + " | ".join(COLUMNS) + " | step vs sync | eval reward |")
+    print("|---|" + "---:|" * (len(COLUMNS) + 1) + "---|")
+    for name, row in table.items():
+        cells = " | ".join(f"{row[c]:.3f}" if c.endswith(" s") else f"{row[c]:.2f}" for c in COLUMNS)
+        print(f"| {name} | {cells} | {row['step s'] / base:.2f}x | {row['eval']} |")
+
+
+if __name__ == "__main__":
+    main()
