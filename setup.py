@@ -24,15 +24,18 @@ setup(
         "sympy>=1.12",
         "pylatexenc>=2.10",
         "math-verify>=0.7",
+        "matplotlib>=3.7",  # tools/plot_run.py
     ],
     extras_require={
         "gpu": ["sglang>=0.5", "megatron-core>=0.13", "transformer-engine>=2.0"],
         "test": ["pytest>=8"],
+        "wandb": ["wandb>=0.17"],
     },
     entry_points={
         "console_scripts": [
             "async-rl-train=async_rl.train:main",
             "async-rl-train-async=async_rl.train_async:main",
+            "async-rl-evaluate=async_rl.evaluate:main",
         ]
     },
 )

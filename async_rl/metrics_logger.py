@@ -1,12 +1,16 @@
-"""Per-step metrics to `metrics.jsonl`, TensorBoard scalars and a one-line console summary."""
+"""Per-step metrics to `metrics.jsonl`, TensorBoard scalars, optionally Weights & Biases, and a console line."""
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from torch.utils.tensorboard import SummaryWriter
+
+from async_rl.errors import UserInputError
 
 _SUMMARY = [
     ("rollout/reward_mean", "reward", "{:.3f}"),
@@ -18,12 +22,20 @@ _SUMMARY = [
 ]
 
 
+@dataclass(frozen=True)
+class WandbSettings:
+    project: str
+    mode: str  # offline by default: runs on clusters without internet, synced later with `wandb sync`
+    config: dict[str, Any]
+
+
 class MetricsLogger:
-    def __init__(self, output_dir: str, tensorboard_dir: str | None = None):
+    def __init__(self, output_dir: str, tensorboard_dir: str | None = None, wandb: WandbSettings | None = None):
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.jsonl = (out / "metrics.jsonl").open("a", encoding="utf-8")
         self.writer = SummaryWriter(tensorboard_dir or str(out / "tensorboard"))
+        self.wandb_run = _start_wandb(wandb, out) if wandb else None
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         row = {"step": step, **{k: float(v) for k, v in metrics.items()}}
@@ -32,9 +44,21 @@ class MetricsLogger:
         for key, value in metrics.items():
             self.writer.add_scalar(key, float(value), step)
         self.writer.flush()
+        if self.wandb_run is not None:
+            self.wandb_run.log({k: float(v) for k, v in metrics.items()}, step=step)
         shown = [f"{label} {fmt.format(metrics[key])}" for key, label, fmt in _SUMMARY if key in metrics]
         print(f"[step {step}] " + " | ".join(shown), flush=True)
 
     def close(self) -> None:
         self.jsonl.close()
         self.writer.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+
+
+def _start_wandb(settings: WandbSettings, output_dir: Path):
+    try:
+        import wandb
+    except ImportError:
+        raise UserInputError("--use-wandb needs the wandb package: pip install wandb") from None
+    return wandb.init(project=settings.project, mode=settings.mode, dir=str(output_dir), config=settings.config)

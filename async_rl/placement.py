@@ -8,6 +8,7 @@ from typing import Any
 import ray
 
 from async_rl.config import Config
+from async_rl.errors import UserInputError
 
 _WORKER_ENV = {
     "TRANSFORMERS_VERBOSITY": "error",
@@ -15,6 +16,14 @@ _WORKER_ENV = {
     "HF_HUB_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
 }
+
+
+def check_backends(cfg: Config) -> None:
+    """The production backends are not in this release yet; say so before anything starts."""
+    if cfg.backend.rollout_backend != "local":
+        raise UserInputError(f"--rollout-backend {cfg.backend.rollout_backend} is not available in this release; use local")
+    if cfg.backend.train_backend != "torch":
+        raise UserInputError(f"--train-backend {cfg.backend.train_backend} is not available in this release; use torch")
 
 
 def _gpu_share(cfg: Config) -> float:

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import ray
 import torch
-from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
 from async_rl.algorithms.advantages import compute_advantages, overlong_penalty
@@ -25,9 +24,11 @@ from async_rl.checkpoint import read_driver_state, resolve_checkpoint, save_chec
 from async_rl.config import Config
 from async_rl.data.prompt_dataset import PromptDataset
 from async_rl.errors import TrainingAborted
+from async_rl.evaluation import Evaluator, eval_sets_from_flag
 from async_rl.invariants import check_first_step, check_probe
-from async_rl.metrics_logger import MetricsLogger
-from async_rl.placement import create_engine, create_trainer, start_ray
+from async_rl.metrics_logger import MetricsLogger, WandbSettings
+from async_rl.placement import check_backends, create_engine, create_trainer, start_ray
+from async_rl.placement_plan import plan_placement
 from async_rl.rollout.engine import SamplingParams
 from async_rl.rollout.filters import load_group_filter
 from async_rl.rollout.manager import DynamicSampling, RolloutManager
@@ -44,29 +45,41 @@ ROLLOUT_BUFFER = "rollout_buffer.json"  # async runs: buffered groups and the pr
 PROBE = "probe.json"  # --check-invariants: a batch and its loss / grad norm at the saved weights
 
 
-def eval_sets_from_flag(values: list[str] | None) -> dict[str, str]:
-    """`--eval-prompt-data PATH` or `--eval-prompt-data NAME PATH [NAME PATH ...]` -> {name: path}."""
-    if not values:
-        return {}
-    if len(values) == 1:
-        return {Path(values[0]).stem: values[0]}
-    return dict(zip(values[0::2], values[1::2]))
+def plugin_args(cfg: Config) -> argparse.Namespace:
+    """What slime-style reward and filter plugins receive as `args`: every flag, flat."""
+    return argparse.Namespace(**cfg.to_flat_dict())
+
+
+def make_grader(cfg: Config) -> RewardGrader:
+    rw = cfg.reward
+    return RewardGrader(
+        resolve_reward(rw.rm_type, rw.custom_rm_path, rw.group_rm), args=plugin_args(cfg),
+        num_workers=rw.reward_num_workers, timeout=rw.reward_timeout, default=rw.reward_default,
+    )
+
+
+def load_eval_sets(cfg: Config, tokenizer) -> dict[str, PromptDataset]:
+    d = cfg.data
+    return {
+        name: PromptDataset(path, tokenizer, input_key=d.input_key, label_key=d.label_key,
+                            apply_chat_template=d.apply_chat_template, skip_bad_rows=d.skip_bad_rows)
+        for name, path in eval_sets_from_flag(cfg.eval.eval_prompt_data).items()
+    }
 
 
 class TrainingSession:
     def __init__(self, cfg: Config):
+        check_backends(cfg)
+        plan_placement(cfg)  # a cluster layout that cannot be placed fails here, before Ray starts
         self.cfg = cfg
         self._save_config()
         random.seed(cfg.logging.seed)
         np.random.seed(cfg.logging.seed)
         torch.manual_seed(cfg.logging.seed)
 
-        flat_args = argparse.Namespace(**cfg.to_flat_dict())  # what slime-style plugins receive as `args`
+        flat_args = plugin_args(cfg)
         rw = cfg.reward
-        grader = RewardGrader(
-            resolve_reward(rw.rm_type, rw.custom_rm_path, rw.group_rm), args=flat_args,
-            num_workers=rw.reward_num_workers, timeout=rw.reward_timeout, default=rw.reward_default,
-        )
+        grader = make_grader(cfg)
         self.warn_on_missing_think = rw.rm_type == "deepscaler" and not rw.custom_rm_path
         r = cfg.rollout
         group_filter = load_group_filter(r.dynamic_sampling_filter_path, flat_args) if r.dynamic_sampling_filter_path else None
@@ -80,12 +93,11 @@ class TrainingSession:
             apply_chat_template=data.apply_chat_template, shuffle=data.rollout_shuffle, seed=cfg.logging.seed,
             skip_bad_rows=data.skip_bad_rows,
         )
-        self.eval_sets = {
-            name: PromptDataset(path, tokenizer, input_key=data.input_key, label_key=data.label_key,
-                                apply_chat_template=data.apply_chat_template, skip_bad_rows=data.skip_bad_rows)
-            for name, path in eval_sets_from_flag(cfg.eval.eval_prompt_data).items()
-        }
+        self.eval_sets = load_eval_sets(cfg, tokenizer)
 
+        lg = cfg.logging
+        wandb = WandbSettings(lg.wandb_project, lg.wandb_mode, cfg.to_flat_dict()) if lg.use_wandb else None
+        self.metrics_logger = MetricsLogger(lg.output_dir, lg.tensorboard_dir, wandb)
         start_ray(cfg)
         try:  # a failure past this point must not leave Ray and its actors running
             self.trainer = create_trainer(cfg)
@@ -98,19 +110,21 @@ class TrainingSession:
         except BaseException:
             ray.shutdown()
             raise
-        self.metrics_logger = MetricsLogger(cfg.logging.output_dir, cfg.logging.tensorboard_dir)
         self.rollout_params = SamplingParams(
             cfg.rollout.rollout_temperature, cfg.rollout.rollout_top_p, cfg.rollout.rollout_max_response_len
         )
-        self.eval_params = SamplingParams(cfg.eval.eval_temperature, cfg.rollout.rollout_top_p, cfg.eval.eval_max_response_len)
+        self.evaluator = Evaluator(
+            self.rollout, self.eval_sets, cfg.eval.n_samples_per_eval_prompt,
+            SamplingParams(cfg.eval.eval_temperature, cfg.rollout.rollout_top_p, cfg.eval.eval_max_response_len),
+        )
         self.skipped_steps = 0
 
     def _save_config(self) -> None:
-        resolved = OmegaConf.create(self.cfg.to_flat_dict())
-        print("resolved configuration:\n" + OmegaConf.to_yaml(resolved), flush=True)
+        text = self.cfg.to_yaml()
+        print("resolved configuration:\n" + text, flush=True)
         out = Path(self.cfg.logging.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(resolved, out / "config.yaml")
+        (out / "config.yaml").write_text(text)
 
     @property
     def n_samples(self) -> int:
@@ -204,20 +218,7 @@ class TrainingSession:
         return bool(self.eval_sets) and (step == 0 or step == self.cfg.rollout.num_rollout or (interval and step % interval == 0))
 
     def evaluate(self) -> dict[str, float]:
-        """Mean reward on every eval set, and over all of them together, with the engines' current weights."""
-        start = time.perf_counter()
-        pending = {
-            name: self.rollout.submit(ds.rows, self.cfg.eval.n_samples_per_eval_prompt, self.eval_params, f"eval {name}")
-            for name, ds in self.eval_sets.items()
-        }
-        metrics, all_scores = {}, []
-        for name, p in pending.items():
-            samples, _ = self.rollout.collect(p)
-            all_scores.extend(s.score for s in samples)
-            metrics.update(rollout_metrics(samples, prefix=f"eval/{name}"))
-        metrics["eval/reward_mean"] = sum(all_scores) / len(all_scores)
-        metrics["perf/eval_time_s"] = time.perf_counter() - start
-        return metrics
+        return self.evaluator.evaluate()
 
     def should_save(self, step: int, stopping: bool = False) -> bool:
         """At the interval, at the end, and when a stop signal ends the run early (with --save set)."""

@@ -11,6 +11,7 @@ from typing import Sequence
 
 from async_rl.cli import run_cli
 from async_rl.config import Config, parse_config
+from async_rl.placement_plan import plan_placement
 from async_rl.session import TrainingSession
 from async_rl.stop_signal import StopSignal
 
@@ -50,9 +51,17 @@ def run(cfg: Config) -> None:
         raise SystemExit(128 + stop.signum)
 
 
+def dry_run(cfg: Config) -> None:
+    """What `--dry-run` prints: the configuration the run would use and where each part would run."""
+    print("resolved configuration:\n" + cfg.to_yaml(), flush=True)
+    print(plan_placement(cfg).render(), flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    cfg, async_mode = parse_config(argv, prog="async_rl.train")
-    if async_mode:
+    cfg, launch = parse_config(argv, prog="async_rl.train")
+    if launch.dry_run:
+        run_cli("async_rl.train", lambda: dry_run(cfg))
+    elif launch.async_mode:
         from async_rl import train_async
 
         run_cli("async_rl.train", lambda: train_async.run(cfg))

@@ -23,6 +23,7 @@ from async_rl.rollout.metrics import overlap_ratio
 from async_rl.sample import Sample
 from async_rl.session import TrainingSession
 from async_rl.stop_signal import StopSignal
+from async_rl.train import dry_run
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +91,8 @@ def run(cfg: Config) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    cfg, _ = parse_config(argv, prog="async_rl.train_async", async_mode=True)
-    run_cli("async_rl.train_async", lambda: run(cfg))
+    cfg, launch = parse_config(argv, prog="async_rl.train_async", async_mode=True)
+    run_cli("async_rl.train_async", lambda: dry_run(cfg) if launch.dry_run else run(cfg))
 
 
 if __name__ == "__main__":

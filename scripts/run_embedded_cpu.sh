@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The embedded CPU demo: builds the tiny model if missing, then trains it with the local rollout engine
-# and the torch trainer. Extra arguments go to the trainer (e.g. --num-rollout 4, --async, --save DIR).
+# and the torch trainer. Extra arguments go to the trainer (e.g. --num-rollout 4, --async, --save DIR);
+# --dry-run prints the resolved configuration and placement plan and starts nothing (nor builds the model).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MODEL_DIR=${MODEL_DIR:-outputs/tiny_model}
 OUTPUT_DIR=${OUTPUT_DIR:-outputs/embedded_cpu}
 
-if [ ! -f "$MODEL_DIR/config.json" ]; then
+if [ ! -f "$MODEL_DIR/config.json" ] && [[ " $* " != *" --dry-run "* ]]; then
   python tools/make_tiny_model.py --output-dir "$MODEL_DIR"
 fi
 

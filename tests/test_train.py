@@ -1,9 +1,11 @@
 """End-to-end runs of the synchronous loop on the embedded default (real Ray, local engine, torch trainer)."""
 
+import importlib.util
 import json
 import subprocess
 import sys
 
+import pytest
 from omegaconf import OmegaConf
 
 from async_rl import train
@@ -63,6 +65,13 @@ def test_missing_checkpoint_is_one_line_and_exit_code_2(tiny_model, tmp_path):
     result = run_cli(*run_flags(tiny_model, tmp_path / "run", "--load", str(tmp_path / "nowhere")))
     assert result.returncode == 2
     assert "--load: no checkpoint at" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("backend", [["--rollout-backend", "sglang"], ["--train-backend", "megatron", "--actor-num-gpus-per-node", "1"]])
+def test_a_backend_not_in_this_release_is_one_line_and_exit_code_2(tiny_model, tmp_path, backend):
+    result = run_cli(*run_flags(tiny_model, tmp_path / "run", *backend))
+    assert result.returncode == 2
+    assert f"{backend[0]} {backend[1]} is not available" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_a_reward_plugin_that_raises_and_hangs_does_not_stop_the_run(tiny_model, tmp_path):
@@ -147,3 +156,11 @@ def test_sigterm_stops_after_the_step_saves_and_shuts_ray_down(tiny_model, tmp_p
     assert len(steps) < 500
     assert (ckpt / "latest").read_text() == f"step_{steps[-1] + 1:06d}"
     assert (ckpt / f"step_{steps[-1] + 1:06d}" / "model" / "model.safetensors").is_file()
+
+
+def test_use_wandb_without_the_package_is_one_line_and_exit_code_2(tiny_model, tmp_path):
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here; this test checks the message shown when it is not")
+    result = run_cli(*run_flags(tiny_model, tmp_path / "run", "--use-wandb"))
+    assert result.returncode == 2 and "--use-wandb needs the wandb package" in result.stderr
+    assert "Traceback" not in result.stderr

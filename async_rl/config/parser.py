@@ -25,6 +25,7 @@ from async_rl.config.sections import (
     DataConfig,
     EvalConfig,
     LoggingConfig,
+    MegatronConfig,
     ModelConfig,
     RewardConfig,
     RolloutConfig,
@@ -40,6 +41,7 @@ class ConfigError(UserInputError):
 class Config:
     cluster: ClusterConfig
     backend: BackendConfig
+    megatron: MegatronConfig
     model: ModelConfig
     data: DataConfig
     rollout: RolloutConfig
@@ -56,6 +58,9 @@ class Config:
     def to_flat_dict(self) -> dict[str, Any]:
         """Flag-name keys (underscored), the form `--config` reads back."""
         return {f.name: getattr(getattr(self, s), f.name) for s, cls in SECTIONS.items() for f in fields(cls)}
+
+    def to_yaml(self) -> str:
+        return OmegaConf.to_yaml(OmegaConf.create(self.to_flat_dict()))
 
 
 class _OneLineErrorParser(argparse.ArgumentParser):
@@ -98,6 +103,8 @@ def build_parser(prog: str = "async_rl", *, suppress_defaults: bool = False) -> 
     run = parser.add_argument_group("run")
     run.add_argument("--config", help="omegaconf YAML whose keys are flag names with underscores.")
     run.add_argument("--async", dest="async_mode", action="store_true", help="Run the asynchronous loop.")
+    run.add_argument("--dry-run", action="store_true",
+                     help="Print the resolved configuration and the placement plan, then exit without starting anything.")
     for section, cls in SECTIONS.items():
         group = parser.add_argument_group(section)
         hints = typing.get_type_hints(cls)
@@ -151,7 +158,7 @@ def load_yaml_defaults(path: str) -> dict[str, Any]:
     return defaults
 
 
-def _validate(cfg: Config, explicit: set[str], async_mode: bool) -> None:
+def _validate(cfg: Config, explicit: set[str], async_mode: bool, evaluate_only: bool) -> None:
     """Reject combinations that cannot mean what the user wants. No flag silently changes another."""
     r, t, c = cfg.rollout, cfg.train, cfg.cluster
     positive = {
@@ -234,18 +241,57 @@ def _validate(cfg: Config, explicit: set[str], async_mode: bool) -> None:
         raise ConfigError(f"--max-staleness must be >= 0, got {r.max_staleness}")
     if r.partial_rollout and not async_mode:
         raise ConfigError("--partial-rollout applies to the async loop; add --async")
-    if cfg.backend.rollout_backend != "local":
-        raise ConfigError(f"--rollout-backend {cfg.backend.rollout_backend} is not available in this release; use local")
-    if cfg.backend.train_backend != "torch":
-        raise ConfigError(f"--train-backend {cfg.backend.train_backend} is not available in this release; use torch")
+    _validate_megatron(cfg, explicit)
+    if evaluate_only:  # a model (or checkpoint) and eval sets; no training data
+        if not (cfg.model.hf_checkpoint or cfg.checkpoint.load):
+            raise ConfigError("--hf-checkpoint or --load is required")
+        if not cfg.eval.eval_prompt_data:
+            raise ConfigError("--eval-prompt-data is required")
+        return
     if not cfg.model.hf_checkpoint:
         raise ConfigError("--hf-checkpoint is required")
     if not cfg.data.prompt_data:
         raise ConfigError("--prompt-data is required")
 
 
-def parse_config(argv: Sequence[str] | None = None, *, prog: str = "async_rl", async_mode: bool = False) -> tuple[Config, bool]:
-    """Parse flags (and `--config`) into typed sections; returns (config, async_mode).
+def _validate_megatron(cfg: Config, explicit: set[str]) -> None:
+    m, c = cfg.megatron, cfg.cluster
+    if cfg.backend.train_backend != "megatron":
+        for f in fields(MegatronConfig):
+            if f.name in explicit and getattr(m, f.name) != f.default:
+                raise ConfigError(f"{_flag_name(f.name)} applies to --train-backend megatron")
+        return
+    if c.actor_num_gpus_per_node < 1:
+        raise ConfigError("--train-backend megatron trains on GPUs: set --actor-num-gpus-per-node")
+    world = c.actor_num_nodes * c.actor_num_gpus_per_node
+    model_parallel = m.tensor_model_parallel_size * m.pipeline_model_parallel_size * m.context_parallel_size
+    if world % model_parallel:
+        raise ConfigError(
+            f"--tensor-model-parallel-size x --pipeline-model-parallel-size x --context-parallel-size = {model_parallel} "
+            f"must divide the {world} trainer GPUs (--actor-num-nodes x --actor-num-gpus-per-node)"
+        )
+    if (world // m.pipeline_model_parallel_size) % m.expert_model_parallel_size:
+        raise ConfigError(f"--expert-model-parallel-size {m.expert_model_parallel_size} must divide the "
+                          f"{world // m.pipeline_model_parallel_size} GPUs of one pipeline stage")
+    if m.sequence_parallel and m.tensor_model_parallel_size == 1:
+        raise ConfigError("--sequence-parallel needs --tensor-model-parallel-size > 1")
+    if m.fp8_recipe and not m.fp8_format:
+        raise ConfigError("--fp8-recipe is set but --fp8-format is not")
+    if m.fp8_format and m.bf16 is False:
+        raise ConfigError("--fp8-format trains in FP8 on top of BF16: add --bf16")
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How to run the parsed configuration (not part of it: a saved config.yaml does not carry these)."""
+
+    async_mode: bool = False
+    dry_run: bool = False
+
+
+def parse_config(argv: Sequence[str] | None = None, *, prog: str = "async_rl", async_mode: bool = False,
+                 evaluate_only: bool = False) -> tuple[Config, Launch]:
+    """Parse flags (and `--config`) into typed sections; returns (config, launch mode).
 
     Errors exit with status 2 and one line naming the flag, file or key.
     """
@@ -261,10 +307,10 @@ def parse_config(argv: Sequence[str] | None = None, *, prog: str = "async_rl", a
             explicit |= {k for k, v in yaml_defaults.items() if v != parser.get_default(k)}
             parser.set_defaults(**yaml_defaults)
         args = vars(parser.parse_args(argv))
-        async_mode = async_mode or args.pop("async_mode")
+        launch = Launch(async_mode=async_mode or args.pop("async_mode"), dry_run=args.pop("dry_run"))
         args.pop("config")
         cfg = Config(**{s: cls(**{f.name: args[f.name] for f in fields(cls)}) for s, cls in SECTIONS.items()})
-        _validate(cfg, explicit, async_mode)
+        _validate(cfg, explicit, launch.async_mode, evaluate_only)
     except ConfigError as e:
         parser.error(str(e))
-    return cfg, async_mode
+    return cfg, launch

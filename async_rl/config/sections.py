@@ -25,6 +25,7 @@ class ClusterConfig:
     rollout_num_gpus: int | None = flag(None, "GPUs for all rollout engines together (disaggregated mode).")
     rollout_num_gpus_per_engine: int = flag(1, "GPUs per rollout engine (its tensor-parallel size).")
     rollout_num_engines: int = flag(1, "Rollout engines when they run on the CPU (local backend without GPUs).")
+    num_gpus_per_node: int = flag(8, "GPUs on each node of the cluster; rollout engines fill the GPUs the trainer leaves.")
     colocate: bool = flag(False, "Trainer and rollout engines share the same GPUs.")
     ray_address: str | None = flag(None, "Address of a running Ray cluster; a local Ray starts when unset.")
 
@@ -33,6 +34,27 @@ class ClusterConfig:
 class BackendConfig:
     rollout_backend: str = flag("local", "Rollout engine implementation.", choices=["local", "sglang"])
     train_backend: str = flag("torch", "Trainer implementation.", choices=["torch", "megatron"])
+
+
+@dataclass
+class MegatronConfig:
+    """Megatron-core's own flags, under Megatron's names, for `--train-backend megatron`."""
+
+    tensor_model_parallel_size: int = flag(1, "Megatron tensor-parallel size.")
+    pipeline_model_parallel_size: int = flag(1, "Megatron pipeline-parallel size.")
+    context_parallel_size: int = flag(1, "Megatron context-parallel size.")
+    expert_model_parallel_size: int = flag(1, "Megatron expert-parallel size (MoE).")
+    sequence_parallel: bool = flag(False, "Megatron sequence parallelism (needs tensor-parallel size > 1).")
+    use_distributed_optimizer: bool = flag(False, "Shard optimizer state across data-parallel ranks.")
+    recompute_granularity: str | None = flag(None, "Activation recomputation.", choices=["full", "selective"])
+    recompute_method: str | None = flag(None, "Full recomputation by layer blocks.", choices=["uniform", "block"])
+    recompute_num_layers: int | None = flag(None, "Layers per recomputation block.")
+    bf16: bool = flag(False, "Train in BF16 mixed precision.")
+    fp8_format: str | None = flag(None, "Transformer Engine FP8 training format.", choices=["e4m3", "hybrid"])
+    fp8_recipe: str | None = flag(
+        None, "Transformer Engine FP8 scaling recipe.", choices=["delayed", "tensorwise", "blockwise", "mxfp8"]
+    )
+    max_tokens_per_gpu: int | None = flag(None, "Micro-batches packed by token budget instead of --micro-batch-size.")
 
 
 @dataclass
@@ -164,11 +186,16 @@ class LoggingConfig:
     output_dir: str = flag("outputs/run", "Directory for config.yaml and metrics.jsonl.")
     tensorboard_dir: str | None = flag(None, "TensorBoard directory; defaults to <output-dir>/tensorboard.")
     seed: int = flag(1234, "Seed for data order, sampling and initialisation.")
+    use_wandb: bool = flag(False, "Also log to Weights & Biases (needs `pip install wandb`).")
+    wandb_project: str = flag("async_rl", "Weights & Biases project.")
+    wandb_mode: str = flag("offline", "offline writes under <output-dir>/wandb for a later `wandb sync`.",
+                           choices=["offline", "online"])
 
 
 SECTIONS: dict[str, type] = {
     "cluster": ClusterConfig,
     "backend": BackendConfig,
+    "megatron": MegatronConfig,
     "model": ModelConfig,
     "data": DataConfig,
     "rollout": RolloutConfig,

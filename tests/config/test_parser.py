@@ -46,8 +46,8 @@ def test_tis_imp_ratio_cap_is_an_alias_of_tis_clip():
 
 
 def test_async_flag_selects_async_mode():
-    assert parse_config([*REQUIRED, "--async"])[1] is True
-    assert parse_config(REQUIRED)[1] is False
+    assert parse_config([*REQUIRED, "--async"])[1].async_mode is True
+    assert parse_config(REQUIRED)[1].async_mode is False
 
 
 @pytest.mark.parametrize(
@@ -64,8 +64,11 @@ def test_async_flag_selects_async_mode():
         (["--colocate", "--rollout-num-gpus", "4"], "--colocate"),
         (["--rollout-num-gpus", "6", "--rollout-num-gpus-per-engine", "4"], "--rollout-num-gpus"),
         (["--rollout-backend", "vllm"], "--rollout-backend"),
-        (["--rollout-backend", "sglang"], "--rollout-backend"),  # not in this release: fails before Ray starts
-        (["--train-backend", "megatron"], "--train-backend"),
+        (["--tensor-model-parallel-size", "2"], "--tensor-model-parallel-size"),  # a Megatron flag without Megatron
+        (["--train-backend", "megatron", "--actor-num-gpus-per-node", "4", "--tensor-model-parallel-size", "3"],
+         "--tensor-model-parallel-size"),
+        (["--train-backend", "megatron", "--actor-num-gpus-per-node", "2", "--sequence-parallel"], "--sequence-parallel"),
+        (["--train-backend", "megatron", "--actor-num-gpus-per-node", "2", "--fp8-recipe", "blockwise"], "--fp8-recipe"),
         (["--tis-mode", "mask"], "--tis-mode"),
         (["--use-tis", "--tis-clip-low", "0.5"], "--tis-clip-low"),
         (["--eps-clip-c", "0.5"], "--eps-clip-c"),

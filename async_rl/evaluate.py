@@ -1,0 +1,69 @@
+"""Evaluate a model or a checkpoint on one or more prompt sets, without training: avg@k and pass@k.
+
+    python -m async_rl.evaluate --load CKPT_DIR --eval-prompt-data aime aime.jsonl math500 math500.jsonl \
+        --n-samples-per-eval-prompt 16 [--rm-type math] [--output-dir DIR]
+
+`--load` takes a checkpoint directory (or a `--save` root, whose latest checkpoint is used); without it,
+`--hf-checkpoint` is evaluated. Results are printed as a table and written to <output-dir>/eval.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Sequence
+
+import ray
+from transformers import AutoTokenizer
+
+from async_rl.checkpoint import resolve_checkpoint
+from async_rl.cli import run_cli
+from async_rl.config import Config, parse_config
+from async_rl.evaluation import Evaluator
+from async_rl.placement import check_backends, create_engine, start_ray
+from async_rl.rollout.engine import SamplingParams
+from async_rl.rollout.manager import RolloutManager
+from async_rl.session import load_eval_sets, make_grader
+
+
+def evaluate(cfg: Config) -> dict[str, float]:
+    check_backends(cfg)
+    if cfg.checkpoint.load:
+        model = resolve_checkpoint(cfg.checkpoint.load) / "model"
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, hf_checkpoint=str(model)))
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model.hf_checkpoint)
+    eval_sets = load_eval_sets(cfg, tokenizer)
+    grader = make_grader(cfg)
+    start_ray(cfg)
+    try:
+        manager = RolloutManager(lambda rank: create_engine(cfg, rank), cfg.cluster.rollout_num_engines, grader)
+        e = cfg.eval
+        params = SamplingParams(e.eval_temperature, cfg.rollout.rollout_top_p, e.eval_max_response_len)
+        metrics = Evaluator(manager, eval_sets, e.n_samples_per_eval_prompt, params).evaluate()
+    finally:
+        grader.close()
+        ray.shutdown()
+    out = Path(cfg.logging.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps({"model": cfg.model.hf_checkpoint, **metrics}, indent=2))
+    return metrics
+
+
+def print_table(metrics: dict[str, float]) -> None:
+    names = sorted({k.split("/")[1] for k in metrics if k.count("/") == 2 and k.startswith("eval/")})
+    columns = sorted({k.split("/")[2] for k in metrics if k.count("/") == 2 and ("@" in k)},
+                     key=lambda c: (c.split("@")[0], int(c.split("@")[1])))
+    print("| set | " + " | ".join(columns) + " |")
+    print("|---|" + "---:|" * len(columns))
+    for name in names:
+        print(f"| {name} | " + " | ".join(f"{metrics[f'eval/{name}/{c}']:.3f}" for c in columns) + " |")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    cfg, _ = parse_config(argv, prog="async_rl.evaluate", evaluate_only=True)
+    run_cli("async_rl.evaluate", lambda: print_table(evaluate(cfg)))
+
+
+if __name__ == "__main__":
+    main()
