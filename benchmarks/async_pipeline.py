@@ -10,14 +10,12 @@ step time as a ratio of the sync step:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from embedded_run import REPO, run_embedded
 
 RUNS = {
     "sync (baseline)": [],
@@ -32,17 +30,6 @@ COLUMNS = {
 }
 
 
-def run(model_dir: Path, output_dir: Path, num_rollout: int, extra: list[str]) -> list[dict]:
-    cmd = [
-        sys.executable, "-m", "async_rl.train", "--config", str(REPO / "configs" / "embedded_cpu.yaml"),
-        "--hf-checkpoint", str(model_dir), "--prompt-data", str(model_dir / "data" / "train.jsonl"),
-        "--eval-prompt-data", "arithmetic", str(model_dir / "data" / "eval.jsonl"),
-        "--output-dir", str(output_dir), "--num-rollout", str(num_rollout), *extra,
-    ]
-    subprocess.run(cmd, check=True, capture_output=True, cwd=REPO)
-    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, default=REPO / "outputs" / "tiny_model")
@@ -52,7 +39,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, extra) in enumerate(RUNS.items()):
             print(f"running {name} ...", file=sys.stderr, flush=True)
-            rows = run(args.model_dir, Path(tmp) / str(i), args.num_rollout, extra)
+            rows = run_embedded(args.model_dir, Path(tmp) / str(i), args.num_rollout, extra)
             steps = [r for r in rows if "perf/step_time_s" in r and r["step"] >= 1]
             evals = [r["eval/reward_mean"] for r in rows if "eval/reward_mean" in r]
             table[name] = {col: statistics.fmean(r.get(key, 0.0) for r in steps) for col, key in COLUMNS.items()}

@@ -11,13 +11,11 @@ Mismatches: FP8 (E4M3 blockwise) rollout weights, and one-step staleness (the as
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from embedded_run import run_embedded
 
 RUNS = {
     "full precision, on-policy (baseline)": ["--use-tis"],
@@ -29,14 +27,7 @@ RUNS = {
 
 
 def eval_curve(model_dir: Path, output_dir: Path, num_rollout: int, extra: list[str]) -> tuple[dict[int, float], float]:
-    cmd = [
-        sys.executable, "-m", "async_rl.train", "--config", str(REPO / "configs" / "embedded_cpu.yaml"),
-        "--hf-checkpoint", str(model_dir), "--prompt-data", str(model_dir / "data" / "train.jsonl"),
-        "--eval-prompt-data", "arithmetic", str(model_dir / "data" / "eval.jsonl"),
-        "--output-dir", str(output_dir), "--num-rollout", str(num_rollout), *extra,
-    ]
-    subprocess.run(cmd, check=True, capture_output=True, cwd=REPO)
-    rows = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = run_embedded(model_dir, output_dir, num_rollout, extra)
     diffs = [r["train/rollout_logprob_abs_diff"] for r in rows if "train/rollout_logprob_abs_diff" in r]
     return {r["step"]: r["eval/reward_mean"] for r in rows if "eval/reward_mean" in r}, sum(diffs) / len(diffs)
 
