@@ -1,0 +1,132 @@
+"""`sglang` rollout backend: one SGLang engine (in-process `sglang.Engine`) behind the `RolloutEngine` interface.
+
+Token ids go in and come out, with the log-prob SGLang sampled each token from (temperature-scaled,
+as the trainer recomputes them). Weight updates use SGLang's `update_weights_from_tensor` with CUDA
+tensors in Hugging Face names; an FP8 engine (a blockwise-FP8 checkpoint) takes float8 weights with
+their float32 `weight_scale_inv`, and anything else sent to its FP8 parameters is refused here, because
+SGLang accepts it and then silently generates garbage.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from typing import Any, Sequence
+
+import torch
+
+from async_rl.rollout.engine import FINISHED_AT, SamplingParams
+from async_rl.sample import Sample, SampleStatus
+from async_rl.weights.fp8 import is_fp8_quantizable, scale_name
+from async_rl.weights.sync import from_transport
+
+_DONE = (SampleStatus.COMPLETED, SampleStatus.TRUNCATED)
+_FINISH = {"stop": SampleStatus.COMPLETED, "length": SampleStatus.TRUNCATED, "abort": SampleStatus.ABORTED}
+
+
+class SGLangEngine:
+    def __init__(self, hf_checkpoint: str, *, seed: int = 0, fp8_checkpoint: bool = False, **server_args: Any):
+        """`server_args` are SGLang `ServerArgs` fields (mem_fraction_static, attention_backend, ...).
+
+        `fp8_checkpoint`: the checkpoint holds blockwise-FP8 linear weights (`tools/bf16_cast_fp8.py`),
+        so weight pushes must carry FP8 pairs.
+        """
+        import sglang
+
+        self.engine = sglang.Engine(model_path=hf_checkpoint, random_seed=seed, **server_args)
+        self.eos_token_id = self.engine.tokenizer_manager.tokenizer.eos_token_id
+        self.fp8 = fp8_checkpoint
+        self.weight_version = 0
+        self._rids: dict[int, list[str]] = {}  # request id -> SGLang rids of its samples
+
+    def generate(self, samples: list[Sample], params: SamplingParams, request_id: int | None = None) -> list[Sample]:
+        """Sample responses (continuing partial ones); unfinished samples of an aborted call come back ABORTED."""
+        todo = [s for s in samples if s.status not in _DONE]
+        if not todo:
+            return samples
+        rids = [uuid.uuid4().hex for _ in todo]
+        if request_id is not None:
+            self._rids[request_id] = rids
+        try:
+            outputs = self.engine.generate(
+                input_ids=[s.prompt_tokens + s.response_tokens for s in todo],
+                sampling_params=[{
+                    "temperature": params.temperature, "top_p": params.top_p,
+                    "max_new_tokens": params.max_new_tokens - s.response_length,
+                    "stop_token_ids": [self.eos_token_id], "skip_special_tokens": False, "no_stop_trim": True,
+                } for s in todo],
+                return_logprob=True, rid=rids,
+            )
+        finally:
+            self._rids.pop(request_id, None)
+        finished_at = time.time()
+        for s, out in zip(todo, outputs):
+            new = out["meta_info"]["output_token_logprobs"]  # [(log-prob, token id, text)]
+            if s.response_length == 0:
+                s.weight_version = self.weight_version
+            s.response_tokens = s.response_tokens + [int(t[1]) for t in new]
+            s.rollout_log_probs = s.rollout_log_probs + [float(t[0]) for t in new]
+            s.loss_mask = [1] * s.response_length
+            s.response = self.engine.tokenizer_manager.tokenizer.decode(s.response_tokens, skip_special_tokens=True)
+            s.status = _FINISH.get(out["meta_info"]["finish_reason"]["type"], SampleStatus.FAILED)
+            s.metadata[FINISHED_AT] = finished_at
+        return samples
+
+    def abort(self, request_ids: Sequence[int]) -> None:
+        for request_id in request_ids:
+            for rid in self._rids.get(request_id, []):
+                self.engine.tokenizer_manager.abort_request(rid=rid)
+
+    def load_weights(self, named_tensors: Sequence[tuple[str, torch.Tensor]]) -> None:
+        """Push one bucket (Hugging Face names) into the engine; FP8 engines only take FP8 pairs."""
+        # float8 travels as raw bytes (uint8); nothing else is uint8 in a causal LM
+        tensors = [(name, from_transport(t, torch.float8_e4m3fn).cuda()) for name, t in named_tensors]
+        if self.fp8:
+            check_fp8_bucket(tensors)
+        ok, message = self.engine.update_weights_from_tensor(tensors, flush_cache=True)[:2]
+        if not ok:
+            raise RuntimeError(f"SGLang refused the weight update: {message}")
+
+    def set_weight_version(self, version: int) -> None:
+        self.weight_version = version
+
+    def update_weights(self, named_tensors: Sequence[tuple[str, torch.Tensor]], version: int) -> None:
+        self.load_weights(named_tensors)
+        self.set_weight_version(version)
+
+    def rng_state(self) -> torch.Tensor:
+        """SGLang seeds each request itself; there is no sampling stream to save."""
+        return torch.empty(0)
+
+    def load_rng_state(self, state: torch.Tensor) -> None:
+        return None
+
+    def pause(self) -> None:
+        self.engine.release_memory_occupation()
+
+    def resume(self) -> None:
+        self.engine.resume_memory_occupation()
+
+    def health(self) -> dict:
+        return {"pid": os.getpid(), "weight_version": self.weight_version, "paused": False}
+
+    def shutdown(self) -> None:
+        self.engine.shutdown()
+
+
+def check_fp8_bucket(tensors: Sequence[tuple[str, torch.Tensor]]) -> None:
+    """Refuse a bucket an FP8 engine would load wrongly: a quantizable weight must be float8 with its scale."""
+    names = {name for name, _ in tensors}
+    for name, tensor in tensors:
+        if name.endswith("weight_scale_inv"):
+            if tensor.dtype != torch.float32:
+                raise ValueError(f"{name}: FP8 scales must be float32, got {tensor.dtype}")
+            continue
+        if not is_fp8_quantizable(name, tensor):
+            continue
+        if tensor.dtype != torch.float8_e4m3fn:
+            raise ValueError(f"{name}: the engine holds blockwise FP8 weights but was sent {tensor.dtype} "
+                             "(quantize the bucket with async_rl.weights.fp8 first)")
+        if scale_name(name) not in names:
+            raise ValueError(f"{name}: FP8 weight sent without its {scale_name(name)} in the same bucket")

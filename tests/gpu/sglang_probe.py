@@ -1,0 +1,100 @@
+"""Runs one real SGLang engine through `SGLangEngine` and prints a JSON report (used by test_sglang_engine.py).
+
+SGLang spawns processes, so the engine lives in this script's own process, not in pytest's:
+    python -m tests.gpu.sglang_probe --model DIR [--fp8-model DIR] --out report.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from async_rl.config.sections import TrainConfig
+from async_rl.rollout.engine import SamplingParams
+from async_rl.rollout.sglang_engine import SGLangEngine
+from async_rl.sample import Sample
+from async_rl.trainer.torch_trainer import TorchTrainer
+from async_rl.weights.sync import weight_buckets
+
+SERVER = dict(dtype="bfloat16", attention_backend="triton", sampling_backend="pytorch", mem_fraction_static=0.3,
+              context_length=256, cuda_graph_max_bs_decode=16, log_level="warning")
+PROMPTS = ["12+34=", "70+18=", "99+99=", "5+61=", "40+40=", "13+87=", "7+7=", "58+29="]
+
+
+def fresh(tokenizer, n_copies: int = 2) -> list[Sample]:
+    return [Sample(prompt=p, prompt_tokens=tokenizer(p, add_special_tokens=False)["input_ids"], group_id=i)
+            for i, p in enumerate(PROMPTS * n_copies)]
+
+
+def mismatch(samples: list[Sample], trainer: TorchTrainer) -> float:
+    recomputed = trainer.compute_log_probs(samples)
+    diffs = [abs(a - b) for s, lp in zip(samples, recomputed) for a, b in zip(lp, s.rollout_log_probs)]
+    return sum(diffs) / len(diffs)
+
+
+def greedy_agreement(samples: list[Sample], trainer: TorchTrainer) -> float:
+    """Share of the engine's greedy tokens that are also the trainer's argmax at that position."""
+    agree = total = 0
+    for s in samples:
+        ids = torch.tensor([s.prompt_tokens + s.response_tokens], device=trainer.device)
+        with torch.no_grad():
+            logits = trainer.model(ids).logits[0, len(s.prompt_tokens) - 1 : -1]
+        agree += int((logits.argmax(-1).cpu() == torch.tensor(s.response_tokens)).sum())
+        total += s.response_length
+    return agree / total
+
+
+def perturbed_trainer(model: str, seed: int) -> TorchTrainer:
+    trainer = TorchTrainer(model, TrainConfig(micro_batch_size=16), global_batch_size=16, temperature=1.0, device="cuda")
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for _, p in trainer.model.named_parameters():
+            p.add_(0.3 * p.std() * torch.randn_like(p))
+    return trainer
+
+
+def probe(model: str, fp8: bool, report: dict) -> None:
+    key = "fp8" if fp8 else "bf16"
+    engine = SGLangEngine(model, seed=0, fp8_checkpoint=fp8, **SERVER)
+    tokenizer = engine.engine.tokenizer_manager.tokenizer
+    sampled = SamplingParams(temperature=1.0, max_new_tokens=24)
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=24)
+    base = TorchTrainer(report["bf16_model"], TrainConfig(micro_batch_size=16), global_batch_size=16, temperature=1.0,
+                        device="cuda")
+    samples = engine.generate(fresh(tokenizer), sampled, request_id=1)
+    report[f"{key}/tokens"] = sum(s.response_length for s in samples)
+    report[f"{key}/logprob_mean_abs_diff_vs_trainer"] = mismatch(samples, base)
+
+    new = perturbed_trainer(report["bf16_model"], seed=1)  # the "trained" weights
+    before = engine.generate(fresh(tokenizer), greedy)
+    report[f"{key}/greedy_agreement_new_weights_before_push"] = greedy_agreement(before, new)
+    for bucket in weight_buckets(new.export_weights(), bucket_bytes=1 << 20, fp8=fp8):
+        engine.load_weights(bucket)
+    engine.set_weight_version(1)
+    after = engine.generate(fresh(tokenizer), greedy)
+    report[f"{key}/greedy_agreement_new_weights_after_push"] = greedy_agreement(after, new)
+    report[f"{key}/weight_version_after_push"] = after[0].weight_version
+    pushed = engine.generate(fresh(tokenizer), sampled)
+    report[f"{key}/logprob_mean_abs_diff_vs_trainer_after_push"] = mismatch(pushed, new)
+    if fp8:
+        try:
+            engine.load_weights(next(iter(weight_buckets(new.export_weights(), bucket_bytes=1 << 20, fp8=False))))
+            report["fp8/bf16_push_refused"] = False
+        except ValueError as e:
+            report["fp8/bf16_push_refused"] = str(e)[:200]
+    engine.shutdown()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--fp8-model")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    report = {"bf16_model": args.model}
+    probe(args.fp8_model or args.model, fp8=bool(args.fp8_model), report=report)
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=2)
+    print(json.dumps(report, indent=2), flush=True)
