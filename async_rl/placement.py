@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -19,11 +22,26 @@ _WORKER_ENV = {
 
 
 def check_backends(cfg: Config) -> None:
-    """The production backends are not in this release yet; say so before anything starts."""
-    if cfg.backend.rollout_backend != "local":
-        raise UserInputError(f"--rollout-backend {cfg.backend.rollout_backend} is not available in this release; use local")
+    """Fail before anything starts when a backend cannot run here (missing package, no GPU, bad server flag)."""
+    if cfg.backend.rollout_backend == "sglang":
+        check_sglang(cfg)
     if cfg.backend.train_backend != "torch":
         raise UserInputError(f"--train-backend {cfg.backend.train_backend} is not available in this release; use torch")
+
+
+def check_sglang(cfg: Config) -> None:
+    try:
+        from sglang.srt.server_args import ServerArgs
+    except ImportError:
+        raise UserInputError("--rollout-backend sglang needs SGLang: pip install 'async_rl[gpu]'") from None
+    if cfg.cluster.actor_num_gpus_per_node == 0:
+        raise UserInputError("--rollout-backend sglang runs on GPUs: set --actor-num-gpus-per-node")
+    known = {f.name for f in dataclasses.fields(ServerArgs)}
+    for name in cfg.sglang:
+        if name not in known:
+            raise UserInputError(f"--sglang-{name.replace('_', '-')}: SGLang has no server argument {name!r}")
+    if cfg.cluster.colocate and cfg.cluster.rollout_num_gpus_per_engine > 1:
+        raise UserInputError("--colocate with --rollout-num-gpus-per-engine > 1 is not supported yet")
 
 
 def _gpu_share(cfg: Config) -> float:
@@ -69,6 +87,8 @@ def create_trainer(cfg: Config) -> Any:
 
 def create_engine(cfg: Config, rank: int) -> Any:
     """Rollout engine `rank` as a Ray actor of its own (a process an operator can find by its class name)."""
+    if cfg.backend.rollout_backend == "sglang":
+        return _create_sglang_engine(cfg, rank)
     from async_rl.rollout.local_engine import LocalEngine
 
     gpus = _gpu_share(cfg)
@@ -79,3 +99,34 @@ def create_engine(cfg: Config, rank: int) -> Any:
         device="cuda" if gpus else "cpu",
         quantization=None if cfg.rollout.rollout_quantization == "none" else cfg.rollout.rollout_quantization,
     )
+
+
+# Blockwise FP8 as SGLang reads it from a checkpoint's config.json (what tools/bf16_cast_fp8.py writes).
+_BLOCK_FP8 = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]}
+
+
+def is_fp8_checkpoint(path: str) -> bool:
+    config = json.loads((Path(path) / "config.json").read_text())
+    return config.get("quantization_config", {}).get("quant_method") == "fp8"
+
+
+def needs_initial_weights(cfg: Config) -> bool:
+    """An FP8 SGLang engine built from a BF16 checkpoint starts with dummy weights until the first push."""
+    return (cfg.backend.rollout_backend == "sglang" and cfg.rollout.rollout_quantization == "fp8"
+            and not is_fp8_checkpoint(cfg.model.hf_checkpoint))
+
+
+def _create_sglang_engine(cfg: Config, rank: int) -> Any:
+    from async_rl.rollout.sglang_engine import SGLangEngine
+
+    per_engine = cfg.cluster.rollout_num_gpus_per_engine
+    gpus = _gpu_share(cfg) if per_engine == 1 else per_engine
+    server_args = dict(cfg.sglang)
+    fp8 = cfg.rollout.rollout_quantization == "fp8"
+    if needs_initial_weights(cfg):
+        # SGLang's --quantization fp8 would be per-channel: build blockwise FP8 parameters instead, filled by
+        # the first weight push
+        server_args |= {"load_format": "dummy", "json_model_override_args": json.dumps({"quantization_config": _BLOCK_FP8})}
+    actor = ray.remote(num_cpus=1, num_gpus=gpus, max_concurrency=1, concurrency_groups={"control": 1})(SGLangEngine)
+    return actor.remote(cfg.model.hf_checkpoint, seed=cfg.logging.seed + 1000 * (rank + 1), fp8_checkpoint=fp8,
+                        tp_size=per_engine, **server_args)

@@ -27,7 +27,7 @@ from async_rl.errors import TrainingAborted
 from async_rl.evaluation import Evaluator, eval_sets_from_flag
 from async_rl.invariants import check_first_step, check_probe
 from async_rl.metrics_logger import MetricsLogger, WandbSettings
-from async_rl.placement import check_backends, create_engine, create_trainer, start_ray
+from async_rl.placement import check_backends, create_engine, create_trainer, needs_initial_weights, start_ray
 from async_rl.placement_plan import plan_placement
 from async_rl.rollout.engine import SamplingParams
 from async_rl.rollout.filters import load_group_filter
@@ -107,6 +107,8 @@ class TrainingSession:
             self._last_batch: tuple[list[Sample], list[float]] | None = None
             if cfg.checkpoint.load:
                 self._load(cfg.checkpoint.load)
+            elif needs_initial_weights(cfg):
+                self.rollout.wait_weights(self.push_weights(version=0))
         except BaseException:
             ray.shutdown()
             raise

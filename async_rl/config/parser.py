@@ -10,10 +10,11 @@ import argparse
 import sys
 import types
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
+import yaml
 from omegaconf import OmegaConf
 
 from async_rl.errors import UserInputError
@@ -50,6 +51,7 @@ class Config:
     eval: EvalConfig
     checkpoint: CheckpointConfig
     logging: LoggingConfig
+    sglang: dict[str, Any] = field(default_factory=dict)  # SGLang ServerArgs from --sglang-* flags
 
     @property
     def global_batch_size(self) -> int:
@@ -57,10 +59,40 @@ class Config:
 
     def to_flat_dict(self) -> dict[str, Any]:
         """Flag-name keys (underscored), the form `--config` reads back."""
-        return {f.name: getattr(getattr(self, s), f.name) for s, cls in SECTIONS.items() for f in fields(cls)}
+        flat = {f.name: getattr(getattr(self, s), f.name) for s, cls in SECTIONS.items() for f in fields(cls)}
+        return flat | {SGLANG_PREFIX + k: v for k, v in sorted(self.sglang.items())}
 
     def to_yaml(self) -> str:
         return OmegaConf.to_yaml(OmegaConf.create(self.to_flat_dict()))
+
+
+SGLANG_PREFIX = "sglang_"
+
+
+def split_sglang_args(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """Take SGLang's own server flags out of argv: `--sglang-mem-fraction-static 0.5` -> {"mem_fraction_static": 0.5}.
+
+    They pass through to `sglang.Engine` under SGLang's names (checked against its ServerArgs when the
+    engine starts, since SGLang need not be installed where the flags are parsed). A flag without a
+    value is true; values are read as YAML scalars, as they would be from a `--config` file.
+    """
+    rest, server_args = [], {}
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if not token.startswith("--sglang-"):
+            rest.append(token)
+            i += 1
+            continue
+        name, has_value, value = token[len("--sglang-"):].partition("=")
+        if not has_value:
+            has_value = i + 1 < len(argv) and not argv[i + 1].startswith("--")
+            value = argv[i + 1] if has_value else "true"
+            i += 1 + has_value
+        else:
+            i += 1
+        server_args[name.replace("-", "_")] = yaml.safe_load(value) if value else value
+    return rest, server_args
 
 
 class _OneLineErrorParser(argparse.ArgumentParser):
@@ -141,21 +173,24 @@ def _coerce_yaml_value(key: str, value: Any, annotation: Any, path: str) -> Any:
     return out if is_list else out[0]
 
 
-def load_yaml_defaults(path: str) -> dict[str, Any]:
-    """Flag defaults from a YAML file; an unknown key is an error that names it."""
+def load_yaml_defaults(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Flag defaults from a YAML file, and its `sglang_*` server arguments; an unknown key is an error naming it."""
     if not Path(path).is_file():
         raise ConfigError(f"--config: file not found: {path}")
     raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     if not isinstance(raw, dict):
         raise ConfigError(f"--config: {path} must hold a mapping of flag names to values")
     specs = _field_specs()
-    defaults = {}
+    defaults, server_args = {}, {}
     for key, value in raw.items():
         dest = str(key).replace("-", "_")
+        if dest.startswith(SGLANG_PREFIX):
+            server_args[dest[len(SGLANG_PREFIX):]] = value
+            continue
         if dest not in specs:
             raise ConfigError(f"{path}: unknown key '{key}' (no flag {_flag_name(dest)})")
         defaults[dest] = _coerce_yaml_value(str(key), value, specs[dest][1], path)
-    return defaults
+    return defaults, server_args
 
 
 def _validate(cfg: Config, explicit: set[str], async_mode: bool, evaluate_only: bool) -> None:
@@ -242,6 +277,11 @@ def _validate(cfg: Config, explicit: set[str], async_mode: bool, evaluate_only: 
     if r.partial_rollout and not async_mode:
         raise ConfigError("--partial-rollout applies to the async loop; add --async")
     _validate_megatron(cfg, explicit)
+    if cfg.sglang and cfg.backend.rollout_backend != "sglang":
+        raise ConfigError(f"--sglang-{next(iter(cfg.sglang)).replace('_', '-')} applies to --rollout-backend sglang")
+    for reserved, ours in (("model_path", "--hf-checkpoint"), ("random_seed", "--seed"), ("tp_size", "--rollout-num-gpus-per-engine")):
+        if reserved in cfg.sglang:
+            raise ConfigError(f"--sglang-{reserved.replace('_', '-')} is set from {ours}; use that flag")
     if evaluate_only:  # a model (or checkpoint) and eval sets; no training data
         if not (cfg.model.hf_checkpoint or cfg.checkpoint.load):
             raise ConfigError("--hf-checkpoint or --load is required")
@@ -295,21 +335,23 @@ def parse_config(argv: Sequence[str] | None = None, *, prog: str = "async_rl", a
 
     Errors exit with status 2 and one line naming the flag, file or key.
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, server_args = split_sglang_args(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser(prog)
     try:
         given = vars(build_parser(prog, suppress_defaults=True).parse_args(argv))
         explicit = set(given)
         config_path = given.get("config")
         if config_path:
-            yaml_defaults = load_yaml_defaults(config_path)
+            yaml_defaults, yaml_server_args = load_yaml_defaults(config_path)
+            server_args = yaml_server_args | server_args
             # A file that restates a built-in default (as a saved config.yaml does) asks for nothing.
             explicit |= {k for k, v in yaml_defaults.items() if v != parser.get_default(k)}
             parser.set_defaults(**yaml_defaults)
         args = vars(parser.parse_args(argv))
         launch = Launch(async_mode=async_mode or args.pop("async_mode"), dry_run=args.pop("dry_run"))
         args.pop("config")
-        cfg = Config(**{s: cls(**{f.name: args[f.name] for f in fields(cls)}) for s, cls in SECTIONS.items()})
+        cfg = Config(**{s: cls(**{f.name: args[f.name] for f in fields(cls)}) for s, cls in SECTIONS.items()},
+                     sglang=server_args)
         _validate(cfg, explicit, launch.async_mode, evaluate_only)
     except ConfigError as e:
         parser.error(str(e))

@@ -35,7 +35,8 @@ class SGLangEngine:
         import sglang
 
         self.engine = sglang.Engine(model_path=hf_checkpoint, random_seed=seed, **server_args)
-        self.eos_token_id = self.engine.tokenizer_manager.tokenizer.eos_token_id
+        self.tokenizer = self.engine.tokenizer_manager.tokenizer  # None with skip_tokenizer_init (benchmarks)
+        self.eos_token_id = self.tokenizer.eos_token_id if self.tokenizer is not None else None
         self.fp8 = fp8_checkpoint
         self.weight_version = 0
         self._rids: dict[int, list[str]] = {}  # request id -> SGLang rids of its samples
@@ -54,7 +55,8 @@ class SGLangEngine:
                 sampling_params=[{
                     "temperature": params.temperature, "top_p": params.top_p,
                     "max_new_tokens": params.max_new_tokens - s.response_length,
-                    "stop_token_ids": [self.eos_token_id], "skip_special_tokens": False, "no_stop_trim": True,
+                    "stop_token_ids": [self.eos_token_id] if self.eos_token_id is not None else None,
+                    "skip_special_tokens": False, "no_stop_trim": True,
                 } for s in todo],
                 return_logprob=True, rid=rids,
             )
@@ -68,7 +70,7 @@ class SGLangEngine:
             s.response_tokens = s.response_tokens + [int(t[1]) for t in new]
             s.rollout_log_probs = s.rollout_log_probs + [float(t[0]) for t in new]
             s.loss_mask = [1] * s.response_length
-            s.response = self.engine.tokenizer_manager.tokenizer.decode(s.response_tokens, skip_special_tokens=True)
+            s.response = self.tokenizer.decode(s.response_tokens, skip_special_tokens=True) if self.tokenizer else ""
             s.status = _FINISH.get(out["meta_info"]["finish_reason"]["type"], SampleStatus.FAILED)
             s.metadata[FINISHED_AT] = finished_at
         return samples

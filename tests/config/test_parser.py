@@ -113,3 +113,23 @@ def test_saved_flat_config_reloads_to_the_same_configuration(tmp_path):
     path = tmp_path / "config.yaml"
     OmegaConf.save(OmegaConf.create(cfg.to_flat_dict()), path)
     assert parse_config(["--config", str(path)])[0] == cfg
+
+
+def test_sglang_server_flags_pass_through_from_flags_and_yaml_and_round_trip(tmp_path):
+    path = write_yaml(tmp_path, "rollout_backend: sglang\nsglang_attention_backend: triton\nsglang_mem_fraction_static: 0.3\n")
+    cfg = parse("--config", path, "--sglang-mem-fraction-static", "0.5", "--sglang-disable-cuda-graph",
+                "--sglang-context-length=4096")
+    assert cfg.sglang == {"attention_backend": "triton", "mem_fraction_static": 0.5, "disable_cuda_graph": True,
+                          "context_length": 4096}  # the command line wins over the file
+    saved = tmp_path / "saved.yaml"
+    saved.write_text(cfg.to_yaml())
+    assert parse_config(["--config", str(saved)])[0] == cfg
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--sglang-mem-fraction-static", "0.5"], "--sglang-mem-fraction-static"),  # the local backend has no server
+    (["--rollout-backend", "sglang", "--sglang-model-path", "x"], "--hf-checkpoint"),
+    (["--rollout-backend", "sglang", "--sglang-tp-size", "2"], "--rollout-num-gpus-per-engine"),
+])
+def test_misplaced_or_reserved_sglang_flags_are_named(capsys, argv, named):
+    assert named in error_of(capsys, *REQUIRED, *argv)

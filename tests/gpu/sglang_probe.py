@@ -58,7 +58,7 @@ def perturbed_trainer(model: str, seed: int) -> TorchTrainer:
 def probe(model: str, fp8: bool, report: dict) -> None:
     key = "fp8" if fp8 else "bf16"
     engine = SGLangEngine(model, seed=0, fp8_checkpoint=fp8, **SERVER)
-    tokenizer = engine.engine.tokenizer_manager.tokenizer
+    tokenizer = engine.tokenizer
     sampled = SamplingParams(temperature=1.0, max_new_tokens=24)
     greedy = SamplingParams(temperature=0.0, max_new_tokens=24)
     base = TorchTrainer(report["bf16_model"], TrainConfig(micro_batch_size=16), global_batch_size=16, temperature=1.0,

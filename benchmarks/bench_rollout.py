@@ -1,0 +1,128 @@
+"""Rollout speed of SGLang engines with BF16 vs blockwise-FP8 weights, and the time of one full weight update.
+
+Random ("dummy") weights of a real model shape; each engine runs in its own process:
+
+    python benchmarks/bench_rollout.py --model-config benchmarks/model_configs/qwen2.5-7b.json \
+        --modes bf16 fp8 fp8-tuned --tuned-configs fp8_gemm_configs/
+
+Decode: a batch of `--batch` prompts of `--prompt-len` random tokens, `--new-tokens` sampled tokens each
+(EOS ignored), CUDA graphs on, triton attention. Weight update: every parameter pushed through
+`SGLangEngine.load_weights` in 512 MB buckets from CUDA tensors (FP8: quantized per bucket by
+async_rl.weights.fp8 first, as the trainer does). `fp8-tuned` installs the JSON files of
+tools/tune_sglang_fp8_gemm.py into SGLang before starting. Ratios are against bf16 of the same run.
+Needs a CUDA GPU and sglang.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+BLOCK_FP8 = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]}
+
+
+def hf_parameters(config: dict):
+    """(name, shape) of every parameter of a Qwen2-style checkpoint, in checkpoint order."""
+    h, inter, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    heads, kv = config["num_attention_heads"], config["num_key_value_heads"]
+    hd = h // heads
+    yield "model.embed_tokens.weight", (config["vocab_size"], h)
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        yield p + "input_layernorm.weight", (h,)
+        for proj, rows in (("q_proj", heads * hd), ("k_proj", kv * hd), ("v_proj", kv * hd)):
+            yield p + f"self_attn.{proj}.weight", (rows, h)
+            yield p + f"self_attn.{proj}.bias", (rows,)
+        yield p + "self_attn.o_proj.weight", (h, heads * hd)
+        yield p + "post_attention_layernorm.weight", (h,)
+        yield p + "mlp.gate_proj.weight", (inter, h)
+        yield p + "mlp.up_proj.weight", (inter, h)
+        yield p + "mlp.down_proj.weight", (h, inter)
+    yield "model.norm.weight", (h,)
+    if not config.get("tie_word_embeddings"):
+        yield "lm_head.weight", (config["vocab_size"], h)
+
+
+def run_one(mode: str, config_path: Path, args) -> dict:
+    from async_rl.rollout.sglang_engine import SGLangEngine
+    from async_rl.weights.sync import weight_buckets
+
+    config = json.loads(config_path.read_text())
+    model_dir = Path(tempfile.mkdtemp())
+    shutil.copy(config_path, model_dir / "config.json")
+    fp8 = mode.startswith("fp8")
+    if mode == "fp8-tuned":
+        subprocess.run([sys.executable, str(REPO / "tools" / "tune_sglang_fp8_gemm.py"), "--install", args.tuned_configs],
+                       check=True)
+    server = dict(load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16", attention_backend="triton",
+                  sampling_backend="pytorch", mem_fraction_static=0.6, context_length=1024,
+                  cuda_graph_max_bs_decode=args.batch, max_running_requests=args.batch, log_level="warning")
+    if fp8:
+        server["json_model_override_args"] = json.dumps({"quantization_config": BLOCK_FP8})
+    engine = SGLangEngine(str(model_dir), fp8_checkpoint=fp8, **server)
+    prompts = torch.randint(100, config["vocab_size"] - 100, (args.batch, args.prompt_len)).tolist()
+    params = {"temperature": 1.0, "max_new_tokens": args.new_tokens, "ignore_eos": True}
+    engine.engine.generate(input_ids=prompts, sampling_params={**params, "max_new_tokens": 16})  # warm-up
+    start = time.perf_counter()
+    outputs = engine.engine.generate(input_ids=prompts, sampling_params=params)
+    elapsed = time.perf_counter() - start
+    tokens = sum(len(o["output_ids"]) for o in outputs)
+
+    def named():
+        for name, shape in hf_parameters(config):
+            yield name, torch.randn(shape, device="cuda", dtype=torch.bfloat16) * 0.02
+
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for bucket in weight_buckets(named(), bucket_bytes=512 * 1024**2, fp8=fp8):
+        engine.load_weights(bucket)
+    torch.cuda.synchronize()
+    update_s = time.perf_counter() - start
+    engine.shutdown()
+    return {"mode": mode, "output_tok_s": tokens / elapsed, "decode_s": elapsed, "tokens": tokens, "update_s": update_s}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-config", type=Path, required=True)
+    parser.add_argument("--modes", nargs="+", default=["bf16", "fp8"], choices=["bf16", "fp8", "fp8-tuned"])
+    parser.add_argument("--tuned-configs", help="Directory written by tools/tune_sglang_fp8_gemm.py (fp8-tuned).")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--prompt-len", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run this mode here and print JSON
+    args = parser.parse_args()
+    if args.one:
+        print("RESULT " + json.dumps(run_one(args.one, args.model_config, args)), flush=True)
+        return
+    rows = []
+    for mode in args.modes:  # one process per engine: SGLang's kernels and memory are per process
+        cmd = [sys.executable, __file__, "--one", mode, *sys.argv[1:]]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+        if not lines:
+            print(f"{mode} failed:\n{out.stderr[-3000:]}", file=sys.stderr)
+            continue
+        rows.append(json.loads(lines[-1][len("RESULT "):]))
+    base = next((r for r in rows if r["mode"] == "bf16"), None)
+    print(f"model {args.model_config.stem}, batch {args.batch}, prompt {args.prompt_len}, new tokens {args.new_tokens}, "
+          f"{torch.cuda.get_device_name()}")
+    print("| weights | output tok/s | vs bf16 | full weight update s | vs bf16 |")
+    print("|---|---:|---:|---:|---:|")
+    for r in rows:
+        tok_ratio = f"{r['output_tok_s'] / base['output_tok_s']:.2f}x" if base else "-"
+        upd_ratio = f"{r['update_s'] / base['update_s']:.2f}x" if base else "-"
+        print(f"| {r['mode']} | {r['output_tok_s']:,.0f} | {tok_ratio} | {r['update_s']:.2f} | {upd_ratio} |")
+
+
+if __name__ == "__main__":
+    main()
