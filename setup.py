@@ -27,7 +27,8 @@ setup(
         "matplotlib>=3.7",  # tools/plot_run.py
     ],
     extras_require={
-        "gpu": ["sglang>=0.5", "megatron-core>=0.13", "transformer-engine>=2.0"],
+        # SGLang: the rollout engine is verified with 0.5.17 (tests/gpu, docs/gpu-testing.md)
+        "gpu": ["sglang>=0.5.17,<0.6", "megatron-core>=0.13", "transformer-engine>=2.0"],
         "test": ["pytest>=8"],
         "wandb": ["wandb>=0.17"],
     },

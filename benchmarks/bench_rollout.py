@@ -104,25 +104,23 @@ def main() -> None:
     if args.one:
         print("RESULT " + json.dumps(run_one(args.one, args.model_config, args)), flush=True)
         return
-    rows = []
+    print(f"model {args.model_config.stem}, batch {args.batch}, prompt {args.prompt_len}, new tokens {args.new_tokens}, "
+          f"{torch.cuda.get_device_name()}")
+    print("| weights | output tok/s | vs bf16 | full weight update s | vs bf16 |")
+    print("|---|---:|---:|---:|---:|", flush=True)
+    base = None
     for mode in args.modes:  # one process per engine: SGLang's kernels and memory are per process
         cmd = [sys.executable, __file__, "--one", mode, *sys.argv[1:]]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
         if not lines:
-            print(f"{mode} failed:\n{out.stderr[-3000:]}", file=sys.stderr)
+            print(f"{mode} failed:\n{out.stderr[-3000:]}", file=sys.stderr, flush=True)
             continue
-        rows.append(json.loads(lines[-1][len("RESULT "):]))
-    base = next((r for r in rows if r["mode"] == "bf16"), None)
-    print(f"model {args.model_config.stem}, batch {args.batch}, prompt {args.prompt_len}, new tokens {args.new_tokens}, "
-          f"{torch.cuda.get_device_name()}")
-    print("| weights | output tok/s | vs bf16 | full weight update s | vs bf16 |")
-    print("|---|---:|---:|---:|---:|")
-    for r in rows:
+        r = json.loads(lines[-1][len("RESULT "):])
+        base = base or (r if mode == "bf16" else None)
         tok_ratio = f"{r['output_tok_s'] / base['output_tok_s']:.2f}x" if base else "-"
         upd_ratio = f"{r['update_s'] / base['update_s']:.2f}x" if base else "-"
-        print(f"| {r['mode']} | {r['output_tok_s']:,.0f} | {tok_ratio} | {r['update_s']:.2f} | {upd_ratio} |")
-
+        print(f"| {mode} | {r['output_tok_s']:,.0f} | {tok_ratio} | {r['update_s']:.2f} | {upd_ratio} |", flush=True)
 
 if __name__ == "__main__":
     main()
