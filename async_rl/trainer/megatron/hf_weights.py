@@ -1,0 +1,86 @@
+"""Hugging Face <-> Megatron parameter names and layouts (single rank: no tensor or pipeline split).
+
+Megatron fuses attention into `linear_qkv`, grouped per key/value head: for each group, its query
+heads, then its key head, then its value head. The MLP's gate and up projections are fused into
+`linear_fc1` (gate first). Everything else is a rename.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import torch
+
+_RENAMES = {  # per layer: Megatron suffix -> HF suffix
+    "input_layernorm.weight": "input_layernorm.weight",
+    "self_attention.linear_proj.weight": "self_attn.o_proj.weight",
+    "self_attention.q_layernorm.weight": "self_attn.q_norm.weight",
+    "self_attention.k_layernorm.weight": "self_attn.k_norm.weight",
+    "pre_mlp_layernorm.weight": "post_attention_layernorm.weight",
+    "mlp.linear_fc2.weight": "mlp.down_proj.weight",
+}
+_GLOBAL = {
+    "embedding.word_embeddings.weight": "model.embed_tokens.weight",
+    "decoder.final_layernorm.weight": "model.norm.weight",
+    "output_layer.weight": "lm_head.weight",
+}
+
+
+def _shape(hf: dict[str, Any]) -> tuple[int, int, int]:
+    heads = hf["num_attention_heads"]
+    groups = hf.get("num_key_value_heads", heads)
+    return heads // groups, groups, hf.get("head_dim") or hf["hidden_size"] // heads
+
+
+def fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hf: dict[str, Any]) -> torch.Tensor:
+    per_group, groups, head_dim = _shape(hf)
+    rest = q.shape[1:]
+    return torch.cat([q.reshape(groups, per_group * head_dim, *rest), k.reshape(groups, head_dim, *rest),
+                      v.reshape(groups, head_dim, *rest)], dim=1).reshape(-1, *rest)
+
+
+def split_qkv(qkv: torch.Tensor, hf: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    per_group, groups, head_dim = _shape(hf)
+    rest = qkv.shape[1:]
+    q, k, v = qkv.reshape(groups, (per_group + 2) * head_dim, *rest).split([per_group * head_dim, head_dim, head_dim], 1)
+    return q.reshape(-1, *rest), k.reshape(-1, *rest), v.reshape(-1, *rest)
+
+
+def hf_to_megatron(hf_state: dict[str, torch.Tensor], hf: dict[str, Any]) -> dict[str, torch.Tensor]:
+    out = {m: hf_state[h] for m, h in _GLOBAL.items() if h in hf_state}
+    if hf.get("tie_word_embeddings"):
+        out.pop("output_layer.weight", None)  # the embedding serves as the output layer
+    for i in range(hf["num_hidden_layers"]):
+        src, dst = f"model.layers.{i}.", f"decoder.layers.{i}."
+        for m, h in _RENAMES.items():
+            if src + h in hf_state:
+                out[dst + m] = hf_state[src + h]
+        attn = src + "self_attn."
+        for kind in ("weight", "bias"):
+            if f"{attn}q_proj.{kind}" in hf_state:
+                out[f"{dst}self_attention.linear_qkv.{kind}"] = fuse_qkv(
+                    *(hf_state[f"{attn}{p}_proj.{kind}"] for p in "qkv"), hf)
+        out[dst + "mlp.linear_fc1.weight"] = torch.cat([hf_state[src + "mlp.gate_proj.weight"],
+                                                        hf_state[src + "mlp.up_proj.weight"]])
+    return out
+
+
+def megatron_to_hf(state: dict[str, torch.Tensor], hf: dict[str, Any]) -> Iterator[tuple[str, torch.Tensor]]:
+    """HF (name, tensor) pairs in checkpoint order; Megatron's `_extra_state` entries are skipped."""
+    for m, h in _GLOBAL.items():
+        if m in state and m != "output_layer.weight":
+            yield h, state[m]
+    for i in range(hf["num_hidden_layers"]):
+        src, dst = f"decoder.layers.{i}.", f"model.layers.{i}."
+        for m, h in _RENAMES.items():
+            if src + m in state:
+                yield dst + h, state[src + m]
+        for kind in ("weight", "bias"):
+            if f"{src}self_attention.linear_qkv.{kind}" in state:
+                for proj, part in zip("qkv", split_qkv(state[f"{src}self_attention.linear_qkv.{kind}"], hf)):
+                    yield f"{dst}self_attn.{proj}_proj.{kind}", part
+        gate, up = state[src + "mlp.linear_fc1.weight"].chunk(2)
+        yield dst + "mlp.gate_proj.weight", gate
+        yield dst + "mlp.up_proj.weight", up
+    if "output_layer.weight" in state and not hf.get("tie_word_embeddings"):
+        yield "lm_head.weight", state["output_layer.weight"]
