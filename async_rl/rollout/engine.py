@@ -47,3 +47,16 @@ class RolloutEngine(Protocol):
     def health(self) -> dict: ...
 
     def shutdown(self) -> None: ...
+
+
+class WeightVersionMixin:
+    """The part of the interface every engine implements alike: the version it reports, and load-then-version."""
+
+    weight_version: int = 0
+
+    def set_weight_version(self, version: int) -> None:
+        self.weight_version = version
+
+    def update_weights(self, named_tensors: Sequence[tuple[str, torch.Tensor]], version: int) -> None:
+        self.load_weights(named_tensors)
+        self.set_weight_version(version)

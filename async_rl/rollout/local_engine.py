@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
-from async_rl.rollout.engine import FINISHED_AT, SamplingParams
+from async_rl.rollout.engine import FINISHED_AT, SamplingParams, WeightVersionMixin
 from async_rl.rollout.sampling import sample_tokens
 from async_rl.sample import Sample, SampleStatus
 from async_rl.rollout.fp8_linear import convert_to_fp8
@@ -24,7 +24,7 @@ from async_rl.weights.sync import from_transport
 _DONE = (SampleStatus.COMPLETED, SampleStatus.TRUNCATED)
 
 
-class LocalEngine:
+class LocalEngine(WeightVersionMixin):
     """One engine process holding the policy weights; Ray runs each instance as its own actor."""
 
     def __init__(
@@ -157,13 +157,6 @@ class LocalEngine:
                 tensor, scale_inv = quantize_blockwise(tensor)
                 targets[scale_name(name)].copy_(scale_inv)
             targets[name].copy_(tensor.to(targets[name].device))
-
-    def set_weight_version(self, version: int) -> None:
-        self.weight_version = version
-
-    def update_weights(self, named_tensors: Sequence[tuple[str, torch.Tensor]], version: int) -> None:
-        self.load_weights(named_tensors)
-        self.set_weight_version(version)
 
     def rng_state(self) -> torch.Tensor:
         return self.generator.get_state()

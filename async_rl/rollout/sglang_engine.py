@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import torch
 
-from async_rl.rollout.engine import FINISHED_AT, SamplingParams
+from async_rl.rollout.engine import FINISHED_AT, SamplingParams, WeightVersionMixin
 from async_rl.sample import Sample, SampleStatus
 from async_rl.weights.fp8 import is_fp8_quantizable, scale_name
 from async_rl.weights.sync import from_transport
@@ -25,7 +25,7 @@ _DONE = (SampleStatus.COMPLETED, SampleStatus.TRUNCATED)
 _FINISH = {"stop": SampleStatus.COMPLETED, "length": SampleStatus.TRUNCATED, "abort": SampleStatus.ABORTED}
 
 
-class SGLangEngine:
+class SGLangEngine(WeightVersionMixin):
     def __init__(self, hf_checkpoint: str, *, seed: int = 0, fp8_checkpoint: bool = False, **server_args: Any):
         """`server_args` are SGLang `ServerArgs` fields (mem_fraction_static, attention_backend, ...).
 
@@ -89,13 +89,6 @@ class SGLangEngine:
         ok, message = self.engine.update_weights_from_tensor(tensors, flush_cache=True)[:2]
         if not ok:
             raise RuntimeError(f"SGLang refused the weight update: {message}")
-
-    def set_weight_version(self, version: int) -> None:
-        self.weight_version = version
-
-    def update_weights(self, named_tensors: Sequence[tuple[str, torch.Tensor]], version: int) -> None:
-        self.load_weights(named_tensors)
-        self.set_weight_version(version)
 
     def rng_state(self) -> torch.Tensor:
         """SGLang seeds each request itself; there is no sampling stream to save."""
