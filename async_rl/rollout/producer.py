@@ -94,7 +94,6 @@ class RolloutProducer:
         self._chunk_groups = max(1, math.ceil(admission.max_running / (n_engines * manager.chunks_per_engine)))
         self._counts: Counter[str] = Counter()
         self._reward_counts: Counter = Counter()
-        self._generated_since_take = 0
         self._restarts_at_take = manager.restarts
         self._cond = threading.Condition()
         self._error: BaseException | None = None
@@ -117,7 +116,7 @@ class RolloutProducer:
         wait_start = time.time()
         with self._cond:
             while len(self.buffer) < target_groups and self._error is None:
-                if self.sampling.group_filter and self._generated_since_take >= give_up_after:
+                if self.sampling.group_filter and self._counts["groups_generated"] >= give_up_after:
                     logger.warning("dynamic sampling filled only %d of %d groups within --max-sampling-rounds "
                                    "rounds' worth of groups; training on what passed", len(self.buffer), target_groups)
                     break
@@ -135,7 +134,6 @@ class RolloutProducer:
             }
             self._counts.clear()
             self._reward_counts.clear()
-            self._generated_since_take = 0
             self._restarts_at_take = self.manager.restarts
             self._cond.notify_all()
         samples = indexed([s for g in taken for s in g.samples])
@@ -254,7 +252,6 @@ class RolloutProducer:
             self.manager.grade(chunk, self._reward_counts)
             for group in split_groups(chunk):
                 self._counts["groups_generated"] += 1
-                self._generated_since_take += 1
                 result = self.sampling.group_filter(group) if self.sampling.group_filter else None
                 if result is not None and not result.keep:
                     self._counts[f"filter_drop_{result.reason}"] += 1
