@@ -122,8 +122,7 @@ class TrainingSession:
         self.skipped_steps = 0
 
     def _save_config(self) -> None:
-        text = self.cfg.to_yaml()
-        print("resolved configuration:\n" + text, flush=True)
+        text = self.cfg.print_resolved()
         out = Path(self.cfg.logging.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(text)

@@ -53,7 +53,7 @@ def run(cfg: Config) -> None:
 
 def dry_run(cfg: Config) -> None:
     """What `--dry-run` prints: the configuration the run would use and where each part would run."""
-    print("resolved configuration:\n" + cfg.to_yaml(), flush=True)
+    cfg.print_resolved()
     print(plan_placement(cfg).render(), flush=True)
 
 

@@ -65,6 +65,12 @@ class Config:
     def to_yaml(self) -> str:
         return OmegaConf.to_yaml(OmegaConf.create(self.to_flat_dict()))
 
+    def print_resolved(self) -> str:
+        """Print the configuration a run (or `--dry-run`) uses, under the header tools look for; returns the YAML."""
+        text = self.to_yaml()
+        print("resolved configuration:\n" + text, flush=True)
+        return text
+
 
 SGLANG_PREFIX = "sglang_"
 
