@@ -77,12 +77,11 @@ class TrainingSession:
         np.random.seed(cfg.logging.seed)
         torch.manual_seed(cfg.logging.seed)
 
-        flat_args = plugin_args(cfg)
         rw = cfg.reward
         grader = make_grader(cfg)
         self.warn_on_missing_think = rw.rm_type == "deepscaler" and not rw.custom_rm_path
         r = cfg.rollout
-        group_filter = load_group_filter(r.dynamic_sampling_filter_path, flat_args) if r.dynamic_sampling_filter_path else None
+        group_filter = load_group_filter(r.dynamic_sampling_filter_path, grader.args) if r.dynamic_sampling_filter_path else None
         self.sampling = DynamicSampling(
             group_filter, r.over_sampling_batch_size or r.rollout_batch_size, r.max_sampling_rounds if group_filter else 1
         )
