@@ -15,6 +15,10 @@ class SampleStatus(str, Enum):
     FAILED = "failed"
 
 
+# A response that is over: engines leave such samples untouched when a chunk is continued (partial rollouts)
+FINISHED_STATUSES = (SampleStatus.COMPLETED, SampleStatus.TRUNCATED)
+
+
 @dataclass
 class Sample:
     prompt: str

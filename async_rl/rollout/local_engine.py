@@ -16,12 +16,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from async_rl.rollout.engine import FINISHED_AT, SamplingParams, WeightVersionMixin
 from async_rl.rollout.sampling import sample_tokens
-from async_rl.sample import Sample, SampleStatus
+from async_rl.sample import FINISHED_STATUSES, Sample, SampleStatus
 from async_rl.rollout.fp8_linear import convert_to_fp8
 from async_rl.weights.fp8 import is_fp8_quantizable, quantize_blockwise, scale_name
 from async_rl.weights.sync import from_transport
-
-_DONE = (SampleStatus.COMPLETED, SampleStatus.TRUNCATED)
 
 
 class LocalEngine(WeightVersionMixin):
@@ -76,7 +74,7 @@ class LocalEngine(WeightVersionMixin):
         batch = len(samples)
         contexts = [s.prompt_tokens + s.response_tokens for s in samples]
         # finished samples of a continued chunk stay as they are
-        budget = [0 if s.status in _DONE else params.max_new_tokens - s.response_length for s in samples]
+        budget = [0 if s.status in FINISHED_STATUSES else params.max_new_tokens - s.response_length for s in samples]
         prompt_len = max(len(c) for c in contexts)
         input_ids = torch.full((batch, prompt_len), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((batch, prompt_len), dtype=torch.long)

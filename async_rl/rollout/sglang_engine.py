@@ -17,11 +17,10 @@ from typing import Any, Sequence
 import torch
 
 from async_rl.rollout.engine import FINISHED_AT, SamplingParams, WeightVersionMixin
-from async_rl.sample import Sample, SampleStatus
+from async_rl.sample import FINISHED_STATUSES, Sample, SampleStatus
 from async_rl.weights.fp8 import is_fp8_quantizable, scale_name
 from async_rl.weights.sync import from_transport
 
-_DONE = (SampleStatus.COMPLETED, SampleStatus.TRUNCATED)
 _FINISH = {"stop": SampleStatus.COMPLETED, "length": SampleStatus.TRUNCATED, "abort": SampleStatus.ABORTED}
 
 
@@ -43,7 +42,7 @@ class SGLangEngine(WeightVersionMixin):
 
     def generate(self, samples: list[Sample], params: SamplingParams, request_id: int | None = None) -> list[Sample]:
         """Sample responses (continuing partial ones); unfinished samples of an aborted call come back ABORTED."""
-        todo = [s for s in samples if s.status not in _DONE]
+        todo = [s for s in samples if s.status not in FINISHED_STATUSES]
         if not todo:
             return samples
         rids = [uuid.uuid4().hex for _ in todo]
