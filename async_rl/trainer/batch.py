@@ -41,6 +41,22 @@ def pack(samples: list[Sample], pad_token_id: int) -> PackedBatch:
     )
 
 
+def micro_batch_indices(samples: list[Sample], micro_batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
+    """Micro-batches as index lists: `micro_batch_size` samples each, or, with a token budget, as many
+    samples as fit in `max_tokens` padded tokens (rows x longest row; longest first, so rows of similar
+    length share a micro-batch). A sample longer than the budget gets a micro-batch of its own."""
+    if max_tokens is None:
+        return [list(range(i, min(i + micro_batch_size, len(samples)))) for i in range(0, len(samples), micro_batch_size)]
+    lengths = [len(s.prompt_tokens) + s.response_length for s in samples]
+    groups: list[list[int]] = []
+    for i in sorted(range(len(samples)), key=lambda i: -lengths[i]):
+        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= max_tokens:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
 def response_log_probs(
     model: torch.nn.Module, batch: PackedBatch, temperature: float, *, with_entropy: bool = False
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,203 @@
+"""The RL update every trainer backend shares; a backend supplies the forward pass and the optimizer.
+
+One `train_step` takes a rollout's samples (this rank's share of them, under data parallelism), recomputes
+their log-probs at the current weights (the proximal policy the PPO ratio is taken against; the reference
+policy's too when a KL term is on), then takes one optimizer step per global batch. Each global batch is
+cut into micro-batches by sample count or by token budget; each micro-batch's loss is weighted by its share
+of the global batch, so the accumulated gradient is that of the loss over the whole global batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from async_rl.algorithms.losses import aggregate, kl_penalty, policy_loss
+from async_rl.config.sections import TrainConfig
+from async_rl.sample import Sample
+from async_rl.trainer.batch import PackedBatch, micro_batch_indices, pack
+
+
+def is_max_stat(stat: str) -> bool:
+    """Stats named *_max* are maxima over the batch; the others are means."""
+    return "_max" in stat
+
+
+@dataclass
+class MicroBatch:
+    rows: list[int]  # positions of its samples in the step's sample list
+    batch: PackedBatch
+    advantages: torch.Tensor  # [rows]
+    old: torch.Tensor | None = None  # log-probs at the weights before this step
+    ref: torch.Tensor | None = None  # log-probs under the reference policy
+
+
+class PolicyTrainer:
+    """Backends set `model`, `ref_model`, `pad_token_id`, `device` and implement the hooks below."""
+
+    model: Any
+    ref_model: Any = None
+    pad_token_id: int
+    device: torch.device
+
+    def __init__(self, cfg: TrainConfig, *, global_batch_size: int, temperature: float,
+                 max_tokens_per_micro_batch: int | None = None):
+        self.cfg = cfg
+        self.global_batch_size = global_batch_size
+        self.temperature = temperature
+        self.max_tokens_per_micro_batch = max_tokens_per_micro_batch
+        self.version = 0
+
+    # ---- backend hooks --------------------------------------------------------------------------------
+    def forward_log_probs(self, model: Any, batch: PackedBatch, with_entropy: bool = False):
+        """Response-token log-probs [rows, max_response] (and entropies) of `batch` under `model`."""
+        raise NotImplementedError
+
+    def zero_grad(self) -> None:
+        raise NotImplementedError
+
+    def optimizer_step(self) -> tuple[float, bool]:
+        """Clip and apply the accumulated gradient unless its norm is not finite; (pre-clip norm, applied)."""
+        raise NotImplementedError
+
+    def gradient_norm(self) -> float:
+        """Norm of the accumulated gradient over the whole model."""
+        raise NotImplementedError
+
+    def learning_rate(self) -> float:
+        raise NotImplementedError
+
+    def set_train_mode(self) -> None:
+        self.model.train()
+
+    def gradient_scale(self) -> float:
+        """Factor on each rank's loss so that the reduced gradient is the global batch's (DP averages)."""
+        return 1.0
+
+    def all_reduce_stats(self, sums: dict[str, float]) -> dict[str, float]:
+        """Sum (max for *_max*) per-rank statistics over data-parallel ranks."""
+        return sums
+
+    # ---- shared RL step -------------------------------------------------------------------------------
+    def _split(self, samples: list[Sample], advantages: list[float] | None = None) -> list[list[MicroBatch]]:
+        """Optimizer steps, each a list of micro-batches (advantages ride along with their rows)."""
+        adv = torch.tensor(advantages if advantages is not None else [0.0] * len(samples), dtype=torch.float32)
+        steps = []
+        for start in range(0, len(samples), self.global_batch_size):
+            chunk = range(start, min(start + self.global_batch_size, len(samples)))
+            groups = micro_batch_indices([samples[i] for i in chunk], self.cfg.micro_batch_size,
+                                         self.max_tokens_per_micro_batch)
+            rows = [[chunk[i] for i in ids] for ids in groups]
+            steps.append([MicroBatch(r, pack([samples[i] for i in r], self.pad_token_id).to(self.device),
+                                     adv[r].to(self.device)) for r in rows])
+        return steps
+
+    @torch.no_grad()
+    def _fill_old_and_ref(self, steps: list[list[MicroBatch]]) -> None:
+        for mb in (mb for step in steps for mb in step):
+            mb.old = self.forward_log_probs(self.model, mb.batch)
+            if self.ref_model is not None:
+                mb.ref = self.forward_log_probs(self.ref_model, mb.batch)
+
+    def compute_log_probs(self, samples: list[Sample]) -> list[list[float]]:
+        out: list[list[float]] = [[] for _ in samples]
+        steps = self._split(samples)
+        self._fill_old_and_ref(steps)
+        for mb in (mb for step in steps for mb in step):
+            for row, lp, n in zip(mb.rows, mb.old, mb.batch.response_mask.sum(1)):
+                out[row] = lp[: int(n)].tolist()
+        return out
+
+    def _micro_loss(self, mb: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        cfg, batch = self.cfg, mb.batch
+        log_probs, entropy = self.forward_log_probs(self.model, batch, with_entropy=True)
+        token_advantages = mb.advantages[:, None].expand_as(log_probs)
+        if mb.ref is not None and not cfg.use_kl_loss:
+            # KL in the reward: each token's advantage pays for its (k1) divergence from the reference
+            token_advantages = token_advantages - cfg.kl_coef * (mb.old - mb.ref)
+        loss, stats = policy_loss(
+            log_probs, mb.old, token_advantages, batch.loss_mask,
+            rollout_log_probs=batch.rollout_log_probs, eps_clip=cfg.eps_clip, eps_clip_high=cfg.eps_clip_high,
+            tis_cap=cfg.tis_clip if cfg.use_tis else None, aggregation=cfg.loss_aggregation,
+            eps_clip_c=cfg.eps_clip_c, tis_level=cfg.tis_level, tis_mode=cfg.tis_mode, tis_lower=cfg.tis_clip_low,
+        )
+        entropy_mean = aggregate(entropy, batch.loss_mask, cfg.loss_aggregation)
+        stats["entropy"] = entropy_mean.detach()
+        if cfg.entropy_coef:
+            loss = loss - cfg.entropy_coef * entropy_mean
+        if mb.ref is not None:
+            kl = aggregate(kl_penalty(log_probs, mb.ref, cfg.kl_loss_type), batch.loss_mask, cfg.loss_aggregation)
+            stats["kl_ref"] = kl.detach()
+            if cfg.use_kl_loss:
+                loss = loss + cfg.kl_coef * kl
+        return loss, stats
+
+    def _weights(self, step: list[MicroBatch]) -> list[float]:
+        """Each micro-batch's share of its global batch (tokens for token_mean, rows otherwise), over all ranks."""
+        if self.cfg.loss_aggregation == "token_mean":
+            weights = [float(mb.batch.loss_mask.sum()) for mb in step]
+        else:
+            weights = [float(mb.batch.loss_mask.shape[0]) for mb in step]
+        total = self.all_reduce_stats({"total": sum(weights)})["total"]
+        return [w / max(total, 1.0) for w in weights]
+
+    def _accumulate(self, step: list[MicroBatch]) -> dict[str, float]:
+        """Gradients of one global batch into the backend's gradient buffers; this rank's weighted stats."""
+        sums: dict[str, float] = {}
+        self.zero_grad()
+        for mb, weight in zip(step, self._weights(step)):
+            loss, stats = self._micro_loss(mb)
+            (loss * weight * self.gradient_scale()).backward()
+            for k, v in {"loss": loss.detach(), **stats}.items():
+                if is_max_stat(k):
+                    sums[k] = max(sums.get(k, float("-inf")), float(v))
+                else:
+                    sums[k] = sums.get(k, 0.0) + float(v) * weight
+        return sums
+
+    def train_step(self, samples: list[Sample], advantages: list[float]) -> dict[str, float]:
+        """Old log-probs at the current weights (the proximal policy), then PPO steps of global-batch size."""
+        self.set_train_mode()
+        steps = self._split(samples, advantages)
+        self._fill_old_and_ref(steps)
+        totals: dict[str, float] = {}
+        skipped = 0
+        first_ratio_dev = 0.0
+        for n, step in enumerate(steps):
+            sums = self.all_reduce_stats(self._accumulate(step))
+            if n == 0:  # the weights have not moved yet: new and old log-probs are the same policy
+                first_ratio_dev = sums.get("ratio_max_abs_dev", 0.0)
+            grad_norm, applied = self.optimizer_step()
+            sums["grad_norm"] = grad_norm
+            skipped += not applied
+            for k, v in sums.items():
+                totals[k] = max(totals.get(k, float("-inf")), v) if is_max_stat(k) else totals.get(k, 0.0) + v
+        self.version += 1
+        mbs = [mb for step in steps for mb in step]
+        agreement = self.all_reduce_stats({
+            "tokens": sum(float(mb.batch.loss_mask.sum()) for mb in mbs),
+            "abs_diff": sum(float(((mb.old - mb.batch.rollout_log_probs).abs() * mb.batch.loss_mask).sum()) for mb in mbs),
+        })
+        metrics = {f"train/{k}": v if is_max_stat(k) else v / len(steps)
+                   for k, v in totals.items() if k != "ratio_max_abs_dev"}
+        metrics["train/first_step_ratio_max_abs_dev"] = first_ratio_dev
+        metrics["train/rollout_logprob_abs_diff"] = agreement["abs_diff"] / max(agreement["tokens"], 1.0)
+        metrics["train/lr"] = self.learning_rate()
+        metrics["train/skipped_steps"] = float(skipped)
+        return metrics
+
+    def probe(self, samples: list[Sample], advantages: list[float]) -> dict[str, float]:
+        """Loss and gradient norm of the first global batch at the current weights; nothing is updated.
+
+        Recorded with a checkpoint and recomputed after loading it: equal values show that the weights
+        came back exactly.
+        """
+        self.set_train_mode()
+        step = self._split(samples, advantages)[0]
+        self._fill_old_and_ref([step])
+        sums = self.all_reduce_stats(self._accumulate(step))
+        grad_norm = self.gradient_norm()
+        self.zero_grad()
+        return {"loss": sums["loss"], "grad_norm": grad_norm}
