@@ -25,8 +25,8 @@ def check_backends(cfg: Config) -> None:
     """Fail before anything starts when a backend cannot run here (missing package, no GPU, bad server flag)."""
     if cfg.backend.rollout_backend == "sglang":
         check_sglang(cfg)
-    if cfg.backend.train_backend != "torch":
-        raise UserInputError(f"--train-backend {cfg.backend.train_backend} is not available in this release; use torch")
+    if cfg.backend.train_backend == "megatron":
+        check_megatron(cfg)
 
 
 def check_sglang(cfg: Config) -> None:
@@ -44,6 +44,34 @@ def check_sglang(cfg: Config) -> None:
         raise UserInputError("--colocate with --rollout-num-gpus-per-engine > 1 is not supported yet")
 
 
+def check_megatron(cfg: Config) -> None:
+    try:
+        import megatron.core  # noqa: F401
+    except ImportError:
+        raise UserInputError("--train-backend megatron needs megatron-core: pip install 'async_rl[gpu]'") from None
+    from async_rl.trainer.megatron.model import SUPPORTED
+
+    model_type = json.loads((Path(cfg.model.hf_checkpoint) / "config.json").read_text()).get("model_type")
+    if model_type not in SUPPORTED:
+        raise UserInputError(f"--hf-checkpoint {cfg.model.hf_checkpoint}: model_type {model_type!r} is not supported by "
+                             f"--train-backend megatron yet (supported: {', '.join(SUPPORTED)})")
+    m = cfg.megatron
+    unsupported = {  # each needs Transformer Engine's layers or pipeline schedules, which this backend does not drive yet
+        "--pipeline-model-parallel-size": m.pipeline_model_parallel_size > 1,
+        "--context-parallel-size": m.context_parallel_size > 1,
+        "--expert-model-parallel-size": m.expert_model_parallel_size > 1,
+        "--sequence-parallel": m.sequence_parallel,
+        "--fp8-format": m.fp8_format is not None,
+        "--colocate": cfg.cluster.colocate,
+    }
+    for flag, used in unsupported.items():
+        if used:
+            raise UserInputError(f"{flag} is not supported by --train-backend megatron yet")
+    dp = cfg.trainer_world_size // m.tensor_model_parallel_size
+    if cfg.global_batch_size % dp:
+        raise UserInputError(f"--global-batch-size {cfg.global_batch_size} must split over {dp} data-parallel ranks")
+
+
 def _gpu_share(cfg: Config) -> float:
     """GPUs per actor: none on a CPU run, half a GPU each when trainer and engines are colocated."""
     if cfg.cluster.actor_num_gpus_per_node == 0:
@@ -53,7 +81,8 @@ def _gpu_share(cfg: Config) -> float:
 
 def _threads_per_process(cfg: Config) -> int:
     """Split the cores between the trainer and the engines, so that async overlap is real parallelism."""
-    return cfg.train.torch_num_threads or max(1, (os.cpu_count() or 1) // (1 + cfg.cluster.rollout_num_engines))
+    processes = cfg.trainer_world_size + cfg.cluster.rollout_num_engines
+    return cfg.train.torch_num_threads or max(1, (os.cpu_count() or 1) // processes)
 
 
 def start_ray(cfg: Config) -> None:
@@ -65,7 +94,7 @@ def start_ray(cfg: Config) -> None:
         ray.init(address=cfg.cluster.ray_address, runtime_env=runtime_env)
         return
     ray.init(
-        num_cpus=1 + cfg.cluster.rollout_num_engines,
+        num_cpus=cfg.trainer_world_size + cfg.cluster.rollout_num_engines,
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
         runtime_env=runtime_env,
@@ -74,6 +103,15 @@ def start_ray(cfg: Config) -> None:
 
 
 def create_trainer(cfg: Config) -> Any:
+    """The trainer actor the loop talks to (rank 0 of the megatron group)."""
+    if cfg.backend.train_backend == "megatron":
+        from async_rl.trainer.megatron.actor_group import create_megatron_group
+
+        return create_megatron_group(
+            cfg.model.hf_checkpoint, cfg.train, cfg.megatron, world_size=cfg.trainer_world_size,
+            gpus_per_rank=1 if cfg.cluster.actor_num_gpus_per_node else 0, global_batch_size=cfg.global_batch_size,
+            temperature=cfg.rollout.rollout_temperature, seed=cfg.logging.seed, num_threads=_threads_per_process(cfg),
+        )
     from async_rl.trainer.torch_trainer import TorchTrainer
 
     gpus = _gpu_share(cfg)

@@ -57,6 +57,14 @@ class Config:
     def global_batch_size(self) -> int:
         return self.train.global_batch_size or self.rollout.rollout_batch_size * self.rollout.n_samples_per_prompt
 
+    @property
+    def trainer_world_size(self) -> int:
+        """Trainer processes: one per GPU; on a CPU, one megatron rank per tensor-parallel shard (else one)."""
+        c = self.cluster
+        if c.actor_num_gpus_per_node:
+            return c.actor_num_nodes * c.actor_num_gpus_per_node
+        return self.megatron.tensor_model_parallel_size if self.backend.train_backend == "megatron" else 1
+
     def to_flat_dict(self) -> dict[str, Any]:
         """Flag-name keys (underscored), the form `--config` reads back."""
         flat = {f.name: getattr(getattr(self, s), f.name) for s, cls in SECTIONS.items() for f in fields(cls)}
@@ -307,14 +315,12 @@ def _validate_megatron(cfg: Config, explicit: set[str]) -> None:
             if f.name in explicit and getattr(m, f.name) != f.default:
                 raise ConfigError(f"{_flag_name(f.name)} applies to --train-backend megatron")
         return
-    if c.actor_num_gpus_per_node < 1:
-        raise ConfigError("--train-backend megatron trains on GPUs: set --actor-num-gpus-per-node")
-    world = c.actor_num_nodes * c.actor_num_gpus_per_node
+    world = cfg.trainer_world_size
     model_parallel = m.tensor_model_parallel_size * m.pipeline_model_parallel_size * m.context_parallel_size
     if world % model_parallel:
         raise ConfigError(
             f"--tensor-model-parallel-size x --pipeline-model-parallel-size x --context-parallel-size = {model_parallel} "
-            f"must divide the {world} trainer GPUs (--actor-num-nodes x --actor-num-gpus-per-node)"
+            f"must divide the {world} trainer ranks (--actor-num-nodes x --actor-num-gpus-per-node)"
         )
     if (world // m.pipeline_model_parallel_size) % m.expert_model_parallel_size:
         raise ConfigError(f"--expert-model-parallel-size {m.expert_model_parallel_size} must divide the "

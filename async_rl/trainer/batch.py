@@ -57,6 +57,17 @@ def micro_batch_indices(samples: list[Sample], micro_batch_size: int, max_tokens
     return groups
 
 
+def response_logits(logits: torch.Tensor, batch: PackedBatch, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tempered float32 logits that score each response token, [batch, max_response, vocab], and the
+    tokens they score, [batch, max_response]. Works on a vocabulary slice as well as on the full vocabulary."""
+    width = batch.response_mask.shape[1]
+    offsets = torch.arange(width, device=logits.device)
+    positions = (batch.response_start[:, None] - 1 + offsets).clamp(max=logits.shape[1] - 1)
+    targets = batch.input_ids.gather(1, (positions + 1).clamp(max=batch.input_ids.shape[1] - 1))
+    picked = logits.gather(1, positions[:, :, None].expand(-1, -1, logits.shape[-1])).float() / temperature
+    return picked, targets
+
+
 def response_log_probs(
     model: torch.nn.Module, batch: PackedBatch, temperature: float, *, with_entropy: bool = False
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -67,11 +78,7 @@ def response_log_probs(
     With `with_entropy`, also the entropy of each of those tempered distributions.
     """
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    width = batch.response_mask.shape[1]
-    offsets = torch.arange(width, device=logits.device)
-    positions = (batch.response_start[:, None] - 1 + offsets).clamp(max=logits.shape[1] - 1)
-    targets = batch.input_ids.gather(1, (positions + 1).clamp(max=batch.input_ids.shape[1] - 1))
-    picked = logits.gather(1, positions[:, :, None].expand(-1, -1, logits.shape[-1])).float() / temperature
+    picked, targets = response_logits(logits, batch, temperature)
     token_log_probs = picked.gather(-1, targets[:, :, None]).squeeze(-1) - torch.logsumexp(picked, dim=-1)
     if with_entropy:
         return token_log_probs * batch.response_mask, entropy_from_logits(picked) * batch.response_mask

@@ -12,12 +12,13 @@ attention mask, since megatron's default causal mask is built on "cuda".
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 from typing import Iterator
 
 import torch
 import torch.distributed as dist
+
+from async_rl.config.sections import MegatronConfig
 
 
 def _free_port() -> int:
@@ -26,24 +27,40 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def init_megatron(rank: int, world_size: int, master_addr: str, master_port: int, mcfg: MegatronConfig,
+                  stack: contextlib.ExitStack, seed: int = 0) -> None:
+    """Join the process group (NCCL on GPUs, gloo on a CPU) and build Megatron's parallel state.
+
+    On a CPU the patches of `on_cpu` stay in force until `stack` closes."""
+    from megatron.core import parallel_state, tensor_parallel
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
+                                init_method=f"tcp://{master_addr}:{master_port}", rank=rank, world_size=world_size)
+    parallel_state.initialize_model_parallel(
+        mcfg.tensor_model_parallel_size, mcfg.pipeline_model_parallel_size,
+        context_parallel_size=mcfg.context_parallel_size, expert_model_parallel_size=mcfg.expert_model_parallel_size,
+    )
+    if torch.cuda.is_available():
+        tensor_parallel.model_parallel_cuda_manual_seed(seed)
+    else:
+        stack.enter_context(on_cpu())
+
+
 @contextlib.contextmanager
-def single_process_megatron(tensor_parallel: int = 1, pipeline_parallel: int = 1) -> Iterator[None]:
-    """A world of one process (gloo on 127.0.0.1) with Megatron's parallel state; torn down on exit."""
+def single_process_megatron() -> Iterator[None]:
+    """A world of one process (gloo on 127.0.0.1 without CUDA) with Megatron's parallel state; torn down on exit."""
     from megatron.core import parallel_state
 
     started = not dist.is_initialized()
-    if started:
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ["MASTER_PORT"] = str(_free_port())
-        dist.init_process_group("gloo", rank=0, world_size=1)
-    parallel_state.initialize_model_parallel(tensor_parallel, pipeline_parallel)
-    try:
-        with on_cpu() if not torch.cuda.is_available() else contextlib.nullcontext():
+    with contextlib.ExitStack() as stack:
+        init_megatron(0, 1, "127.0.0.1", _free_port(), MegatronConfig(), stack)
+        try:
             yield
-    finally:
-        parallel_state.destroy_model_parallel()
-        if started:
-            dist.destroy_process_group()
+        finally:
+            parallel_state.destroy_model_parallel()
+            if started:
+                dist.destroy_process_group()
 
 
 @contextlib.contextmanager

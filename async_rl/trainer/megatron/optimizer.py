@@ -1,0 +1,106 @@
+"""The optimizer of the megatron backend: Megatron's own on GPUs, AdamW over Megatron's gradient buffers on a CPU.
+
+Megatron's optimizer wrappers allocate their bookkeeping tensors on "cuda" unconditionally, so a CPU run
+(tests, small experiments) uses torch's AdamW with the same hyperparameters. Both read the gradients that
+Megatron's DistributedDataParallel accumulates in each parameter's `main_grad` (already reduced over
+data-parallel ranks), and both skip a step whose gradient norm is not finite.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from async_rl.config.sections import MegatronConfig, TrainConfig
+
+
+class MegatronAdam:
+    """Megatron's Adam (mixed precision with FP32 main weights under --bf16, distributed optimizer if asked)."""
+
+    def __init__(self, ddp_model, cfg: TrainConfig, mcfg: MegatronConfig):
+        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+        self.clip = cfg.clip_grad
+        self.inner = get_megatron_optimizer(
+            OptimizerConfig(optimizer="adam", lr=cfg.lr, weight_decay=cfg.weight_decay, adam_beta1=cfg.adam_beta1,
+                            adam_beta2=cfg.adam_beta2, clip_grad=cfg.clip_grad, bf16=mcfg.bf16,
+                            params_dtype=torch.bfloat16 if mcfg.bf16 else torch.float32,
+                            use_distributed_optimizer=mcfg.use_distributed_optimizer),
+            [ddp_model],
+        )
+
+    def zero_grad(self) -> None:
+        self.inner.zero_grad()
+
+    def grad_norm(self) -> float:
+        self.inner.prepare_grads()
+        return float(self.inner.get_grad_norm())
+
+    def step(self) -> tuple[float, bool]:
+        found_inf = self.inner.prepare_grads()
+        norm = float(self.inner.clip_grad_norm(self.clip) if self.clip > 0 else self.inner.get_grad_norm())
+        if found_inf or not math.isfinite(norm):
+            return norm, False
+        self.inner.step_with_ready_grads()
+        return norm, True
+
+    @property
+    def lr(self) -> float:
+        return self.inner.param_groups[0]["lr"]
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state)
+
+
+class CpuAdamW:
+    """torch AdamW on this rank's parameters; the norm counts each tensor-parallel duplicate once."""
+
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig):
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.clip = cfg.clip_grad
+        self.inner = torch.optim.AdamW(self.params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                       weight_decay=cfg.weight_decay)
+
+    def zero_grad(self) -> None:
+        self.inner.zero_grad(set_to_none=True)
+
+    def grad_norm(self) -> float:
+        from megatron.core import parallel_state
+        from megatron.core.tensor_parallel.layers import param_is_not_tensor_parallel_duplicate
+
+        square = torch.zeros((), dtype=torch.float64)
+        for p in self.params:
+            if param_is_not_tensor_parallel_duplicate(p):
+                square += p.main_grad.double().square().sum()
+        dist.all_reduce(square, group=parallel_state.get_model_parallel_group())
+        return math.sqrt(float(square))
+
+    def step(self) -> tuple[float, bool]:
+        norm = self.grad_norm()
+        if not math.isfinite(norm):
+            return norm, False
+        scale = min(1.0, self.clip / (norm + 1e-6)) if self.clip > 0 else 1.0
+        for p in self.params:
+            p.grad = p.main_grad.view_as(p) * scale
+        self.inner.step()
+        return norm, True
+
+    @property
+    def lr(self) -> float:
+        return self.inner.param_groups[0]["lr"]
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state)
+
+
+def build_optimizer(ddp_model, cfg: TrainConfig, mcfg: MegatronConfig):
+    return MegatronAdam(ddp_model, cfg, mcfg) if torch.cuda.is_available() else CpuAdamW(ddp_model, cfg)

@@ -1,0 +1,276 @@
+"""`megatron` trainer backend: megatron-core's GPTModel, DistributedDataParallel and optimizer, one process per GPU.
+
+Every rank of the Megatron world is a Ray actor running this class. The orchestrator talks to rank 0
+only, exactly as to the torch backend; rank 0 hands each call to its peers (each data-parallel rank gets
+its share of the samples) and takes part itself, so that every rank enters the same collectives.
+Statistics are all-reduced over data-parallel ranks, so rank 0 returns the global numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import ray
+import torch
+import torch.distributed as dist
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from async_rl.config.sections import MegatronConfig, TrainConfig
+from async_rl.sample import Sample
+from async_rl.trainer.batch import PackedBatch, response_logits
+from async_rl.trainer.megatron import tp_shards
+from async_rl.trainer.megatron.cpu_compat import init_megatron
+from async_rl.trainer.megatron.hf_weights import hf_to_megatron, megatron_to_hf
+from async_rl.trainer.megatron.model import build_gpt_model, causal_mask
+from async_rl.trainer.megatron.optimizer import build_optimizer
+from async_rl.trainer.megatron.vocab_parallel import vocab_parallel_log_probs
+from async_rl.trainer.policy_trainer import PolicyTrainer, is_max_stat
+from async_rl.weights.sync import to_transport, weight_buckets
+
+
+def data_parallel_shards(n: int, global_batch_size: int, dp: int) -> list[list[int]]:
+    """Sample indices of each data-parallel rank: every global batch is cut into `dp` contiguous parts."""
+    shards: list[list[int]] = [[] for _ in range(dp)]
+    for start in range(0, n, global_batch_size):
+        chunk = list(range(start, min(start + global_batch_size, n)))
+        for d, part in enumerate(torch.tensor(chunk, dtype=torch.long).tensor_split(dp) if chunk else []):
+            shards[d].extend(part.tolist())
+    return shards
+
+
+class MegatronTrainer(PolicyTrainer):
+    def __init__(
+        self,
+        hf_checkpoint: str,
+        cfg: TrainConfig,
+        mcfg: MegatronConfig,
+        *,
+        global_batch_size: int,
+        temperature: float,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        master_addr: str = "127.0.0.1",
+        master_port: int = 29500,
+        num_threads: int | None = None,
+    ):
+        from megatron.core import parallel_state as ps
+        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        torch.manual_seed(seed)
+        self._cpu = contextlib.ExitStack()
+        init_megatron(rank, world_size, master_addr, master_port, mcfg, self._cpu, seed)
+        self.rank = rank
+        self.dp_size = ps.get_data_parallel_world_size()
+        self.dp_rank = ps.get_data_parallel_rank()
+        self.tp_size = ps.get_tensor_model_parallel_world_size()
+        super().__init__(cfg, global_batch_size=global_batch_size // self.dp_size, temperature=temperature,
+                         max_tokens_per_micro_batch=mcfg.max_tokens_per_gpu)
+        self.global_batch_size_all_ranks = global_batch_size
+        self.mcfg = mcfg
+        self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        self.tokenizer = AutoTokenizer.from_pretrained(hf_checkpoint)
+        self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        self.hf = json.loads((Path(hf_checkpoint) / "config.json").read_text())
+        hf_state = AutoModelForCausalLM.from_pretrained(hf_checkpoint, dtype=torch.float32).state_dict()
+        self.gpt = self._build(hf_state)
+        self.model = DistributedDataParallel(
+            self.gpt.config, DistributedDataParallelConfig(grad_reduce_in_fp32=True,
+                                                           use_distributed_optimizer=mcfg.use_distributed_optimizer),
+            self._precision(self.gpt),
+        )
+        self.ref_model = self._precision(self._build(hf_state)).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
+        self.optimizer = build_optimizer(self.model, cfg, mcfg)
+        self.peers: list[Any] = []
+        self.peer_dp_ranks: list[int] = []
+
+    def close(self) -> None:
+        """Leave the process group (for in-process use; a Ray actor's process simply ends)."""
+        from megatron.core import parallel_state as ps
+
+        ps.destroy_model_parallel()
+        dist.destroy_process_group()
+        self._cpu.close()
+
+    # ---- model ------------------------------------------------------------------------------------------
+    def _build(self, hf_state: dict[str, torch.Tensor]):
+        from megatron.core import parallel_state as ps
+
+        m = self.mcfg
+        model = build_gpt_model(
+            self.hf, tensor_model_parallel_size=m.tensor_model_parallel_size,
+            params_dtype=torch.bfloat16 if m.bf16 else torch.float32, bf16=m.bf16,
+            recompute_granularity=m.recompute_granularity, recompute_method=m.recompute_method,
+            recompute_num_layers=m.recompute_num_layers,
+        )
+        full = hf_to_megatron(hf_state, self.hf)
+        tp_rank = ps.get_tensor_model_parallel_rank()
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                param.copy_(tp_shards.shard(name, full[name], param, tp_rank, self.tp_size))
+        return model.to(self.device)
+
+    def _precision(self, model):
+        from megatron.core.transformer.module import Float16Module
+
+        return Float16Module(model.config, model) if self.mcfg.bf16 else model
+
+    def forward_log_probs(self, model: Any, batch: PackedBatch, with_entropy: bool = False):
+        positions = torch.arange(batch.input_ids.shape[1], device=self.device).expand_as(batch.input_ids)
+        logits = model(batch.input_ids, positions, attention_mask=causal_mask(batch.attention_mask))
+        picked, targets = response_logits(logits, batch, self.temperature)
+        out = vocab_parallel_log_probs(picked, targets, with_entropy=with_entropy)
+        if with_entropy:
+            return out[0] * batch.response_mask, out[1] * batch.response_mask
+        return out * batch.response_mask
+
+    # ---- optimizer hooks --------------------------------------------------------------------------------
+    def zero_grad(self) -> None:
+        self.model.zero_grad_buffer()
+        self.optimizer.zero_grad()
+
+    def _finish_gradients(self) -> None:
+        """Reduce the accumulated gradients over data-parallel ranks (and whatever else Megatron needs)."""
+        from megatron.core.distributed.finalize_model_grads import finalize_model_grads
+
+        finalize_model_grads([self.model])
+
+    def optimizer_step(self) -> tuple[float, bool]:
+        self._finish_gradients()
+        return self.optimizer.step()
+
+    def gradient_norm(self) -> float:
+        self._finish_gradients()
+        return self.optimizer.grad_norm()
+
+    def learning_rate(self) -> float:
+        return self.optimizer.lr
+
+    def gradient_scale(self) -> float:
+        return float(self.dp_size)  # Megatron's DDP averages over data-parallel ranks; the loss is a global sum
+
+    def all_reduce_stats(self, sums: dict[str, float]) -> dict[str, float]:
+        from megatron.core import parallel_state as ps
+
+        if self.dp_size == 1:
+            return sums
+        keys = sorted(sums)
+        group = ps.get_data_parallel_group()
+        means = torch.tensor([sums[k] for k in keys if not is_max_stat(k)], dtype=torch.float64, device=self.device)
+        peaks = torch.tensor([sums[k] for k in keys if is_max_stat(k)], dtype=torch.float64, device=self.device)
+        dist.all_reduce(means, group=group)
+        dist.all_reduce(peaks, op=dist.ReduceOp.MAX, group=group)
+        values = iter(means.tolist()), iter(peaks.tolist())
+        return {k: next(values[is_max_stat(k)]) for k in keys}
+
+    # ---- the Ray group: rank 0 speaks for all ----------------------------------------------------------
+    def connect(self, peers: list[Any]) -> None:
+        """Rank 0 learns the other ranks, which it drives from then on."""
+        self.peers = peers
+        self.peer_dp_ranks = ray.get([p.data_parallel_rank.remote() for p in peers])
+
+    def data_parallel_rank(self) -> int:
+        return self.dp_rank
+
+    def _everywhere(self, method: str, samples: list[Sample],
+                    advantages: list[float] | None = None) -> tuple[list[Any], list[list[int]]]:
+        """Run PolicyTrainer.`method` on every rank with its data-parallel share.
+
+        Returns the results by data-parallel rank and the sample indices each of them got."""
+        local = getattr(PolicyTrainer, method)
+        shards = data_parallel_shards(len(samples), self.global_batch_size_all_ranks, self.dp_size)
+
+        def args(dp: int) -> list:
+            rows = shards[dp]
+            return [[samples[i] for i in rows]] + ([[advantages[i] for i in rows]] if advantages is not None else [])
+
+        refs = {dp: getattr(p, method).remote(*args(dp)) for p, dp in zip(self.peers, self.peer_dp_ranks)}
+        results = {self.dp_rank: local(self, *args(self.dp_rank))}
+        results |= {dp: r for dp, r in zip(refs, ray.get(list(refs.values()))) if dp != self.dp_rank}
+        return [results[dp] for dp in range(self.dp_size)], shards
+
+    def train_step(self, samples: list[Sample], advantages: list[float]) -> dict[str, float]:
+        if not self.peers:
+            return super().train_step(samples, advantages)
+        return self._everywhere("train_step", samples, advantages)[0][self.dp_rank]
+
+    def probe(self, samples: list[Sample], advantages: list[float]) -> dict[str, float]:
+        if not self.peers:
+            return super().probe(samples, advantages)
+        return self._everywhere("probe", samples, advantages)[0][self.dp_rank]
+
+    def compute_log_probs(self, samples: list[Sample]) -> list[list[float]]:
+        if not self.peers:
+            return super().compute_log_probs(samples)
+        results, shards = self._everywhere("compute_log_probs", samples)
+        out: list[list[float]] = [[] for _ in samples]
+        for rows, values in zip(shards, results):
+            for i, v in zip(rows, values):
+                out[i] = v
+        return out
+
+    # ---- weights out --------------------------------------------------------------------------------------
+    def _full_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """HF (name, tensor) pairs, gathered over tensor-parallel ranks one parameter at a time."""
+        from megatron.core import parallel_state as ps
+
+        params = dict(self.gpt.named_parameters())
+        group = ps.get_tensor_model_parallel_group()
+
+        class Gathered(dict):
+            def __contains__(self, name):
+                return name in params
+
+            def __getitem__(self, name):
+                return tp_shards.gather(name, params[name], group, ps.get_tensor_model_parallel_world_size())
+
+        return megatron_to_hf(Gathered(), self.hf)
+
+    def export_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        return self._full_weights()
+
+    def join_weight_export(self) -> None:
+        """A peer's part in an export: take part in every gather; rank 0 keeps the results."""
+        from megatron.core import parallel_state as ps
+
+        if ps.get_data_parallel_rank() == 0:
+            for _ in self._full_weights():
+                pass
+
+    def export_weight_buckets(self, bucket_bytes: int, fp8: bool = False, pow2_scale: bool = False):
+        """Yield weight-sync buckets under HF names (FP8-quantized per bucket for an FP8 rollout)."""
+        refs = [p.join_weight_export.remote() for p in self.peers]
+        for bucket in weight_buckets(self._full_weights(), bucket_bytes=bucket_bytes, fp8=fp8, pow2_scale=pow2_scale):
+            yield [(name, to_transport(t)) for name, t in bucket]
+        ray.get(refs)
+
+    # ---- checkpoints ----------------------------------------------------------------------------------------
+    def save(self, path: str) -> None:
+        """Weights in torch_dist under `megatron/`, each rank's optimizer and RNG state under `trainer_state/`."""
+        from megatron.core import dist_checkpointing
+
+        refs = [p.save.remote(path) for p in self.peers]
+        out = Path(path)
+        (out / "megatron").mkdir(parents=True, exist_ok=True)
+        (out / "trainer_state").mkdir(exist_ok=True)
+        dist_checkpointing.save(self.gpt.sharded_state_dict(), str(out / "megatron"))
+        torch.save({"optimizer": self.optimizer.state_dict(), "version": self.version,
+                    "torch_rng": torch.get_rng_state()}, out / "trainer_state" / f"rank_{self.rank}.pt")
+        ray.get(refs)
+
+    def load(self, path: str) -> None:
+        from megatron.core import dist_checkpointing
+
+        refs = [p.load.remote(path) for p in self.peers]
+        src = Path(path)
+        self.gpt.load_state_dict(dist_checkpointing.load(self.gpt.sharded_state_dict(), str(src / "megatron")))
+        state = torch.load(src / "trainer_state" / f"rank_{self.rank}.pt", weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.version = state["version"]
+        torch.set_rng_state(state["torch_rng"])
+        ray.get(refs)

@@ -1,0 +1,100 @@
+"""The megatron trainer backend on a CPU: the same RL step as the torch backend, and TP/DP groups equal one rank."""
+
+import dataclasses
+
+import pytest
+import ray
+import torch
+
+from async_rl.config.sections import MegatronConfig, TrainConfig
+from async_rl.trainer.torch_trainer import TorchTrainer
+from tests.trainer.test_torch_trainer import advantages, rollout
+
+pytest.importorskip("megatron.core", reason="megatron-core is not installed (pip install -e '.[test]')")
+
+from async_rl.trainer.megatron.actor_group import create_megatron_group  # noqa: E402
+from async_rl.trainer.megatron.trainer import MegatronTrainer, data_parallel_shards  # noqa: E402
+
+CFG = TrainConfig(lr=1e-3, micro_batch_size=2, use_tis=True, entropy_coef=0.01)
+
+
+def max_diff(a: list[list[float]], b: list[list[float]]) -> float:
+    assert [len(r) for r in a] == [len(r) for r in b]
+    return max(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb))
+
+
+@pytest.fixture(scope="module")
+def samples(tiny_model, tokenizer):
+    return rollout(tiny_model, tokenizer)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model, samples):
+    """The torch backend's log-probs, first-step metrics, log-probs after the step and exported weights."""
+    torch_trainer = TorchTrainer(str(tiny_model), CFG, global_batch_size=4, temperature=0.8)
+    before = torch_trainer.compute_log_probs(samples)
+    metrics = torch_trainer.train_step(samples, advantages(len(samples)))
+    return before, metrics, torch_trainer.compute_log_probs(samples), dict(torch_trainer.export_weights())
+
+
+def check_against_reference(reference, before, metrics, after, weights):
+    ref_before, ref_metrics, ref_after, ref_weights = reference
+    assert max_diff(before, ref_before) < 1e-5
+    for key in ("train/loss", "train/grad_norm", "train/entropy", "train/clip_frac", "train/approx_kl"):
+        assert metrics[key] == pytest.approx(ref_metrics[key], rel=1e-4, abs=1e-6), key
+    assert max_diff(after, ref_after) < 1e-4  # two optimizer steps later
+    assert set(weights) == set(ref_weights) - {"lm_head.weight"}  # tied: the embedding is the output layer
+    for name, tensor in weights.items():  # Adam's g / sqrt(v) can turn a 1e-7 gradient difference into ~lr
+        torch.testing.assert_close(tensor, ref_weights[name], atol=1e-4, rtol=1e-4)
+
+
+@pytest.fixture
+def in_process():
+    """MegatronTrainers in this process, each leaving the process group when the test ends."""
+    made = []
+    yield lambda *args, **kwargs: made.append(MegatronTrainer(*args, **kwargs)) or made[-1]
+    for trainer in made:
+        trainer.close()
+
+
+def test_one_rank_takes_the_torch_backends_step(tiny_model, samples, reference, in_process):
+    trainer = in_process(str(tiny_model), CFG, MegatronConfig(), global_batch_size=4, temperature=0.8)
+    before = trainer.compute_log_probs(samples)
+    metrics = trainer.train_step(samples, advantages(len(samples)))
+    check_against_reference(reference, before, metrics, trainer.compute_log_probs(samples), dict(trainer.export_weights()))
+
+
+def test_token_budget_micro_batches_take_the_same_step(tiny_model, samples, reference, in_process):
+    budget = 2 * max(len(s.prompt_tokens) + s.response_length for s in samples)
+    trainer = in_process(str(tiny_model), CFG, MegatronConfig(max_tokens_per_gpu=budget), global_batch_size=4,
+                              temperature=0.8)
+    metrics = trainer.train_step(samples, advantages(len(samples)))
+    assert metrics["train/loss"] == pytest.approx(reference[1]["train/loss"], rel=1e-4)
+    assert max_diff(trainer.compute_log_probs(samples), reference[2]) < 1e-4
+
+
+def test_data_parallel_shards_cut_each_global_batch():
+    assert data_parallel_shards(8, 4, 2) == [[0, 1, 4, 5], [2, 3, 6, 7]]
+    assert data_parallel_shards(6, 6, 1) == [[0, 1, 2, 3, 4, 5]]
+
+
+@pytest.fixture
+def local_ray():
+    """A Ray of its own per test: shutting it down ends the group's actors and frees its placement group."""
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.parametrize("layout", [{"tensor_model_parallel_size": 2}, {}], ids=["tp2", "dp2"])
+def test_two_rank_group_matches_the_single_rank_step(tiny_model, samples, reference, local_ray, layout):
+    """Two Ray actors joined by gloo: TP=2 splits every matrix and the vocabulary, DP=2 splits the samples."""
+    rank0 = create_megatron_group(str(tiny_model), CFG, dataclasses.replace(MegatronConfig(), **layout), world_size=2,
+                                  gpus_per_rank=0, global_batch_size=4, temperature=0.8, seed=0, num_threads=1)
+    before = ray.get(rank0.compute_log_probs.remote(samples))
+    metrics = ray.get(rank0.train_step.remote(samples, advantages(len(samples))))
+    after = ray.get(rank0.compute_log_probs.remote(samples))
+    stream = rank0.export_weight_buckets.options(num_returns="streaming").remote(1 << 16)
+    weights = {name: t for ref in stream for name, t in ray.get(ref)}
+    check_against_reference(reference, before, metrics, after, weights)
