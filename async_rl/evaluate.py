@@ -21,6 +21,7 @@ from async_rl.checkpoint import resolve_checkpoint
 from async_rl.cli import run_cli
 from async_rl.config import Config, parse_config
 from async_rl.evaluation import Evaluator
+from async_rl.errors import UserInputError
 from async_rl.placement import check_backends, create_engine, start_ray
 from async_rl.rollout.engine import SamplingParams
 from async_rl.rollout.manager import RolloutManager
@@ -30,7 +31,11 @@ from async_rl.session import load_eval_sets, make_grader
 def evaluate(cfg: Config) -> dict[str, float]:
     check_backends(cfg)
     if cfg.checkpoint.load:
-        model = resolve_checkpoint(cfg.checkpoint.load) / "model"
+        checkpoint = resolve_checkpoint(cfg.checkpoint.load)
+        model = checkpoint / "model"
+        if not model.is_dir() and (checkpoint / "megatron").is_dir():
+            raise UserInputError(f"--load {checkpoint} is a megatron checkpoint: convert it first with "
+                                 f"tools/convert_torch_dist_to_hf.py --input-dir {checkpoint / 'megatron'} ...")
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, hf_checkpoint=str(model)))
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.hf_checkpoint)
     eval_sets = load_eval_sets(cfg, tokenizer)

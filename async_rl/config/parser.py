@@ -309,7 +309,7 @@ def _validate(cfg: Config, explicit: set[str], async_mode: bool, evaluate_only: 
 
 
 def _validate_megatron(cfg: Config, explicit: set[str]) -> None:
-    m, c = cfg.megatron, cfg.cluster
+    m = cfg.megatron
     if cfg.backend.train_backend != "megatron":
         for f in fields(MegatronConfig):
             if f.name in explicit and getattr(m, f.name) != f.default:
