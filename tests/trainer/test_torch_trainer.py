@@ -103,3 +103,14 @@ def test_a_non_finite_gradient_skips_the_optimizer_step(tiny_model, tokenizer):
     after = params_of(trainer)
     assert any(not torch.equal(before[n], after[n]) for n in before)
     assert all(torch.isfinite(p).all() for p in after.values())
+
+
+def test_token_budget_micro_batches_group_rows_of_similar_length():
+    from async_rl.trainer.batch import micro_batch_indices
+
+    samples = [Sample(prompt="", prompt_tokens=[1] * n, response_tokens=[2] * 4) for n in (10, 2, 30, 12, 3)]
+    assert micro_batch_indices(samples, 2) == [[0, 1], [2, 3], [4]]
+    # lengths 14, 6, 34, 16, 7; 40 padded tokens per micro-batch, longest first; 34 alone still runs
+    assert micro_batch_indices(samples, 2, max_tokens=40) == [[2], [3, 0], [4, 1]]
+    groups = micro_batch_indices(samples, 2, max_tokens=20)
+    assert sorted(i for g in groups for i in g) == list(range(5))

@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
-import ray
 import torch
 import torch.distributed as dist
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -29,6 +28,15 @@ from async_rl.trainer.megatron.optimizer import build_optimizer
 from async_rl.trainer.megatron.vocab_parallel import vocab_parallel_log_probs
 from async_rl.trainer.policy_trainer import PolicyTrainer, is_max_stat
 from async_rl.weights.sync import to_transport, weight_buckets
+
+
+def _wait(refs: list) -> list:
+    """Results of the peers' Ray calls (none on a single rank, which runs without Ray)."""
+    if not refs:
+        return []
+    import ray
+
+    return ray.get(refs)
 
 
 def data_parallel_shards(n: int, global_batch_size: int, dp: int) -> list[list[int]]:
@@ -172,7 +180,7 @@ class MegatronTrainer(PolicyTrainer):
     def connect(self, peers: list[Any]) -> None:
         """Rank 0 learns the other ranks, which it drives from then on."""
         self.peers = peers
-        self.peer_dp_ranks = ray.get([p.data_parallel_rank.remote() for p in peers])
+        self.peer_dp_ranks = _wait([p.data_parallel_rank.remote() for p in peers])
 
     def data_parallel_rank(self) -> int:
         return self.dp_rank
@@ -191,7 +199,7 @@ class MegatronTrainer(PolicyTrainer):
 
         refs = {dp: getattr(p, method).remote(*args(dp)) for p, dp in zip(self.peers, self.peer_dp_ranks)}
         results = {self.dp_rank: local(self, *args(self.dp_rank))}
-        results |= {dp: r for dp, r in zip(refs, ray.get(list(refs.values()))) if dp != self.dp_rank}
+        results |= {dp: r for dp, r in zip(refs, _wait(list(refs.values()))) if dp != self.dp_rank}
         return [results[dp] for dp in range(self.dp_size)], shards
 
     def train_step(self, samples: list[Sample], advantages: list[float]) -> dict[str, float]:
@@ -247,7 +255,7 @@ class MegatronTrainer(PolicyTrainer):
         refs = [p.join_weight_export.remote() for p in self.peers]
         for bucket in weight_buckets(self._full_weights(), bucket_bytes=bucket_bytes, fp8=fp8, pow2_scale=pow2_scale):
             yield [(name, to_transport(t)) for name, t in bucket]
-        ray.get(refs)
+        _wait(refs)
 
     # ---- checkpoints ----------------------------------------------------------------------------------------
     def save(self, path: str) -> None:
@@ -261,7 +269,7 @@ class MegatronTrainer(PolicyTrainer):
         dist_checkpointing.save(self.gpt.sharded_state_dict(), str(out / "megatron"))
         torch.save({"optimizer": self.optimizer.state_dict(), "version": self.version,
                     "torch_rng": torch.get_rng_state()}, out / "trainer_state" / f"rank_{self.rank}.pt")
-        ray.get(refs)
+        _wait(refs)
 
     def load(self, path: str) -> None:
         from megatron.core import dist_checkpointing
@@ -273,4 +281,4 @@ class MegatronTrainer(PolicyTrainer):
         self.optimizer.load_state_dict(state["optimizer"])
         self.version = state["version"]
         torch.set_rng_state(state["torch_rng"])
-        ray.get(refs)
+        _wait(refs)
