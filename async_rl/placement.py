@@ -62,6 +62,7 @@ def check_megatron(cfg: Config) -> None:
         "--expert-model-parallel-size": m.expert_model_parallel_size > 1,
         "--sequence-parallel": m.sequence_parallel,
         "--fp8-format": m.fp8_format is not None,
+        "--use-distributed-optimizer": m.use_distributed_optimizer,  # its sharded state is not checkpointed yet
         "--colocate": cfg.cluster.colocate,
     }
     for flag, used in unsupported.items():

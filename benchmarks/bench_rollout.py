@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from isolated import report, run_case
+
 REPO = Path(__file__).resolve().parents[1]
 BLOCK_FP8 = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]}
 
@@ -102,7 +104,7 @@ def main() -> None:
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run this mode here and print JSON
     args = parser.parse_args()
     if args.one:
-        print("RESULT " + json.dumps(run_one(args.one, args.model_config, args)), flush=True)
+        report(run_one(args.one, args.model_config, args))
         return
     print(f"model {args.model_config.stem}, batch {args.batch}, prompt {args.prompt_len}, new tokens {args.new_tokens}, "
           f"{torch.cuda.get_device_name()}")
@@ -110,13 +112,9 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|", flush=True)
     base = None
     for mode in args.modes:  # one process per engine: SGLang's kernels and memory are per process
-        cmd = [sys.executable, __file__, "--one", mode, *sys.argv[1:]]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-        lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-        if not lines:
-            print(f"{mode} failed:\n{out.stderr[-3000:]}", file=sys.stderr, flush=True)
+        r = run_case(mode, [__file__, "--one", mode, *sys.argv[1:]])
+        if r is None:
             continue
-        r = json.loads(lines[-1][len("RESULT "):])
         base = base or (r if mode == "bf16" else None)
         tok_ratio = f"{r['output_tok_s'] / base['output_tok_s']:.2f}x" if base else "-"
         upd_ratio = f"{r['update_s'] / base['update_s']:.2f}x" if base else "-"

@@ -18,13 +18,14 @@ import json
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from isolated import report, run_case
 
 BACKENDS = ("torch", "megatron-fp32", "megatron-bf16")
 
@@ -95,7 +96,7 @@ def main() -> None:
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)  # internal: BACKEND MODEL_DIR, print JSON
     args = parser.parse_args()
     if args.one:
-        print("RESULT " + json.dumps(run_one(args.one[0], Path(args.one[1]), args)), flush=True)
+        report(run_one(args.one[0], Path(args.one[1]), args))
         return
     model_dir = random_checkpoint(args.model_config, args.tokenizer_from)
     print(f"model {args.model_config.stem}, {args.samples} samples x {args.prompt_len}+{args.response_len} tokens, "
@@ -104,13 +105,9 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|", flush=True)
     base = None
     for backend in args.backends:
-        cmd = [sys.executable, __file__, "--one", backend, str(model_dir), *sys.argv[1:]]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-        lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-        if not lines:
-            print(f"{backend} failed:\n{out.stderr[-3000:]}", file=sys.stderr, flush=True)
+        r = run_case(backend, [__file__, "--one", backend, str(model_dir), *sys.argv[1:]])
+        if r is None:
             continue
-        r = json.loads(lines[-1][len("RESULT "):])
         base = base or (r if backend == "torch" else None)
         ratio = f"{r['tok_s'] / base['tok_s']:.2f}x" if base else "-"
         print(f"| {backend} | {r['step_s']:.2f} | {r['tok_s']:,.0f} | {ratio} | {r['peak_gib']:.1f} |", flush=True)

@@ -17,7 +17,23 @@ import torch.distributed as dist
 from async_rl.config.sections import MegatronConfig, TrainConfig
 
 
-class MegatronAdam:
+class _Wrapped:
+    """Learning rate and state of the wrapped optimizer (`inner`)."""
+
+    inner: Any
+
+    @property
+    def lr(self) -> float:
+        return self.inner.param_groups[0]["lr"]
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state)
+
+
+class MegatronAdam(_Wrapped):
     """Megatron's Adam (mixed precision with FP32 main weights under --bf16, distributed optimizer if asked)."""
 
     def __init__(self, ddp_model, cfg: TrainConfig, mcfg: MegatronConfig):
@@ -47,18 +63,8 @@ class MegatronAdam:
         self.inner.step_with_ready_grads()
         return norm, True
 
-    @property
-    def lr(self) -> float:
-        return self.inner.param_groups[0]["lr"]
 
-    def state_dict(self) -> dict[str, Any]:
-        return self.inner.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.inner.load_state_dict(state)
-
-
-class CpuAdamW:
+class CpuAdamW(_Wrapped):
     """torch AdamW on this rank's parameters; the norm counts each tensor-parallel duplicate once."""
 
     def __init__(self, model: torch.nn.Module, cfg: TrainConfig):
@@ -90,16 +96,6 @@ class CpuAdamW:
             p.grad = p.main_grad.view_as(p) * scale
         self.inner.step()
         return norm, True
-
-    @property
-    def lr(self) -> float:
-        return self.inner.param_groups[0]["lr"]
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.inner.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.inner.load_state_dict(state)
 
 
 def build_optimizer(ddp_model, cfg: TrainConfig, mcfg: MegatronConfig):
