@@ -56,7 +56,7 @@ def check_megatron(cfg: Config) -> None:
         raise UserInputError(f"--hf-checkpoint {cfg.model.hf_checkpoint}: model_type {model_type!r} is not supported by "
                              f"--train-backend megatron yet (supported: {', '.join(SUPPORTED)})")
     m = cfg.megatron
-    unsupported = {  # each needs Transformer Engine's layers or pipeline schedules, which this backend does not drive yet
+    unsupported = {  # not driven by this backend yet; docs/megatron.md says why for each
         "--pipeline-model-parallel-size": m.pipeline_model_parallel_size > 1,
         "--context-parallel-size": m.context_parallel_size > 1,
         "--expert-model-parallel-size": m.expert_model_parallel_size > 1,
