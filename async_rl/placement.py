@@ -49,9 +49,10 @@ def check_megatron(cfg: Config) -> None:
         import megatron.core  # noqa: F401
     except ImportError:
         raise UserInputError("--train-backend megatron needs megatron-core: pip install 'async_rl[gpu]'") from None
+    from async_rl.trainer.megatron.convert import read_hf_config
     from async_rl.trainer.megatron.model import SUPPORTED
 
-    model_type = json.loads((Path(cfg.model.hf_checkpoint) / "config.json").read_text()).get("model_type")
+    model_type = read_hf_config(cfg.model.hf_checkpoint).get("model_type")
     if model_type not in SUPPORTED:
         raise UserInputError(f"--hf-checkpoint {cfg.model.hf_checkpoint}: model_type {model_type!r} is not supported by "
                              f"--train-backend megatron yet (supported: {', '.join(SUPPORTED)})")

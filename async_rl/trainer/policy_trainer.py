@@ -10,14 +10,16 @@ of the global batch, so the accumulated gradient is that of the loss over the wh
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
+from transformers import AutoTokenizer
 
 from async_rl.algorithms.losses import aggregate, kl_penalty, policy_loss
 from async_rl.config.sections import TrainConfig
 from async_rl.sample import Sample
 from async_rl.trainer.batch import PackedBatch, micro_batch_indices, pack
+from async_rl.weights.sync import to_transport, weight_buckets
 
 
 def is_max_stat(stat: str) -> bool:
@@ -50,7 +52,17 @@ class PolicyTrainer:
         self.max_tokens_per_micro_batch = max_tokens_per_micro_batch
         self.version = 0
 
+    def load_tokenizer(self, hf_checkpoint: str) -> None:
+        """The checkpoint's tokenizer; padding uses its pad token, else EOS."""
+        self.tokenizer = AutoTokenizer.from_pretrained(hf_checkpoint)
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id = pad if pad is not None else self.tokenizer.eos_token_id
+
     # ---- backend hooks --------------------------------------------------------------------------------
+    def export_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Policy weights under Hugging Face names."""
+        raise NotImplementedError
+
     def forward_log_probs(self, model: Any, batch: PackedBatch, with_entropy: bool = False):
         """Response-token log-probs [rows, max_response] (and entropies) of `batch` under `model`."""
         raise NotImplementedError
@@ -201,3 +213,8 @@ class PolicyTrainer:
         grad_norm = self.gradient_norm()
         self.zero_grad()
         return {"loss": sums["loss"], "grad_norm": grad_norm}
+
+    def export_weight_buckets(self, bucket_bytes: int, fp8: bool = False, pow2_scale: bool = False):
+        """Yield weight-sync buckets (FP8-quantized per bucket when the rollout is FP8); Ray streams them."""
+        for bucket in weight_buckets(self.export_weights(), bucket_bytes=bucket_bytes, fp8=fp8, pow2_scale=pow2_scale):
+            yield [(name, to_transport(t)) for name, t in bucket]

@@ -7,12 +7,11 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from async_rl.config.sections import TrainConfig
 from async_rl.trainer.batch import PackedBatch, response_log_probs
 from async_rl.trainer.policy_trainer import PolicyTrainer
-from async_rl.weights.sync import to_transport, weight_buckets
 
 
 class TorchTrainer(PolicyTrainer):
@@ -34,8 +33,7 @@ class TorchTrainer(PolicyTrainer):
             torch.set_num_threads(num_threads)
         torch.manual_seed(seed)
         self.device = torch.device(device)
-        self.tokenizer = AutoTokenizer.from_pretrained(hf_checkpoint)
-        self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        self.load_tokenizer(hf_checkpoint)
         self.model = AutoModelForCausalLM.from_pretrained(hf_checkpoint, dtype=torch.float32).to(self.device)
         self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
         self.optimizer = torch.optim.AdamW(
@@ -67,11 +65,6 @@ class TorchTrainer(PolicyTrainer):
 
     def export_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         return ((name, p.detach()) for name, p in self.model.named_parameters())
-
-    def export_weight_buckets(self, bucket_bytes: int, fp8: bool = False, pow2_scale: bool = False):
-        """Yield weight-sync buckets (quantized on this device when the rollout is FP8); Ray streams them."""
-        for bucket in weight_buckets(self.export_weights(), bucket_bytes=bucket_bytes, fp8=fp8, pow2_scale=pow2_scale):
-            yield [(name, to_transport(t)) for name, t in bucket]
 
     def save(self, path: str) -> None:
         """Hugging Face layout under `model/` plus optimizer and RNG state; the caller makes it atomic."""

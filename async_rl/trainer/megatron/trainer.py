@@ -9,25 +9,24 @@ Statistics are all-reduced over data-parallel ranks, so rank 0 returns the globa
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from async_rl.config.sections import MegatronConfig, TrainConfig
 from async_rl.sample import Sample
 from async_rl.trainer.batch import PackedBatch, response_logits
 from async_rl.trainer.megatron import tp_shards
+from async_rl.trainer.megatron.convert import read_hf_config
 from async_rl.trainer.megatron.cpu_compat import init_megatron
 from async_rl.trainer.megatron.hf_weights import hf_to_megatron, megatron_to_hf
 from async_rl.trainer.megatron.model import build_gpt_model, causal_mask
 from async_rl.trainer.megatron.optimizer import build_optimizer
 from async_rl.trainer.megatron.vocab_parallel import vocab_parallel_log_probs
 from async_rl.trainer.policy_trainer import PolicyTrainer, is_max_stat
-from async_rl.weights.sync import to_transport, weight_buckets
 
 
 def _wait(refs: list) -> list:
@@ -82,9 +81,8 @@ class MegatronTrainer(PolicyTrainer):
         self.global_batch_size_all_ranks = global_batch_size
         self.mcfg = mcfg
         self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-        self.tokenizer = AutoTokenizer.from_pretrained(hf_checkpoint)
-        self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        self.hf = json.loads((Path(hf_checkpoint) / "config.json").read_text())
+        self.load_tokenizer(hf_checkpoint)
+        self.hf = read_hf_config(hf_checkpoint)
         hf_state = AutoModelForCausalLM.from_pretrained(hf_checkpoint, dtype=torch.float32).state_dict()
         self.gpt = self._build(hf_state)
         self.model = DistributedDataParallel(
@@ -223,7 +221,7 @@ class MegatronTrainer(PolicyTrainer):
         return out
 
     # ---- weights out --------------------------------------------------------------------------------------
-    def _full_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+    def export_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """HF (name, tensor) pairs, gathered over tensor-parallel ranks one parameter at a time."""
         from megatron.core import parallel_state as ps
 
@@ -239,22 +237,18 @@ class MegatronTrainer(PolicyTrainer):
 
         return megatron_to_hf(Gathered(), self.hf)
 
-    def export_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        return self._full_weights()
-
     def join_weight_export(self) -> None:
         """A peer's part in an export: take part in every gather; rank 0 keeps the results."""
         from megatron.core import parallel_state as ps
 
         if ps.get_data_parallel_rank() == 0:
-            for _ in self._full_weights():
+            for _ in self.export_weights():
                 pass
 
     def export_weight_buckets(self, bucket_bytes: int, fp8: bool = False, pow2_scale: bool = False):
-        """Yield weight-sync buckets under HF names (FP8-quantized per bucket for an FP8 rollout)."""
+        """The shared bucket stream, with the other ranks taking part in every tensor-parallel gather."""
         refs = [p.join_weight_export.remote() for p in self.peers]
-        for bucket in weight_buckets(self._full_weights(), bucket_bytes=bucket_bytes, fp8=fp8, pow2_scale=pow2_scale):
-            yield [(name, to_transport(t)) for name, t in bucket]
+        yield from super().export_weight_buckets(bucket_bytes, fp8, pow2_scale)
         _wait(refs)
 
     # ---- checkpoints ----------------------------------------------------------------------------------------
