@@ -12,6 +12,7 @@ import ray
 
 from async_rl.config import Config
 from async_rl.errors import UserInputError
+from async_rl.weights.fp8 import checkpoint_granularity, quantization_config
 
 _WORKER_ENV = {
     "TRANSFORMERS_VERBOSITY": "error",
@@ -42,6 +43,7 @@ def check_sglang(cfg: Config) -> None:
             raise UserInputError(f"--sglang-{name.replace('_', '-')}: SGLang has no server argument {name!r}")
     if cfg.cluster.colocate and cfg.cluster.rollout_num_gpus_per_engine > 1:
         raise UserInputError("--colocate with --rollout-num-gpus-per-engine > 1 is not supported yet")
+    check_fp8_checkpoint(cfg)
 
 
 def check_megatron(cfg: Config) -> None:
@@ -137,23 +139,26 @@ def create_engine(cfg: Config, rank: int) -> Any:
     return actor.remote(
         cfg.model.hf_checkpoint, seed=cfg.logging.seed + 1000 * (rank + 1), num_threads=_threads_per_process(cfg),
         device="cuda" if gpus else "cpu",
-        quantization=None if cfg.rollout.rollout_quantization == "none" else cfg.rollout.rollout_quantization,
+        fp8=cfg.rollout.fp8_layout,
     )
 
 
-# Blockwise FP8 as SGLang reads it from a checkpoint's config.json (what tools/bf16_cast_fp8.py writes).
-_BLOCK_FP8 = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]}
+def checkpoint_fp8_granularity(path: str) -> str | None:
+    return checkpoint_granularity(json.loads((Path(path) / "config.json").read_text()))
 
 
-def is_fp8_checkpoint(path: str) -> bool:
-    config = json.loads((Path(path) / "config.json").read_text())
-    return config.get("quantization_config", {}).get("quant_method") == "fp8"
+def check_fp8_checkpoint(cfg: Config) -> None:
+    """An FP8 checkpoint fixes the layout the engine serves, so the flags must name the same one."""
+    stored = checkpoint_fp8_granularity(cfg.model.hf_checkpoint)
+    if stored is not None and cfg.rollout.fp8_layout != stored:
+        raise UserInputError(f"--hf-checkpoint {cfg.model.hf_checkpoint} holds {stored}-wise FP8 weights: run with "
+                             f"--rollout-quantization fp8 --rollout-fp8-granularity {stored}")
 
 
 def needs_initial_weights(cfg: Config) -> bool:
     """An FP8 SGLang engine built from a BF16 checkpoint starts with dummy weights until the first push."""
-    return (cfg.backend.rollout_backend == "sglang" and cfg.rollout.rollout_quantization == "fp8"
-            and not is_fp8_checkpoint(cfg.model.hf_checkpoint))
+    return (cfg.backend.rollout_backend == "sglang" and cfg.rollout.fp8_layout is not None
+            and checkpoint_fp8_granularity(cfg.model.hf_checkpoint) is None)
 
 
 def _create_sglang_engine(cfg: Config, rank: int) -> Any:
@@ -162,11 +167,11 @@ def _create_sglang_engine(cfg: Config, rank: int) -> Any:
     per_engine = cfg.cluster.rollout_num_gpus_per_engine
     gpus = _gpu_share(cfg) if per_engine == 1 else per_engine
     server_args = dict(cfg.sglang)
-    fp8 = cfg.rollout.rollout_quantization == "fp8"
     if needs_initial_weights(cfg):
-        # SGLang's --quantization fp8 would be per-channel: build blockwise FP8 parameters instead, filled by
-        # the first weight push
-        server_args |= {"load_format": "dummy", "json_model_override_args": json.dumps({"quantization_config": _BLOCK_FP8})}
+        # SGLang's online --quantization fp8 cannot take weight updates: build FP8 parameters of the chosen
+        # layout instead, filled by the first weight push
+        server_args |= {"load_format": "dummy",
+                        "json_model_override_args": json.dumps({"quantization_config": quantization_config(cfg.rollout.fp8_layout)})}
     actor = ray.remote(num_cpus=1, num_gpus=gpus, max_concurrency=1, concurrency_groups={"control": 1})(SGLangEngine)
-    return actor.remote(cfg.model.hf_checkpoint, seed=cfg.logging.seed + 1000 * (rank + 1), fp8_checkpoint=fp8,
+    return actor.remote(cfg.model.hf_checkpoint, seed=cfg.logging.seed + 1000 * (rank + 1), fp8=cfg.rollout.fp8_layout,
                         tp_size=per_engine, **server_args)

@@ -209,7 +209,7 @@ class TrainingSession:
         """
         r = self.cfg.rollout
         buckets = self.trainer.export_weight_buckets.options(num_returns="streaming").remote(
-            r.update_weight_buffer_size, r.rollout_quantization == "fp8", r.force_pow_2_scale
+            r.update_weight_buffer_size, r.fp8_layout, r.force_pow_2_scale
         )
         return self.rollout.update_weights(buckets, version)
 

@@ -1,15 +1,16 @@
-"""Rollout speed of SGLang engines with BF16 vs blockwise-FP8 weights, and the time of one full weight update.
+"""Rollout speed of SGLang engines with BF16 vs FP8 weights, and the time of one full weight update.
 
 Random ("dummy") weights of a real model shape; each engine runs in its own process:
 
     python benchmarks/bench_rollout.py --model-config benchmarks/model_configs/qwen2.5-7b.json \
-        --modes bf16 fp8 fp8-tuned --tuned-configs fp8_gemm_configs/
+        --modes bf16 fp8 fp8-tuned fp8-channel --tuned-configs fp8_gemm_configs/
 
 Decode: a batch of `--batch` prompts of `--prompt-len` random tokens, `--new-tokens` sampled tokens each
 (EOS ignored), CUDA graphs on, triton attention. Weight update: every parameter pushed through
 `SGLangEngine.load_weights` in 512 MB buckets from CUDA tensors (FP8: quantized per bucket by
-async_rl.weights.fp8 first, as the trainer does). `fp8-tuned` installs the JSON files of
-tools/tune_sglang_fp8_gemm.py into SGLang before starting. Ratios are against bf16 of the same run.
+async_rl.weights.fp8 first, as the trainer does). `fp8` and `fp8-tuned` serve blockwise FP8 (`fp8-tuned`
+installs the JSON files of tools/tune_sglang_fp8_gemm.py into SGLang before starting); `fp8-channel` serves
+channelwise FP8 (CUTLASS scaled-mm). Ratios are against bf16 of the same run.
 Needs a CUDA GPU and sglang.
 """
 
@@ -28,8 +29,10 @@ import torch
 
 from isolated import report, run_case
 
+from async_rl.weights.fp8 import quantization_config
+
 REPO = Path(__file__).resolve().parents[1]
-BLOCK_FP8 = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]}
+GRANULARITY = {"bf16": None, "fp8": "block", "fp8-tuned": "block", "fp8-channel": "channel"}
 
 
 def hf_parameters(config: dict):
@@ -61,7 +64,7 @@ def run_one(mode: str, config_path: Path, args) -> dict:
     config = json.loads(config_path.read_text())
     model_dir = Path(tempfile.mkdtemp())
     shutil.copy(config_path, model_dir / "config.json")
-    fp8 = mode.startswith("fp8")
+    fp8 = GRANULARITY[mode]
     if mode == "fp8-tuned":
         subprocess.run([sys.executable, str(REPO / "tools" / "tune_sglang_fp8_gemm.py"), "--install", args.tuned_configs],
                        check=True)
@@ -69,8 +72,8 @@ def run_one(mode: str, config_path: Path, args) -> dict:
                   sampling_backend="pytorch", mem_fraction_static=0.6, context_length=1024,
                   cuda_graph_max_bs_decode=args.batch, max_running_requests=args.batch, log_level="warning")
     if fp8:
-        server["json_model_override_args"] = json.dumps({"quantization_config": BLOCK_FP8})
-    engine = SGLangEngine(str(model_dir), fp8_checkpoint=fp8, **server)
+        server["json_model_override_args"] = json.dumps({"quantization_config": quantization_config(fp8)})
+    engine = SGLangEngine(str(model_dir), fp8=fp8, **server)
     prompts = torch.randint(100, config["vocab_size"] - 100, (args.batch, args.prompt_len)).tolist()
     params = {"temperature": 1.0, "max_new_tokens": args.new_tokens, "ignore_eos": True}
     engine.engine.generate(input_ids=prompts, sampling_params={**params, "max_new_tokens": 16})  # warm-up
@@ -96,7 +99,7 @@ def run_one(mode: str, config_path: Path, args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-config", type=Path, required=True)
-    parser.add_argument("--modes", nargs="+", default=["bf16", "fp8"], choices=["bf16", "fp8", "fp8-tuned"])
+    parser.add_argument("--modes", nargs="+", default=["bf16", "fp8"], choices=list(GRANULARITY))
     parser.add_argument("--tuned-configs", help="Directory written by tools/tune_sglang_fp8_gemm.py (fp8-tuned).")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--prompt-len", type=int, default=128)

@@ -1,10 +1,11 @@
-"""Cast a BF16 Hugging Face checkpoint to the blockwise FP8 checkpoint SGLang loads as is.
+"""Cast a BF16 Hugging Face checkpoint to an FP8 checkpoint SGLang loads as is.
 
-Linear weights of attention and MLP blocks become float8_e4m3fn with float32 `<name>_scale_inv` per
-128 x 128 block; embeddings, norms, biases and lm_head stay as they are. Tensors stream one at a time,
-so a 32B model converts in bounded memory.
+Linear weights of attention and MLP blocks become float8_e4m3fn with float32 scales: `<name>_scale_inv` per
+128 x 128 block (`--granularity block`, the default) or `<name>_scale` per output row (`channel`);
+embeddings, norms, biases and lm_head stay as they are. Tensors stream one at a time, so a 32B model
+converts in bounded memory.
 
-    python tools/bf16_cast_fp8.py --input-bf16-hf-path IN --output-fp8-hf-path OUT [--force-pow-2-scale True]
+    python tools/bf16_cast_fp8.py --input-bf16-hf-path IN --output-fp8-hf-path OUT [--granularity channel]
 """
 
 from __future__ import annotations
@@ -21,11 +22,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from async_rl.weights.fp8 import is_fp8_quantizable, quantize_blockwise, scale_name
+from async_rl.weights.fp8 import GRANULARITIES, is_fp8_quantizable, quantization_config, quantize_many, scale_name
 
 COLUMN_PARALLEL = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")  # output dim split across TP ranks
 ROW_PARALLEL = ("o_proj", "down_proj")  # input dim split
-QUANTIZATION_CONFIG = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]}
 
 
 def parse_bool(value: str) -> bool:
@@ -46,9 +46,9 @@ def parse_size(value: str) -> int:
     return int(value)
 
 
-def tp_shard_fits(name: str, shape: tuple[int, ...], tp_size: int) -> bool:
+def tp_shard_fits(name: str, shape: tuple[int, ...], tp_size: int, granularity: str = "block") -> bool:
     """Whether each tensor-parallel shard of this weight is still whole 128-blocks along the split dimension."""
-    if tp_size == 1:
+    if tp_size == 1 or granularity == "channel":
         return True
     module = name.rsplit(".", 2)[-2]
     dim = 0 if module in COLUMN_PARALLEL else 1 if module in ROW_PARALLEL else None
@@ -105,7 +105,8 @@ class ShardWriter:
         (self.out_dir / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2))
 
 
-def convert(input_dir: Path, output_dir: Path, *, pow2_scale: bool, tp_size: int, max_shard_bytes: int) -> list[str]:
+def convert(input_dir: Path, output_dir: Path, *, pow2_scale: bool, tp_size: int, max_shard_bytes: int,
+            granularity: str = "block") -> list[str]:
     """Write the FP8 checkpoint; returns the modules kept in BF16 because their TP shards would split blocks."""
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=output_dir.name + ".tmp", dir=output_dir.parent))
@@ -117,17 +118,17 @@ def convert(input_dir: Path, output_dir: Path, *, pow2_scale: bool, tp_size: int
             handles[file] = safe_open(file, framework="pt")
         tensor = handles[file].get_tensor(name)
         if is_fp8_quantizable(name, tensor):
-            if tp_shard_fits(name, tuple(tensor.shape), tp_size):
-                q, scale_inv = quantize_blockwise(tensor, pow2_scale=pow2_scale)
+            if tp_shard_fits(name, tuple(tensor.shape), tp_size, granularity):
+                [(q, scale)] = quantize_many([tensor], granularity, pow2_scale)
                 writer.add(name, q)
-                writer.add(scale_name(name), scale_inv)
+                writer.add(scale_name(name, granularity), scale)
                 continue
             ignored.append(name.rsplit(".", 1)[0])
         writer.add(name, tensor)
     writer.finish()
 
     config = json.loads((input_dir / "config.json").read_text())
-    config["quantization_config"] = dict(QUANTIZATION_CONFIG, **({"ignored_layers": ignored} if ignored else {}))
+    config["quantization_config"] = dict(quantization_config(granularity), **({"ignored_layers": ignored} if ignored else {}))
     (staging / "config.json").write_text(json.dumps(config, indent=2))
     for extra in input_dir.iterdir():  # tokenizer, generation config, chat template...
         if extra.is_file() and extra.suffix != ".safetensors" and extra.name not in ("config.json", "model.safetensors.index.json"):
@@ -140,6 +141,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input-bf16-hf-path", required=True, type=Path)
     parser.add_argument("--output-fp8-hf-path", required=True, type=Path)
+    parser.add_argument("--granularity", choices=GRANULARITIES, default="block",
+                        help="block: one scale per 128x128 block (DeepSeek-V3 layout); channel: one per output row "
+                             "(SGLang's w8a8_fp8; serve with --rollout-fp8-granularity channel).")
     parser.add_argument("--force-pow-2-scale", type=parse_bool, default=False,
                         help="True: every block scale is a power of two (E8M0-representable).")
     parser.add_argument("--tensor-parallel-size", type=int, default=1,
@@ -151,7 +155,7 @@ def main() -> None:
     if args.output_fp8_hf_path.exists():
         parser.error(f"--output-fp8-hf-path {args.output_fp8_hf_path} already exists")
     ignored = convert(args.input_bf16_hf_path, args.output_fp8_hf_path, pow2_scale=args.force_pow_2_scale,
-                      tp_size=args.tensor_parallel_size, max_shard_bytes=args.max_shard_size)
+                      tp_size=args.tensor_parallel_size, max_shard_bytes=args.max_shard_size, granularity=args.granularity)
     print(f"wrote {args.output_fp8_hf_path}" + (f"; kept in BF16 for TP: {', '.join(ignored)}" if ignored else ""))
 
 

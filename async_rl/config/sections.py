@@ -91,8 +91,13 @@ class RolloutConfig:
     update_weight_buffer_size: int = flag(512 * 1024**2, "Bytes of weights per weight-sync bucket.")
     force_pow_2_scale: bool = flag(False, "FP8 rollout: round every block scale up to a power of two (E8M0).")
     rollout_quantization: str = flag(
-        "none", "Rollout weight precision: fp8 serves blockwise E4M3 weights (emulated by the local engine).",
+        "none", "Rollout weight precision: fp8 serves E4M3 weights (emulated by the local engine).",
         choices=["none", "fp8"],
+    )
+    rollout_fp8_granularity: str = flag(
+        "block", "FP8 rollout scale layout: block (128x128, DeepSeek-V3 checkpoints; fast with DeepGEMM) or channel "
+        "(one scale per output row, per-token activations; CUTLASS, fast on Hopper without DeepGEMM).",
+        choices=["block", "channel"],
     )
     dynamic_sampling_filter_path: str | None = flag(
         None, "Group filter as pkg.module:function (DAPO: async_rl.rollout.filters.check_reward_nonzero_std)."
@@ -102,6 +107,11 @@ class RolloutConfig:
         "Async mode: the most prompts generating at once."
     )
     max_sampling_rounds: int = flag(8, "Sampling rounds before a filtered batch that is still short is trained as is.")
+
+    @property
+    def fp8_layout(self) -> str | None:
+        """The FP8 granularity weights travel and are served in; None for a high-precision rollout."""
+        return self.rollout_fp8_granularity if self.rollout_quantization == "fp8" else None
 
 
 @dataclass

@@ -18,7 +18,7 @@ from async_rl.rollout.engine import FINISHED_AT, SamplingParams, WeightVersionMi
 from async_rl.rollout.sampling import sample_tokens
 from async_rl.sample import FINISHED_STATUSES, Sample, SampleStatus
 from async_rl.rollout.fp8_linear import convert_to_fp8
-from async_rl.weights.fp8 import is_fp8_quantizable, quantize_blockwise, scale_name
+from async_rl.weights.fp8 import is_fp8_quantizable, quantize_many, scale_name
 from async_rl.weights.sync import from_transport
 
 
@@ -32,10 +32,11 @@ class LocalEngine(WeightVersionMixin):
         seed: int = 0,
         num_threads: int | None = None,
         device: str = "cpu",
-        quantization: str | None = None,
+        fp8: str | None = None,
     ):
-        """`quantization="fp8"` emulates an FP8 engine: attention and MLP linear layers keep blockwise E4M3
-        weights with float32 scales and round their inputs through E4M3 per token and 128 channels."""
+        """`fp8` ("block" or "channel") emulates an FP8 engine of that granularity: attention and MLP linear
+        layers keep E4M3 weights with float32 scales and round their inputs through E4M3 per token (and per 128
+        channels for block weights)."""
         if num_threads:
             torch.set_num_threads(num_threads)
         self.device = torch.device(device)
@@ -45,7 +46,8 @@ class LocalEngine(WeightVersionMixin):
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.eos_token_id = self.tokenizer.eos_token_id
         self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_token_id
-        self.fp8_modules = set(convert_to_fp8(self.model, is_fp8_quantizable)) if quantization == "fp8" else set()
+        self.fp8 = fp8
+        self.fp8_modules = set(convert_to_fp8(self.model, is_fp8_quantizable, fp8)) if fp8 else set()
         self.weight_version = 0
         self.paused = False
         self._aborted: set[int] = set()  # request ids to stop; `abort` runs on another thread than `generate`
@@ -142,7 +144,7 @@ class LocalEngine(WeightVersionMixin):
     def load_weights(self, named_tensors: Sequence[tuple[str, torch.Tensor]]) -> None:
         """Copy one bucket of weights in (Hugging Face names).
 
-        An FP8 layer takes float8 bytes and their `_scale_inv` as they come; sent a high-precision weight
+        An FP8 layer takes float8 bytes and their scales as they come; sent a high-precision weight
         instead, it quantizes it here (correct, but the slow path FP8 weight sync exists to avoid).
         """
         targets = dict(self.model.named_parameters()) | dict(self.model.named_buffers())
@@ -152,8 +154,8 @@ class LocalEngine(WeightVersionMixin):
             tensor = from_transport(tensor, targets[name].dtype)
             module_name = name.rsplit(".", 1)[0]
             if module_name in self.fp8_modules and name.endswith(".weight") and tensor.dtype != torch.float8_e4m3fn:
-                tensor, scale_inv = quantize_blockwise(tensor)
-                targets[scale_name(name)].copy_(scale_inv)
+                [(tensor, scale)] = quantize_many([tensor], self.fp8)
+                targets[scale_name(name, self.fp8)].copy_(scale)
             targets[name].copy_(tensor.to(targets[name].device))
 
     def rng_state(self) -> torch.Tensor:

@@ -2,9 +2,9 @@
 
 Token ids go in and come out, with the log-prob SGLang sampled each token from (temperature-scaled,
 as the trainer recomputes them). Weight updates use SGLang's `update_weights_from_tensor` with CUDA
-tensors in Hugging Face names; an FP8 engine (a blockwise-FP8 checkpoint) takes float8 weights with
-their float32 `weight_scale_inv`, and anything else sent to its FP8 parameters is refused here, because
-SGLang accepts it and then silently generates garbage.
+tensors in Hugging Face names; an FP8 engine takes float8 weights with their float32 scales in its layout
+(`weight_scale_inv` per block, `weight_scale` per channel), and anything else sent to its FP8 parameters is
+refused here, because SGLang accepts it and then silently generates garbage.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 
 from async_rl.rollout.engine import FINISHED_AT, SamplingParams, WeightVersionMixin
 from async_rl.sample import FINISHED_STATUSES, Sample, SampleStatus
+from async_rl.rollout import sglang_channel_fp8
 from async_rl.weights.fp8 import is_fp8_quantizable, scale_name
 from async_rl.weights.sync import from_transport
 
@@ -25,18 +26,22 @@ _FINISH = {"stop": SampleStatus.COMPLETED, "length": SampleStatus.TRUNCATED, "ab
 
 
 class SGLangEngine(WeightVersionMixin):
-    def __init__(self, hf_checkpoint: str, *, seed: int = 0, fp8_checkpoint: bool = False, **server_args: Any):
+    def __init__(self, hf_checkpoint: str, *, seed: int = 0, fp8: str | None = None, **server_args: Any):
         """`server_args` are SGLang `ServerArgs` fields (mem_fraction_static, attention_backend, ...).
 
-        `fp8_checkpoint`: the checkpoint holds blockwise-FP8 linear weights (`tools/bf16_cast_fp8.py`),
-        so weight pushes must carry FP8 pairs.
+        `fp8` ("block" or "channel"): the engine serves FP8 linear weights in that layout (from an FP8
+        checkpoint of `tools/bf16_cast_fp8.py`, or dummy weights until the first push), so weight pushes must
+        carry FP8 pairs of that layout.
         """
         import sglang
 
+        if fp8 == "channel":
+            server_args["custom_weight_loader"] = [*server_args.get("custom_weight_loader", []), sglang_channel_fp8.LOAD_FORMAT]
         self.engine = sglang.Engine(model_path=hf_checkpoint, random_seed=seed, **server_args)
         self.tokenizer = self.engine.tokenizer_manager.tokenizer  # None with skip_tokenizer_init (benchmarks)
         self.eos_token_id = self.tokenizer.eos_token_id if self.tokenizer is not None else None
-        self.fp8 = fp8_checkpoint
+        self.fp8 = fp8
+        self.load_format = sglang_channel_fp8.LOAD_FORMAT if fp8 == "channel" else None
         self.weight_version = 0
         self._rids: dict[int, list[str]] = {}  # request id -> SGLang rids of its samples
 
@@ -84,8 +89,8 @@ class SGLangEngine(WeightVersionMixin):
         # float8 travels as raw bytes (uint8); nothing else is uint8 in a causal LM
         tensors = [(name, from_transport(t, torch.float8_e4m3fn).cuda()) for name, t in named_tensors]
         if self.fp8:
-            check_fp8_bucket(tensors)
-        ok, message = self.engine.update_weights_from_tensor(tensors, flush_cache=True)[:2]
+            check_fp8_bucket(tensors, self.fp8)
+        ok, message = self.engine.update_weights_from_tensor(tensors, load_format=self.load_format, flush_cache=True)[:2]
         if not ok:
             raise RuntimeError(f"SGLang refused the weight update: {message}")
 
@@ -109,18 +114,21 @@ class SGLangEngine(WeightVersionMixin):
         self.engine.shutdown()
 
 
-def check_fp8_bucket(tensors: Sequence[tuple[str, torch.Tensor]]) -> None:
+def check_fp8_bucket(tensors: Sequence[tuple[str, torch.Tensor]], granularity: str) -> None:
     """Refuse a bucket an FP8 engine would load wrongly: a quantizable weight must be float8 with its scale."""
     names = {name for name, _ in tensors}
+    scale_suffix = scale_name("weight", granularity)
+    scales = [(n, t) for n, t in tensors if n.endswith((".weight_scale_inv", ".weight_scale"))]
+    for name, tensor in scales:
+        if not name.endswith(scale_suffix):
+            raise ValueError(f"{name}: the engine holds {granularity}-wise FP8 weights, whose scales are *.{scale_suffix}")
+        if tensor.dtype != torch.float32:
+            raise ValueError(f"{name}: FP8 scales must be float32, got {tensor.dtype}")
     for name, tensor in tensors:
-        if name.endswith("weight_scale_inv"):
-            if tensor.dtype != torch.float32:
-                raise ValueError(f"{name}: FP8 scales must be float32, got {tensor.dtype}")
-            continue
         if not is_fp8_quantizable(name, tensor):
             continue
         if tensor.dtype != torch.float8_e4m3fn:
-            raise ValueError(f"{name}: the engine holds blockwise FP8 weights but was sent {tensor.dtype} "
+            raise ValueError(f"{name}: the engine holds {granularity}-wise FP8 weights but was sent {tensor.dtype} "
                              "(quantize the bucket with async_rl.weights.fp8 first)")
-        if scale_name(name) not in names:
-            raise ValueError(f"{name}: FP8 weight sent without its {scale_name(name)} in the same bucket")
+        if scale_name(name, granularity) not in names:
+            raise ValueError(f"{name}: FP8 weight sent without its {scale_name(name, granularity)} in the same bucket")

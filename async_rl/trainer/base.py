@@ -19,8 +19,8 @@ class Trainer(Protocol):
     def export_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Policy weights under Hugging Face names."""
 
-    def export_weight_buckets(self, bucket_bytes: int, fp8: bool = False, pow2_scale: bool = False) -> Iterator[list]:
-        """The weights in sync buckets, FP8-quantized (weight + `_scale_inv`) when the rollout is FP8."""
+    def export_weight_buckets(self, bucket_bytes: int, fp8: str | None = None, pow2_scale: bool = False) -> Iterator[list]:
+        """The weights in sync buckets, FP8-quantized (weight + scales, `fp8` the layout) when the rollout is FP8."""
 
     def save(self, path: str) -> None: ...
 

@@ -214,7 +214,7 @@ class PolicyTrainer:
         self.zero_grad()
         return {"loss": sums["loss"], "grad_norm": grad_norm}
 
-    def export_weight_buckets(self, bucket_bytes: int, fp8: bool = False, pow2_scale: bool = False):
+    def export_weight_buckets(self, bucket_bytes: int, fp8: str | None = None, pow2_scale: bool = False):
         """Yield weight-sync buckets (FP8-quantized per bucket when the rollout is FP8); Ray streams them."""
         for bucket in weight_buckets(self.export_weights(), bucket_bytes=bucket_bytes, fp8=fp8, pow2_scale=pow2_scale):
             yield [(name, to_transport(t)) for name, t in bucket]

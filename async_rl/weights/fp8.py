@@ -1,8 +1,12 @@
-"""Blockwise FP8 (E4M3) weight quantization in the DeepSeek-V3 layout that SGLang loads.
+"""FP8 (E4M3) weight quantization in the two layouts SGLang loads from a checkpoint.
 
-Each 128 x 128 block of a linear weight W (out x in) is stored as float8_e4m3fn values q and one float32
-`scale_inv` per block, with W ~= q * scale_inv. This plain-torch version runs anywhere and is the
-reference for faster kernels.
+- `block` (DeepSeek-V3 layout, `quant_method: fp8`): each 128 x 128 block of a linear weight W (out x in)
+  is float8_e4m3fn values q with one float32 `weight_scale_inv` per block, W ~= q * scale_inv; activations
+  are quantized per token and 128 channels. Its GEMM is DeepGEMM on Hopper, a Triton kernel without it.
+- `channel` (`quant_method: w8a8_fp8`): one float32 `weight_scale` per output row, activations per token.
+  Its GEMM is CUTLASS's scaled-mm, fast on Hopper with no extra package.
+
+The plain-torch versions here run anywhere and are the reference for faster kernels.
 """
 
 from __future__ import annotations
@@ -54,6 +58,52 @@ def quantize_blockwise_many(weights: list[torch.Tensor], pow2_scale: bool = Fals
     return [quantize_blockwise_reference(w, pow2_scale=pow2_scale) for w in weights]
 
 
+GRANULARITIES = ("block", "channel")
+
+
+def quantize_channelwise(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q, scale): q float8_e4m3fn of w's shape, scale float32 [out, 1]; each row's largest magnitude maps to 448."""
+    if w.ndim != 2:
+        raise ValueError(f"channelwise FP8 quantizes 2-D weights, got shape {tuple(w.shape)}")
+    w32 = w.to(torch.float32)
+    amax = w32.abs().amax(dim=1, keepdim=True)
+    scale = torch.where(amax > 0, amax / torch.full_like(amax, FP8_E4M3_MAX), torch.ones_like(amax))
+    return (w32 / scale).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn), scale
+
+
+def quantize_many(weights: list[torch.Tensor], granularity: str, pow2_scale: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(q, scale) per weight in the layout of `granularity`."""
+    if granularity == "block":
+        return quantize_blockwise_many(weights, pow2_scale)
+    if granularity == "channel":
+        return [quantize_channelwise(w) for w in weights]
+    raise ValueError(f"unknown FP8 granularity {granularity!r}; expected one of {GRANULARITIES}")
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, granularity: str, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    if granularity == "channel":
+        return (q.to(torch.float32) * scale).to(dtype)
+    return dequantize_blockwise(q, scale, dtype=dtype)
+
+
+def quantization_config(granularity: str) -> dict:
+    """The `quantization_config` SGLang reads from config.json for checkpoints in this layout."""
+    if granularity == "channel":
+        return {"quant_method": "w8a8_fp8"}
+    return {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]}
+
+
+def checkpoint_granularity(config: dict) -> str | None:
+    """The FP8 layout of a checkpoint from its config.json contents; None for an unquantized one."""
+    method = config.get("quantization_config", {}).get("quant_method")
+    return {"fp8": "block", "w8a8_fp8": "channel"}.get(method)
+
+
+def activation_group_size(granularity: str, channels: int) -> int:
+    """Channels sharing one activation scale: 128 for block weights, a whole token for channel weights."""
+    return 128 if granularity == "block" else channels
+
+
 def quantize_activations(x: torch.Tensor, group_size: int = 128) -> torch.Tensor:
     """x rounded through E4M3 with one scale per token per `group_size` channels (dynamic 1x128 scheme)."""
     *lead, channels = x.shape
@@ -65,9 +115,9 @@ def quantize_activations(x: torch.Tensor, group_size: int = 128) -> torch.Tensor
     return rounded.view(*lead, groups * group_size)[..., :channels].to(x.dtype)
 
 
-def scale_name(weight_name: str) -> str:
-    """Where a quantized weight's scales live in a checkpoint: `<module>.weight_scale_inv`."""
-    return weight_name + "_scale_inv"
+def scale_name(weight_name: str, granularity: str = "block") -> str:
+    """Where a quantized weight's scales live in a checkpoint: `<module>.weight_scale_inv` (block) or `.weight_scale`."""
+    return weight_name + ("_scale_inv" if granularity == "block" else "_scale")
 
 
 def quantize_blockwise_reference(w: torch.Tensor, block_size: int = 128, pow2_scale: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

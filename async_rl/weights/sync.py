@@ -1,7 +1,8 @@
 """Weight sync payloads: the trainer's tensors in buckets, quantized to FP8 when the rollout runs FP8.
 
 An FP8 bucket carries each linear weight as the pair the engine's checkpoint format holds (float8
-`<name>` and float32 `<name>_scale_inv`), so the engine copies bytes and never re-quantizes.
+`<name>` and its float32 scales, `<name>_scale_inv` per block or `<name>_scale` per channel), so the engine
+copies bytes and never re-quantizes.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Iterable, Iterator
 
 import torch
 
-from async_rl.weights.fp8 import is_fp8_quantizable, quantize_blockwise_many, scale_name
+from async_rl.weights.fp8 import is_fp8_quantizable, quantize_many, scale_name
 
 NamedTensors = list[tuple[str, torch.Tensor]]
 
@@ -32,9 +33,12 @@ def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
-def weight_buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], *, bucket_bytes: int, fp8: bool = False,
+def weight_buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], *, bucket_bytes: int, fp8: str | None = None,
                    pow2_scale: bool = False) -> Iterator[NamedTensors]:
-    """Yield buckets of at most `bucket_bytes` of source tensors (a larger tensor travels alone)."""
+    """Yield buckets of at most `bucket_bytes` of source tensors (a larger tensor travels alone).
+
+    `fp8`: None sends the tensors as they are; "block" or "channel" quantizes linear weights in that layout.
+    """
     bucket: NamedTensors = []
     size = 0
     for name, tensor in named_tensors:
@@ -47,16 +51,16 @@ def weight_buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], *, bucket_
         yield _finish(bucket, fp8, pow2_scale)
 
 
-def _finish(bucket: NamedTensors, fp8: bool, pow2_scale: bool) -> NamedTensors:
-    if not fp8:
+def _finish(bucket: NamedTensors, fp8: str | None, pow2_scale: bool) -> NamedTensors:
+    if fp8 is None:
         return bucket
     linear = [(n, t) for n, t in bucket if is_fp8_quantizable(n, t)]
-    quantized = dict(zip((n for n, _ in linear), quantize_blockwise_many([t for _, t in linear], pow2_scale)))
+    quantized = dict(zip((n for n, _ in linear), quantize_many([t for _, t in linear], fp8, pow2_scale)))
     out: NamedTensors = []
     for name, tensor in bucket:
         if name in quantized:
-            q, scale_inv = quantized[name]
-            out += [(name, q), (scale_name(name), scale_inv)]
+            q, scale = quantized[name]
+            out += [(name, q), (scale_name(name, fp8), scale)]
         else:
             out.append((name, tensor))
     return out

@@ -1,7 +1,7 @@
 """Runs one real SGLang engine through `SGLangEngine` and prints a JSON report (used by test_sglang_engine.py).
 
 SGLang spawns processes, so the engine lives in this script's own process, not in pytest's:
-    python -m tests.gpu.sglang_probe --model DIR [--fp8-model DIR] --out report.json
+    python -m tests.gpu.sglang_probe --model DIR [--fp8-model DIR --fp8-granularity block|channel] --out report.json
 """
 
 from __future__ import annotations
@@ -55,9 +55,9 @@ def perturbed_trainer(model: str, seed: int) -> TorchTrainer:
     return trainer
 
 
-def probe(model: str, fp8: bool, report: dict) -> None:
-    key = "fp8" if fp8 else "bf16"
-    engine = SGLangEngine(model, seed=0, fp8_checkpoint=fp8, **SERVER)
+def probe(model: str, fp8: str | None, report: dict) -> None:
+    key = f"fp8-{fp8}" if fp8 else "bf16"
+    engine = SGLangEngine(model, seed=0, fp8=fp8, **SERVER)
     tokenizer = engine.tokenizer
     sampled = SamplingParams(temperature=1.0, max_new_tokens=24)
     greedy = SamplingParams(temperature=0.0, max_new_tokens=24)
@@ -80,10 +80,10 @@ def probe(model: str, fp8: bool, report: dict) -> None:
     report[f"{key}/logprob_mean_abs_diff_vs_trainer_after_push"] = mismatch(pushed, new)
     if fp8:
         try:
-            engine.load_weights(next(iter(weight_buckets(new.export_weights(), bucket_bytes=1 << 20, fp8=False))))
-            report["fp8/bf16_push_refused"] = False
+            engine.load_weights(next(iter(weight_buckets(new.export_weights(), bucket_bytes=1 << 20))))
+            report[f"{key}/bf16_push_refused"] = False
         except ValueError as e:
-            report["fp8/bf16_push_refused"] = str(e)[:200]
+            report[f"{key}/bf16_push_refused"] = str(e)[:200]
     engine.shutdown()
 
 
@@ -91,10 +91,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
     parser.add_argument("--fp8-model")
+    parser.add_argument("--fp8-granularity", choices=["block", "channel"], default="block")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     report = {"bf16_model": args.model}
-    probe(args.fp8_model or args.model, fp8=bool(args.fp8_model), report=report)
+    probe(args.fp8_model or args.model, fp8=args.fp8_granularity if args.fp8_model else None, report=report)
     with open(args.out, "w") as f:
         json.dump(report, f, indent=2)
     print(json.dumps(report, indent=2), flush=True)

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from async_rl.config.sections import TrainConfig
@@ -62,27 +63,29 @@ def test_weight_update_with_an_unknown_name_fails_loudly(tiny_model):
         raise AssertionError("unknown parameter name was accepted")
 
 
-def test_fp8_engine_loads_fp8_buckets_as_bytes_and_matches_local_quantization(tiny_model, tokenizer):
+@pytest.mark.parametrize("granularity,scale", [("block", "weight_scale_inv"), ("channel", "weight_scale")])
+def test_fp8_engine_loads_fp8_buckets_as_bytes_and_matches_local_quantization(tiny_model, tokenizer, granularity, scale):
     from async_rl.weights.sync import weight_buckets
 
     trainer = TorchTrainer(str(tiny_model), TrainConfig(), global_batch_size=4, temperature=1.0)
     with torch.no_grad():
         for p in trainer.model.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    from_bytes = LocalEngine(str(tiny_model), quantization="fp8")
-    requantized = LocalEngine(str(tiny_model), quantization="fp8")
-    for bucket in weight_buckets(trainer.export_weights(), bucket_bytes=1 << 16, fp8=True):
+    from_bytes = LocalEngine(str(tiny_model), fp8=granularity)
+    requantized = LocalEngine(str(tiny_model), fp8=granularity)
+    for bucket in weight_buckets(trainer.export_weights(), bucket_bytes=1 << 16, fp8=granularity):
         from_bytes.load_weights(bucket)
     requantized.load_weights(list(trainer.export_weights()))  # high-precision weights: the engine quantizes
     a = dict(from_bytes.model.named_buffers()) | dict(from_bytes.model.named_parameters())
     b = dict(requantized.model.named_buffers()) | dict(requantized.model.named_parameters())
-    assert a.keys() == b.keys() and "model.layers.0.mlp.up_proj.weight_scale_inv" in a
+    assert a.keys() == b.keys() and f"model.layers.0.mlp.up_proj.{scale}" in a
     assert a["model.layers.0.mlp.up_proj.weight"].dtype == torch.float8_e4m3fn
     assert all(torch.equal(a[k].float(), b[k].float()) for k in a)
 
 
-def test_fp8_engine_log_probs_differ_from_full_precision_by_a_little(tiny_model, tokenizer):
-    engine = LocalEngine(str(tiny_model), seed=0, quantization="fp8")
+@pytest.mark.parametrize("granularity", ["block", "channel"])
+def test_fp8_engine_log_probs_differ_from_full_precision_by_a_little(tiny_model, tokenizer, granularity):
+    engine = LocalEngine(str(tiny_model), seed=0, fp8=granularity)
     samples = engine.generate(prompts(tokenizer, TEXTS[:3] * 4), SamplingParams(max_new_tokens=24))
     trainer = TorchTrainer(str(tiny_model), TrainConfig(micro_batch_size=4), global_batch_size=12, temperature=1.0)
     diffs = torch.cat([torch.tensor(lp) - torch.tensor(s.rollout_log_probs)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from async_rl.weights.fp8 import dequantize_blockwise
+from async_rl.weights.fp8 import dequantize, dequantize_blockwise
 from tests.conftest import REPO
 
 
@@ -51,6 +51,19 @@ def test_output_layout_config_and_round_trip(bf16_model, tmp_path):
     assert set(dst) == set(src) | {n + "_scale_inv" for n in src if n.endswith("proj.weight")}
     back = dequantize_blockwise(dst[name], dst[name + "_scale_inv"], dtype=torch.float32)
     assert torch.allclose(back, src[name].float(), rtol=2**-4, atol=float(dst[name + "_scale_inv"].max()) * 2**-9)
+
+
+def test_channel_granularity_writes_one_scale_per_row(bf16_model, tmp_path):
+    result = cast(bf16_model, tmp_path / "fp8", "--granularity", "channel")
+    assert result.returncode == 0, result.stderr
+    config = json.loads((tmp_path / "fp8" / "config.json").read_text())
+    assert config["quantization_config"] == {"quant_method": "w8a8_fp8"}
+    src, dst = tensors(bf16_model), tensors(tmp_path / "fp8")
+    assert set(dst) == set(src) | {n + "_scale" for n in src if n.endswith("proj.weight")}
+    name = "model.layers.1.self_attn.o_proj.weight"
+    assert dst[name + "_scale"].shape == (src[name].shape[0], 1)
+    back = dequantize(dst[name], dst[name + "_scale"], "channel", dtype=torch.float32)
+    assert torch.allclose(back, src[name].float(), rtol=2**-4, atol=float(dst[name + "_scale"].max()) * 2**-9)
 
 
 @pytest.mark.parametrize("flag, pow2", [("False", False), ("True", True), ("false", False)])

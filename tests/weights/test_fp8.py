@@ -5,10 +5,15 @@ import torch
 
 from async_rl.weights.fp8 import (
     FP8_E4M3_MAX,
+    GRANULARITIES,
+    checkpoint_granularity,
+    dequantize,
     dequantize_blockwise,
     is_fp8_quantizable,
     quantize_activations,
     quantize_blockwise,
+    quantization_config,
+    quantize_many,
     round_up_to_power_of_two,
 )
 from async_rl.weights.sync import weight_buckets
@@ -85,10 +90,32 @@ def test_buckets_respect_the_size_and_carry_fp8_pairs():
                ("model.layers.1.mlp.up_proj.weight", torch.randn(64, 32))]
     plain = list(weight_buckets(tensors, bucket_bytes=64 * 32 * 4 + 32 * 4))
     assert [[n for n, _ in b] for b in plain] == [[tensors[0][0], tensors[1][0]], [tensors[2][0]]]
-    fp8 = [item for b in weight_buckets(tensors, bucket_bytes=1 << 20, fp8=True) for item in b]
+    fp8 = [item for b in weight_buckets(tensors, bucket_bytes=1 << 20, fp8="block") for item in b]
     names = [n for n, _ in fp8]
     assert names == ["model.layers.0.mlp.up_proj.weight", "model.layers.0.mlp.up_proj.weight_scale_inv",
                      "model.layers.0.input_layernorm.weight", "model.layers.1.mlp.up_proj.weight",
                      "model.layers.1.mlp.up_proj.weight_scale_inv"]
     assert fp8[0][1].dtype == torch.float8_e4m3fn and fp8[1][1].dtype == torch.float32
     assert fp8[2][1].dtype == torch.float32
+
+
+def test_channel_buckets_carry_one_scale_per_output_row_and_round_trip():
+    w = torch.randn(64, 32) * torch.linspace(0.01, 10, 64)[:, None]  # rows of very different ranges
+    [(name, q), (scale_key, scale)] = next(weight_buckets([("model.layers.0.mlp.up_proj.weight", w)],
+                                                          bucket_bytes=1 << 20, fp8="channel"))
+    assert scale_key == "model.layers.0.mlp.up_proj.weight_scale" and scale.shape == (64, 1)
+    assert q.dtype == torch.float8_e4m3fn and scale.dtype == torch.float32
+    assert torch.equal(q.float().abs().amax(dim=1), torch.full((64,), 448.0))  # each row uses the full range
+    back = dequantize(q, scale, "channel", dtype=torch.float32)
+    assert ((back - w).abs() <= w.abs().amax(dim=1, keepdim=True) / 16).all()  # E4M3 keeps 3 mantissa bits
+
+
+def test_an_unknown_granularity_is_refused():
+    with pytest.raises(ValueError, match="unknown FP8 granularity 'tensor'"):
+        quantize_many([torch.randn(4, 4)], "tensor")
+
+
+def test_checkpoint_granularity_reads_the_quantization_config():
+    for g in GRANULARITIES:
+        assert checkpoint_granularity({"quantization_config": quantization_config(g)}) == g
+    assert checkpoint_granularity({}) is None

@@ -1,0 +1,34 @@
+"""An FP8 checkpoint decides the layout an SGLang engine serves; flags that name another are refused up front."""
+
+import json
+
+import pytest
+
+from async_rl.config import parse_config
+from async_rl.errors import UserInputError
+from async_rl.placement import check_fp8_checkpoint
+from async_rl.weights.fp8 import quantization_config
+
+
+def checkpoint(tmp_path, granularity):
+    config = {"model_type": "qwen2"} | ({"quantization_config": quantization_config(granularity)} if granularity else {})
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize("stored, flags, ok", [
+    (None, [], True),
+    (None, ["--rollout-quantization", "fp8", "--rollout-fp8-granularity", "channel"], True),
+    ("block", ["--rollout-quantization", "fp8"], True),
+    ("channel", ["--rollout-quantization", "fp8", "--rollout-fp8-granularity", "channel"], True),
+    ("channel", ["--rollout-quantization", "fp8"], False),
+    ("block", [], False),
+])
+def test_flags_must_name_the_checkpoint_layout(tmp_path, stored, flags, ok):
+    cfg = parse_config(["--hf-checkpoint", checkpoint(tmp_path, stored), "--prompt-data", "x.jsonl", *flags])[0]
+    if ok:
+        check_fp8_checkpoint(cfg)
+    else:
+        with pytest.raises(UserInputError, match=f"holds {stored}-wise FP8 weights: run with --rollout-quantization fp8 "
+                                                 f"--rollout-fp8-granularity {stored}"):
+            check_fp8_checkpoint(cfg)
