@@ -167,6 +167,8 @@ def _create_sglang_engine(cfg: Config, rank: int) -> Any:
     per_engine = cfg.cluster.rollout_num_gpus_per_engine
     gpus = _gpu_share(cfg) if per_engine == 1 else per_engine
     server_args = dict(cfg.sglang)
+    if cfg.cluster.colocate:  # the engines release their memory during training steps
+        server_args.setdefault("enable_memory_saver", True)
     if needs_initial_weights(cfg):
         # SGLang's online --quantization fp8 cannot take weight updates: build FP8 parameters of the chosen
         # layout instead, filled by the first weight push

@@ -11,8 +11,9 @@ import json
 import logging
 import random
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import ray
@@ -165,6 +166,24 @@ class TrainingSession:
             self.rollout, self.dataset, self.n_samples, self.rollout_params, self.sampling, admission,
             version=self.start_step, resume_state=self.resumed_rollout_state,
         ).start()
+
+    @contextmanager
+    def rollout_memory_released(self) -> Iterator[dict[str, float]]:
+        """Colocated sync runs: the engines hand their GPU memory to the trainer for the step, then take it
+        back (the weight push that follows refills it); the metrics dict gets the time both moves took."""
+        metrics: dict[str, float] = {}
+        if not self.cfg.cluster.colocate:
+            yield metrics
+            return
+        start = time.perf_counter()
+        self.rollout.release_memory()
+        metrics["perf/release_memory_time_s"] = time.perf_counter() - start
+        try:
+            yield metrics
+        finally:
+            start = time.perf_counter()
+            self.rollout.resume_memory()
+            metrics["perf/resume_memory_time_s"] = time.perf_counter() - start
 
     def train(self, step: int, samples: list[Sample]) -> dict[str, float]:
         """Advantages from the (shaped) rewards, then the trainer's optimizer step(s); timed as `perf/train_time_s`."""

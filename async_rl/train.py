@@ -32,7 +32,9 @@ def run(cfg: Config) -> None:
             samples, rollout_metrics = session.produce_rollout()
             metrics |= rollout_metrics
 
-            metrics |= session.train(step, samples)
+            with session.rollout_memory_released() as memory_metrics:
+                metrics |= session.train(step, samples)
+            metrics |= memory_metrics
 
             push_start = time.perf_counter()
             session.rollout.wait_weights(session.push_weights(version=step + 1))

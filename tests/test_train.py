@@ -97,12 +97,22 @@ def test_the_example_plugin_loads_through_the_flag_and_logs_its_extra_field(tiny
     assert 0.0 <= row["rollout/reward_format_ok_mean"] <= 1.0 and row["reward/errors"] == 0
 
 
-def test_fp8_rollout_with_tis_trains_and_logs_the_mismatch(tiny_model, tmp_path):
+@pytest.mark.parametrize("granularity", ["block", "channel"])
+def test_fp8_rollout_with_tis_trains_and_logs_the_mismatch(tiny_model, tmp_path, granularity):
     out = tmp_path / "run"
     train.main(run_flags(tiny_model, out, "--num-rollout", "2", "--rollout-quantization", "fp8",
-                         "--update-weight-buffer-size", "65536", evaluate=False))
+                         "--rollout-fp8-granularity", granularity, "--update-weight-buffer-size", "65536", evaluate=False))
     rows = metrics_of(out)
     assert all(r["train/rollout_logprob_abs_diff"] > 1e-4 and "train/tis_weight_mean" in r for r in rows)
+
+
+def test_colocated_engines_release_memory_for_each_train_step_and_generate_again_after(tiny_model, tmp_path):
+    """A paused engine refuses to generate, so a second step only runs if the loop resumed it before the push."""
+    out = tmp_path / "run"
+    train.main(run_flags(tiny_model, out, "--num-rollout", "2", "--colocate", evaluate=False))
+    rows = metrics_of(out)
+    assert [r["step"] for r in rows] == [0, 1]
+    assert all(r["perf/release_memory_time_s"] >= 0 and r["perf/resume_memory_time_s"] >= 0 for r in rows)
 
 
 def test_sync_resume_is_exact(tiny_model, tmp_path):

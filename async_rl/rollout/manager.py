@@ -244,6 +244,14 @@ class RolloutManager:
             self._weights = (buckets, version)  # kept so that a restarted engine gets them too
             return loads + [engine.set_weight_version.remote(version) for engine in self.engines]
 
+    def release_memory(self) -> None:
+        """Colocated runs: every engine frees its GPU memory (weights, KV cache) for the trainer's step."""
+        ray.get([engine.pause.remote() for engine in self.engines])
+
+    def resume_memory(self) -> None:
+        """Take the GPU memory back; what it holds is stale until the weight push that must follow."""
+        ray.get([engine.resume.remote() for engine in self.engines])
+
     def wait_weights(self, refs: list[ray.ObjectRef]) -> None:
         """Wait for a weight push; an engine that died meanwhile is replaced, and gets the new weights."""
         lost = False

@@ -43,10 +43,13 @@ class SGLangEngine(WeightVersionMixin):
         self.fp8 = fp8
         self.load_format = sglang_channel_fp8.LOAD_FORMAT if fp8 == "channel" else None
         self.weight_version = 0
+        self.paused = False
         self._rids: dict[int, list[str]] = {}  # request id -> SGLang rids of its samples
 
     def generate(self, samples: list[Sample], params: SamplingParams, request_id: int | None = None) -> list[Sample]:
         """Sample responses (continuing partial ones); unfinished samples of an aborted call come back ABORTED."""
+        if self.paused:
+            raise RuntimeError("engine memory is released; resume() it and push weights before generating")
         todo = [s for s in samples if s.status not in FINISHED_STATUSES]
         if not todo:
             return samples
@@ -102,13 +105,17 @@ class SGLangEngine(WeightVersionMixin):
         return None
 
     def pause(self) -> None:
+        """Free the GPU memory of weights and KV cache (needs `enable_memory_saver`), for a colocated trainer."""
         self.engine.release_memory_occupation()
+        self.paused = True
 
     def resume(self) -> None:
+        """Map the memory back; the weights in it are undefined until the next push."""
         self.engine.resume_memory_occupation()
+        self.paused = False
 
     def health(self) -> dict:
-        return {"pid": os.getpid(), "weight_version": self.weight_version, "paused": False}
+        return {"pid": os.getpid(), "weight_version": self.weight_version, "paused": self.paused}
 
     def shutdown(self) -> None:
         self.engine.shutdown()

@@ -19,7 +19,7 @@ from async_rl.trainer.torch_trainer import TorchTrainer
 from async_rl.weights.sync import weight_buckets
 
 SERVER = dict(dtype="bfloat16", attention_backend="triton", sampling_backend="pytorch", mem_fraction_static=0.3,
-              context_length=256, cuda_graph_max_bs_decode=16, log_level="warning")
+              context_length=256, cuda_graph_max_bs_decode=16, log_level="warning", enable_memory_saver=True)
 PROMPTS = ["12+34=", "70+18=", "99+99=", "5+61=", "40+40=", "13+87=", "7+7=", "58+29="]
 
 
@@ -55,6 +55,11 @@ def perturbed_trainer(model: str, seed: int) -> TorchTrainer:
     return trainer
 
 
+def push(engine: SGLangEngine, trainer: TorchTrainer, fp8: str | None) -> None:
+    for bucket in weight_buckets(trainer.export_weights(), bucket_bytes=1 << 20, fp8=fp8):
+        engine.load_weights(bucket)
+
+
 def probe(model: str, fp8: str | None, report: dict) -> None:
     key = f"fp8-{fp8}" if fp8 else "bf16"
     engine = SGLangEngine(model, seed=0, fp8=fp8, **SERVER)
@@ -70,14 +75,22 @@ def probe(model: str, fp8: str | None, report: dict) -> None:
     new = perturbed_trainer(report["bf16_model"], seed=1)  # the "trained" weights
     before = engine.generate(fresh(tokenizer), greedy)
     report[f"{key}/greedy_agreement_new_weights_before_push"] = greedy_agreement(before, new)
-    for bucket in weight_buckets(new.export_weights(), bucket_bytes=1 << 20, fp8=fp8):
-        engine.load_weights(bucket)
+    push(engine, new, fp8)
     engine.set_weight_version(1)
     after = engine.generate(fresh(tokenizer), greedy)
     report[f"{key}/greedy_agreement_new_weights_after_push"] = greedy_agreement(after, new)
     report[f"{key}/weight_version_after_push"] = after[0].weight_version
     pushed = engine.generate(fresh(tokenizer), sampled)
     report[f"{key}/logprob_mean_abs_diff_vs_trainer_after_push"] = mismatch(pushed, new)
+
+    # colocated training: memory released for the train step, taken back, refilled by the next push
+    free_before = torch.cuda.mem_get_info()[0]
+    engine.pause()
+    report[f"{key}/gib_freed_by_release"] = (torch.cuda.mem_get_info()[0] - free_before) / 2**30
+    engine.resume()
+    push(engine, new, fp8)
+    resumed = engine.generate(fresh(tokenizer), greedy)
+    report[f"{key}/greedy_agreement_after_release_resume_push"] = greedy_agreement(resumed, new)
     if fp8:
         try:
             engine.load_weights(next(iter(weight_buckets(new.export_weights(), bucket_bytes=1 << 20))))

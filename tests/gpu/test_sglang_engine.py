@@ -52,6 +52,8 @@ def test_bf16_engine_log_probs_match_the_trainer_and_a_push_switches_the_weights
     assert r["bf16/greedy_agreement_new_weights_after_push"] > r["bf16/greedy_agreement_new_weights_before_push"]
     assert r["bf16/logprob_mean_abs_diff_vs_trainer_after_push"] < 0.05
     assert r["bf16/weight_version_after_push"] == 1
+    assert r["bf16/gib_freed_by_release"] > 1  # weights and KV cache (mem_fraction_static 0.3 of the GPU)
+    assert r["bf16/greedy_agreement_after_release_resume_push"] > 0.9
 
 
 @pytest.mark.parametrize("granularity", ["block", "channel"])
@@ -61,4 +63,6 @@ def test_fp8_engine_takes_fp8_pairs_and_refuses_bf16(models, tmp_path, granulari
     assert r[f"{key}/greedy_agreement_new_weights_after_push"] > 0.8
     assert r[f"{key}/greedy_agreement_new_weights_after_push"] > r[f"{key}/greedy_agreement_new_weights_before_push"]
     assert r[f"{key}/logprob_mean_abs_diff_vs_trainer_after_push"] < 0.3  # larger than bf16: reported, not hidden
+    assert r[f"{key}/gib_freed_by_release"] > 1
+    assert r[f"{key}/greedy_agreement_after_release_resume_push"] > 0.8
     assert "was sent torch.float32" in r[f"{key}/bf16_push_refused"]

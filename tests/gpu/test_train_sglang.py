@@ -30,7 +30,7 @@ def model(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp8"])
+@pytest.mark.parametrize("precision", ["bf16", "block", "channel"])
 def test_train_with_sglang_engines_runs_steps_and_logs_metrics(model, tmp_path, precision):
     out = tmp_path / "run"
     cmd = [
@@ -43,13 +43,14 @@ def test_train_with_sglang_engines_runs_steps_and_logs_metrics(model, tmp_path, 
         "--sglang-mem-fraction-static", "0.3", "--sglang-attention-backend", "triton",
         "--sglang-sampling-backend", "pytorch", "--sglang-disable-cuda-graph",
     ]
-    if precision == "fp8":
-        cmd += ["--rollout-quantization", "fp8"]
+    if precision != "bf16":
+        cmd += ["--rollout-quantization", "fp8", "--rollout-fp8-granularity", precision]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=500)
     assert result.returncode == 0, result.stderr[-4000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     print(f"\n{precision}: " + json.dumps(rows, indent=1))
     assert [r["step"] for r in rows] == [0, 1, 2]
     assert all(r["rollout/samples"] == 32 and r["train/skipped_steps"] == 0 for r in rows)
+    assert all("perf/release_memory_time_s" in r for r in rows)  # colocated: engines free memory while training
     limit = 0.05 if precision == "bf16" else 0.3
     assert all(r["train/rollout_logprob_abs_diff"] < limit for r in rows)
