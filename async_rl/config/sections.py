@@ -26,7 +26,8 @@ class ClusterConfig:
     rollout_num_gpus_per_engine: int = flag(1, "GPUs per rollout engine (its tensor-parallel size).")
     rollout_num_engines: int = flag(1, "Rollout engines when they run on the CPU (local backend without GPUs).")
     num_gpus_per_node: int = flag(8, "GPUs on each node of the cluster; rollout engines fill the GPUs the trainer leaves.")
-    colocate: bool = flag(False, "Trainer and rollout engines share the same GPUs.")
+    colocate: bool = flag(False, "Trainer and rollout engines share the same GPUs; the sync loop has the engines release "
+                          "their GPU memory for each train step.")
     ray_address: str | None = flag(None, "Address of a running Ray cluster; a local Ray starts when unset.")
 
 
