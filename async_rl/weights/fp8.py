@@ -144,10 +144,11 @@ def dequantize_blockwise(
 
 
 def is_fp8_quantizable(name: str, tensor: torch.Tensor) -> bool:
-    """Linear weights of attention and MLP blocks; embeddings, norms and lm_head stay in high precision."""
+    """Linear weights of attention and MLP blocks; embeddings, norms, MoE routers and lm_head stay in high precision."""
     return (
         tensor.ndim == 2
         and name.endswith(".weight")
         and ".layers." in name
         and ("self_attn." in name or "mlp." in name)
+        and not name.endswith("mlp.gate.weight")
     )

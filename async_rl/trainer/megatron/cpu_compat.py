@@ -45,6 +45,16 @@ def init_megatron(rank: int, world_size: int, master_addr: str, master_port: int
         tensor_parallel.model_parallel_cuda_manual_seed(seed)
     else:
         stack.enter_context(on_cpu())
+    _define_missing_te_gemm()
+
+
+def _define_missing_te_gemm() -> None:
+    """megatron-core < 0.17 defines its MoE router's `te_general_gemm` only when Transformer Engine imports,
+    then tests it for None; without TE the router raises NameError. None is what later versions define."""
+    from megatron.core.transformer.moe import moe_utils
+
+    if not hasattr(moe_utils, "te_general_gemm"):
+        moe_utils.te_general_gemm = None
 
 
 @contextlib.contextmanager

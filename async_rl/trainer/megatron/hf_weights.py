@@ -2,7 +2,11 @@
 
 Megatron fuses attention into `linear_qkv`, grouped per key/value head: for each group, its query
 heads, then its key head, then its value head. The MLP's gate and up projections are fused into
-`linear_fc1` (gate first). Everything else is a rename.
+`linear_fc1` (gate first), per expert in a MoE layer, whose router is `mlp.router`. Everything else is a
+rename. Hugging Face MoE weights come in two layouts: checkpoints (and SGLang) name each expert
+(`mlp.experts.{j}.gate_proj.weight`), while transformers 5 holds them stacked in memory
+(`mlp.experts.gate_up_proj` [experts, 2 x ffn, hidden], gate first; `mlp.experts.down_proj`). Both are
+read; the checkpoint layout is written.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 import torch
+
+from async_rl.trainer.megatron.model import num_experts
 
 _RENAMES = {  # per layer: Megatron suffix -> HF suffix
     "input_layernorm.weight": "input_layernorm.weight",
@@ -60,8 +66,41 @@ def hf_to_megatron(hf_state: dict[str, torch.Tensor], hf: dict[str, Any]) -> dic
             if f"{attn}q_proj.{kind}" in hf_state:
                 out[f"{dst}self_attention.linear_qkv.{kind}"] = fuse_qkv(
                     *(hf_state[f"{attn}{p}_proj.{kind}"] for p in "qkv"), hf)
-        out[dst + "mlp.linear_fc1.weight"] = torch.cat([hf_state[src + "mlp.gate_proj.weight"],
-                                                        hf_state[src + "mlp.up_proj.weight"]])
+        if src + "mlp.gate_proj.weight" in hf_state:
+            out[dst + "mlp.linear_fc1.weight"] = torch.cat([hf_state[src + "mlp.gate_proj.weight"],
+                                                            hf_state[src + "mlp.up_proj.weight"]])
+        else:
+            out |= _experts_to_megatron(hf_state, src, dst, num_experts(hf))
+    return out
+
+
+def _experts_to_megatron(hf_state: dict[str, torch.Tensor], src: str, dst: str, experts: int) -> dict[str, torch.Tensor]:
+    out = {dst + "mlp.router.weight": hf_state[src + "mlp.gate.weight"]}
+    stacked = src + "mlp.experts.gate_up_proj" in hf_state
+    for j in range(experts):
+        expert = f"{dst}mlp.experts.local_experts.{j}."
+        if stacked:
+            out[expert + "linear_fc1.weight"] = hf_state[src + "mlp.experts.gate_up_proj"][j]
+            out[expert + "linear_fc2.weight"] = hf_state[src + "mlp.experts.down_proj"][j]
+        else:
+            h = f"{src}mlp.experts.{j}."
+            out[expert + "linear_fc1.weight"] = torch.cat([hf_state[h + "gate_proj.weight"], hf_state[h + "up_proj.weight"]])
+            out[expert + "linear_fc2.weight"] = hf_state[h + "down_proj.weight"]
+    return out
+
+
+def stack_experts(checkpoint_state: dict[str, torch.Tensor], hf: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """transformers' in-memory MoE layout from the checkpoint layout (other tensors unchanged)."""
+    experts = num_experts(hf)
+    if not experts:
+        return checkpoint_state
+    out = dict(checkpoint_state)
+    for i in range(hf["num_hidden_layers"]):
+        prefix = f"model.layers.{i}.mlp.experts."
+        gate, up, down = ([out.pop(f"{prefix}{j}.{proj}.weight") for j in range(experts)]
+                          for proj in ("gate_proj", "up_proj", "down_proj"))
+        out[prefix + "gate_up_proj"] = torch.stack([torch.cat([g, u]) for g, u in zip(gate, up)])
+        out[prefix + "down_proj"] = torch.stack(down)
     return out
 
 
@@ -79,8 +118,17 @@ def megatron_to_hf(state: dict[str, torch.Tensor], hf: dict[str, Any]) -> Iterat
             if f"{src}self_attention.linear_qkv.{kind}" in state:
                 for proj, part in zip("qkv", split_qkv(state[f"{src}self_attention.linear_qkv.{kind}"], hf)):
                     yield f"{dst}self_attn.{proj}_proj.{kind}", part
-        gate, up = state[src + "mlp.linear_fc1.weight"].chunk(2)
-        yield dst + "mlp.gate_proj.weight", gate
-        yield dst + "mlp.up_proj.weight", up
+        if src + "mlp.linear_fc1.weight" in state:
+            gate, up = state[src + "mlp.linear_fc1.weight"].chunk(2)
+            yield dst + "mlp.gate_proj.weight", gate
+            yield dst + "mlp.up_proj.weight", up
+        else:
+            yield dst + "mlp.gate.weight", state[src + "mlp.router.weight"]
+            for j in range(num_experts(hf)):
+                expert, out = f"{src}mlp.experts.local_experts.{j}.", f"{dst}mlp.experts.{j}."
+                gate, up = state[expert + "linear_fc1.weight"].chunk(2)
+                yield out + "gate_proj.weight", gate
+                yield out + "up_proj.weight", up
+                yield out + "down_proj.weight", state[expert + "linear_fc2.weight"]
     if "output_layer.weight" in state and not hf.get("tie_word_embeddings"):
         yield "lm_head.weight", state["output_layer.weight"]

@@ -1,4 +1,4 @@
-"""A megatron-core `GPTModel` shaped like a Hugging Face Qwen2 / Qwen3 / Llama checkpoint."""
+"""A megatron-core `GPTModel` shaped like a Hugging Face Qwen2 / Qwen3 / Llama / Qwen3-MoE checkpoint."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-SUPPORTED = ("qwen2", "qwen3", "llama")
+SUPPORTED = ("qwen2", "qwen3", "llama", "qwen3_moe")
 
 
 def transformer_config(hf: dict[str, Any], **overrides: Any):
@@ -24,12 +24,36 @@ def transformer_config(hf: dict[str, Any], **overrides: Any):
         normalization="RMSNorm", layernorm_epsilon=hf.get("rms_norm_eps", 1e-6),
         gated_linear_unit=True, activation_func=torch.nn.functional.silu, add_bias_linear=False,
         add_qkv_bias=model_type == "qwen2" or bool(hf.get("attention_bias")),
-        qk_layernorm=model_type == "qwen3",
+        qk_layernorm=model_type in ("qwen3", "qwen3_moe"),
         hidden_dropout=0.0, attention_dropout=0.0, params_dtype=torch.float32, use_cpu_initialization=True,
         bias_dropout_fusion=False, apply_rope_fusion=False, masked_softmax_fusion=False, persist_layer_norm=False,
         gradient_accumulation_fusion=False,
     )
+    if model_type == "qwen3_moe":
+        kwargs |= moe_config(hf)
     return TransformerConfig(**(kwargs | overrides))
+
+
+def num_experts(hf: dict[str, Any]) -> int | None:
+    """Experts per MoE layer: Qwen's config.json says `num_experts`, transformers 5 writes `num_local_experts`."""
+    return hf.get("num_experts") or hf.get("num_local_experts")
+
+
+def moe_config(hf: dict[str, Any]) -> dict[str, Any]:
+    """Megatron's MoE settings for a Qwen3-MoE config: every layer sparse, top-k softmax routing, no aux loss.
+
+    HF routes with a float32 softmax over all experts and keeps the top k, renormalized when
+    `norm_topk_prob`; Megatron's top-k-then-softmax is exactly the renormalized form, and softmax-then-top-k
+    (`moe_router_pre_softmax`) the other. The load-balancing loss is off: the RL loss is the policy's alone.
+    """
+    if hf.get("decoder_sparse_step", 1) != 1 or hf.get("mlp_only_layers"):
+        raise ValueError("Qwen3-MoE with dense layers (decoder_sparse_step != 1 or mlp_only_layers) is not supported "
+                         "by the megatron backend yet")
+    return dict(
+        num_moe_experts=num_experts(hf), moe_router_topk=hf["num_experts_per_tok"],
+        moe_ffn_hidden_size=hf["moe_intermediate_size"], moe_router_pre_softmax=not hf.get("norm_topk_prob", False),
+        moe_router_load_balancing_type="none", moe_router_dtype="fp32", moe_grouped_gemm=False,
+    )
 
 
 def build_gpt_model(hf: dict[str, Any], **config_overrides: Any):
@@ -39,8 +63,10 @@ def build_gpt_model(hf: dict[str, Any], **config_overrides: Any):
 
     config = transformer_config(hf, **config_overrides)
     rope = hf.get("rope_theta") or (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0)
+    spec = get_gpt_layer_local_spec(num_experts=config.num_moe_experts, moe_grouped_gemm=False,
+                                    qk_layernorm=config.qk_layernorm, normalization="RMSNorm")
     return GPTModel(
-        config, get_gpt_layer_local_spec(qk_layernorm=config.qk_layernorm, normalization="RMSNorm"),
+        config, spec,
         vocab_size=hf["vocab_size"], max_sequence_length=hf.get("max_position_embeddings", 4096),
         position_embedding_type="rope", rotary_base=int(rope),
         share_embeddings_and_output_weights=bool(hf.get("tie_word_embeddings")),

@@ -2,7 +2,7 @@
 
 Megatron marks each split parameter with `tensor_model_parallel` and its `partition_dim`; a plain split
 along that dimension is the shard, except for the fused gate/up projection (`linear_fc1` of a gated
-MLP): each rank holds [its gate rows; its up rows], so gate and up are split separately.
+MLP or of each expert): each rank holds [its gate rows; its up rows], so gate and up are split separately.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 
 def _gated(name: str) -> bool:
-    return name.endswith("mlp.linear_fc1.weight")
+    return name.endswith("linear_fc1.weight")
 
 
 def shard(name: str, full: torch.Tensor, param: torch.nn.Parameter, rank: int, size: int) -> torch.Tensor:

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3Config, Qwen3ForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
 
 from tests.conftest import REPO
 
@@ -29,13 +29,38 @@ def qwen3_model(tmp_path_factory, tiny_model):
     return out
 
 
-@pytest.fixture(params=["qwen2", "qwen3"])
-def hf_dir(request, tiny_model, qwen3_model):
-    return tiny_model if request.param == "qwen2" else qwen3_model
+@pytest.fixture(scope="module")
+def qwen3_moe_model(tmp_path_factory, tiny_model):
+    """A tiny random Qwen3-MoE (4 experts, top 2, untied output layer); saved in the per-expert checkpoint layout."""
+    out = tmp_path_factory.mktemp("qwen3_moe")
+    torch.manual_seed(0)
+    config = Qwen3MoeConfig(vocab_size=262, hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
+                            num_experts=4, num_experts_per_tok=2, norm_topk_prob=True, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, head_dim=32, tie_word_embeddings=False)
+    Qwen3MoeForCausalLM(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(params=["qwen2", "qwen3", "qwen3_moe"])
+def hf_dir(request, tiny_model, qwen3_model, qwen3_moe_model):
+    return {"qwen2": tiny_model, "qwen3": qwen3_model, "qwen3_moe": qwen3_moe_model}[request.param]
 
 
 def test_megatron_log_probs_match_hugging_face_on_cpu(hf_dir):
-    hf_model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    assert_same_log_probs(AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval())
+
+
+def test_moe_routing_without_renormalized_top_k_matches_too():
+    """norm_topk_prob=False (transformers' default): softmax over all experts, then top k, as Megatron's pre-softmax."""
+    torch.manual_seed(2)
+    config = Qwen3MoeConfig(vocab_size=262, hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
+                            num_experts=4, num_experts_per_tok=2, norm_topk_prob=False, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, head_dim=32)
+    assert_same_log_probs(Qwen3MoeForCausalLM(config).eval())
+
+
+def assert_same_log_probs(hf_model):
     hf = hf_model.config.to_dict()
     torch.manual_seed(1)
     ids = torch.randint(0, hf["vocab_size"], (3, 16))
@@ -53,13 +78,14 @@ def test_megatron_log_probs_match_hugging_face_on_cpu(hf_dir):
 
 
 def test_weight_mapping_round_trips_exactly(hf_dir):
+    """From transformers' in-memory layout and from the checkpoint's, back to the checkpoint's tensors."""
     hf_model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
     hf = hf_model.config.to_dict()
-    state = hf_model.state_dict()
-    back = dict(megatron_to_hf(hf_to_megatron(state, hf), hf))
-    expected = {k for k in state if not (k == "lm_head.weight" and hf.get("tie_word_embeddings"))}
-    assert set(back) == expected
-    assert all(torch.equal(back[k], state[k]) for k in expected)
+    checkpoint = load_file(hf_dir / "model.safetensors")
+    for source in (hf_model.state_dict(), checkpoint):
+        back = dict(megatron_to_hf(hf_to_megatron(source, hf), hf))
+        assert set(back) == set(checkpoint)
+        assert all(torch.equal(back[k], checkpoint[k]) for k in checkpoint)
 
 
 def test_hf_to_torch_dist_to_hf_gives_identical_tensors(hf_dir, tmp_path):
