@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -32,6 +33,22 @@ def tokenizer(tiny_model):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_model)
+
+
+@pytest.fixture(scope="session")
+def tiny_moe_model(tmp_path_factory, tiny_model) -> Path:
+    """A tiny random Qwen3-MoE (4 experts, top 2, untied output layer) with the embedded model's tokenizer;
+    transformers saves it in the per-expert checkpoint layout."""
+    from transformers import AutoTokenizer, Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    out = tmp_path_factory.mktemp("qwen3_moe")
+    torch.manual_seed(0)
+    config = Qwen3MoeConfig(vocab_size=262, hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
+                            num_experts=4, num_experts_per_tok=2, norm_topk_prob=True, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, head_dim=32, tie_word_embeddings=False)
+    Qwen3MoeForCausalLM(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(out)
+    return out
 
 
 def run_flags(tiny_model: Path, output_dir: Path, *extra: str, evaluate: bool = True) -> list[str]:

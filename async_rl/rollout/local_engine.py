@@ -19,6 +19,7 @@ from async_rl.rollout.sampling import sample_tokens
 from async_rl.sample import FINISHED_STATUSES, Sample, SampleStatus
 from async_rl.rollout.fp8_linear import convert_to_fp8
 from async_rl.weights.fp8 import is_fp8_quantizable, quantize_many, scale_name
+from async_rl.weights.hf_layout import destination
 from async_rl.weights.sync import from_transport
 
 
@@ -47,6 +48,9 @@ class LocalEngine(WeightVersionMixin):
         self.eos_token_id = self.tokenizer.eos_token_id
         self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_token_id
         self.fp8 = fp8
+        if fp8 and any(name.endswith(".mlp.experts.gate_up_proj") for name, _ in self.model.named_parameters()):
+            raise ValueError(f"{hf_checkpoint}: the local engine does not emulate FP8 MoE experts; "
+                             "use --rollout-quantization none or the sglang backend")
         self.fp8_modules = set(convert_to_fp8(self.model, is_fp8_quantizable, fp8)) if fp8 else set()
         self.weight_version = 0
         self.paused = False
@@ -149,14 +153,13 @@ class LocalEngine(WeightVersionMixin):
         """
         targets = dict(self.model.named_parameters()) | dict(self.model.named_buffers())
         for name, tensor in named_tensors:
-            if name not in targets:
-                raise KeyError(f"weight update names unknown parameter {name!r}")
-            tensor = from_transport(tensor, targets[name].dtype)
+            target = destination(name, targets)
+            tensor = from_transport(tensor, target.dtype)
             module_name = name.rsplit(".", 1)[0]
             if module_name in self.fp8_modules and name.endswith(".weight") and tensor.dtype != torch.float8_e4m3fn:
                 [(tensor, scale)] = quantize_many([tensor], self.fp8)
                 targets[scale_name(name, self.fp8)].copy_(scale)
-            targets[name].copy_(tensor.to(targets[name].device))
+            target.copy_(tensor.to(target.device))
 
     def rng_state(self) -> torch.Tensor:
         return self.generator.get_state()

@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM
 from async_rl.config.sections import TrainConfig
 from async_rl.trainer.batch import PackedBatch, response_log_probs
 from async_rl.trainer.policy_trainer import PolicyTrainer
+from async_rl.weights.hf_layout import unstack_experts
 
 
 class TorchTrainer(PolicyTrainer):
@@ -64,7 +65,8 @@ class TorchTrainer(PolicyTrainer):
         return self.optimizer.param_groups[0]["lr"]
 
     def export_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        return ((name, p.detach()) for name, p in self.model.named_parameters())
+        """Checkpoint-layout names (MoE experts one by one), as engines load them."""
+        return unstack_experts((name, p.detach()) for name, p in self.model.named_parameters())
 
     def save(self, path: str) -> None:
         """Hugging Face layout under `model/` plus optimizer and RNG state; the caller makes it atomic."""

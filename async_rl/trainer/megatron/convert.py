@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 
 from async_rl.trainer.megatron.cpu_compat import single_process_megatron
-from async_rl.trainer.megatron.hf_weights import hf_to_megatron, megatron_to_hf, stack_experts
+from async_rl.trainer.megatron.hf_weights import hf_to_megatron, megatron_to_hf
 from async_rl.trainer.megatron.model import build_gpt_model
+from async_rl.weights.hf_layout import stack_experts
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
                     "generation_config.json", "chat_template.jinja")
@@ -74,7 +75,7 @@ def torch_dist_to_hf(in_dir: str, out_dir: str, origin_hf_dir: str) -> None:
         model.load_state_dict(dist_checkpointing.load(model.sharded_state_dict(), in_dir))
         hf_state = dict(megatron_to_hf(model.state_dict(), hf))
     hf_model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(origin_hf_dir), dtype=dtype)
-    missing, unexpected = hf_model.load_state_dict(stack_experts(hf_state, hf), strict=False)
+    missing, unexpected = hf_model.load_state_dict(stack_experts(hf_state), strict=False)
     missing = [k for k in missing if not (k == "lm_head.weight" and hf.get("tie_word_embeddings"))]
     if missing or unexpected:
         raise ValueError(f"{in_dir}: weights do not match {origin_hf_dir} (missing {missing}, unexpected {unexpected})")

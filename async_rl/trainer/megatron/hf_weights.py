@@ -89,21 +89,6 @@ def _experts_to_megatron(hf_state: dict[str, torch.Tensor], src: str, dst: str, 
     return out
 
 
-def stack_experts(checkpoint_state: dict[str, torch.Tensor], hf: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """transformers' in-memory MoE layout from the checkpoint layout (other tensors unchanged)."""
-    experts = num_experts(hf)
-    if not experts:
-        return checkpoint_state
-    out = dict(checkpoint_state)
-    for i in range(hf["num_hidden_layers"]):
-        prefix = f"model.layers.{i}.mlp.experts."
-        gate, up, down = ([out.pop(f"{prefix}{j}.{proj}.weight") for j in range(experts)]
-                          for proj in ("gate_proj", "up_proj", "down_proj"))
-        out[prefix + "gate_up_proj"] = torch.stack([torch.cat([g, u]) for g, u in zip(gate, up)])
-        out[prefix + "down_proj"] = torch.stack(down)
-    return out
-
-
 def megatron_to_hf(state: dict[str, torch.Tensor], hf: dict[str, Any]) -> Iterator[tuple[str, torch.Tensor]]:
     """HF (name, tensor) pairs in checkpoint order; Megatron's `_extra_state` entries are skipped."""
     for m, h in _GLOBAL.items():

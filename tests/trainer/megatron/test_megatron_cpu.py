@@ -29,22 +29,9 @@ def qwen3_model(tmp_path_factory, tiny_model):
     return out
 
 
-@pytest.fixture(scope="module")
-def qwen3_moe_model(tmp_path_factory, tiny_model):
-    """A tiny random Qwen3-MoE (4 experts, top 2, untied output layer); saved in the per-expert checkpoint layout."""
-    out = tmp_path_factory.mktemp("qwen3_moe")
-    torch.manual_seed(0)
-    config = Qwen3MoeConfig(vocab_size=262, hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
-                            num_experts=4, num_experts_per_tok=2, norm_topk_prob=True, num_hidden_layers=2,
-                            num_attention_heads=4, num_key_value_heads=2, head_dim=32, tie_word_embeddings=False)
-    Qwen3MoeForCausalLM(config).save_pretrained(out)
-    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(out)
-    return out
-
-
 @pytest.fixture(params=["qwen2", "qwen3", "qwen3_moe"])
-def hf_dir(request, tiny_model, qwen3_model, qwen3_moe_model):
-    return {"qwen2": tiny_model, "qwen3": qwen3_model, "qwen3_moe": qwen3_moe_model}[request.param]
+def hf_dir(request, tiny_model, qwen3_model, tiny_moe_model):
+    return {"qwen2": tiny_model, "qwen3": qwen3_model, "qwen3_moe": tiny_moe_model}[request.param]
 
 
 def test_megatron_log_probs_match_hugging_face_on_cpu(hf_dir):
