@@ -71,6 +71,10 @@ def check_megatron(cfg: Config) -> None:
     for flag, used in unsupported.items():
         if used:
             raise UserInputError(f"{flag} is not supported by --train-backend megatron yet")
+    if model_type == "qwen3_moe" and m.tensor_model_parallel_size > 1:
+        # Megatron trains MoE layers under TP only with sequence parallelism, which needs TE or Apex norms
+        raise UserInputError("--tensor-model-parallel-size > 1 with a MoE model needs --sequence-parallel, which "
+                             "--train-backend megatron does not support yet: use --tensor-model-parallel-size 1")
     dp = cfg.trainer_world_size // m.tensor_model_parallel_size
     if cfg.global_batch_size % dp:
         raise UserInputError(f"--global-batch-size {cfg.global_batch_size} must split over {dp} data-parallel ranks")
