@@ -33,19 +33,21 @@ def one_step(trainer, samples):
     return before, metrics, trainer.compute_log_probs(samples)
 
 
-@pytest.fixture(scope="module")
-def torch_step(tiny_model, tokenizer):
+@pytest.fixture(scope="module", params=["dense", "moe"])
+def torch_step(request, tiny_model, tiny_moe_model, tokenizer):
+    """The torch backend's step on the embedded (dense) model or a tiny Qwen3-MoE, with the same samples."""
+    model = tiny_model if request.param == "dense" else tiny_moe_model
     samples = rollout(tiny_model, tokenizer, n=16)
-    trainer = TorchTrainer(str(tiny_model), CFG, global_batch_size=8, temperature=1.0, device="cuda")
-    return samples, one_step(trainer, samples)
+    trainer = TorchTrainer(str(model), CFG, global_batch_size=8, temperature=1.0, device="cuda")
+    return model, samples, one_step(trainer, samples)
 
 
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
-def test_megatron_step_on_a_gpu_matches_the_torch_backend(tiny_model, torch_step, bf16):
+def test_megatron_step_on_a_gpu_matches_the_torch_backend(torch_step, bf16):
     from async_rl.trainer.megatron.trainer import MegatronTrainer
 
-    samples, (ref_before, ref_metrics, ref_after) = torch_step
-    trainer = MegatronTrainer(str(tiny_model), CFG, dataclasses.replace(MegatronConfig(), bf16=bf16),
+    model, samples, (ref_before, ref_metrics, ref_after) = torch_step
+    trainer = MegatronTrainer(str(model), CFG, dataclasses.replace(MegatronConfig(), bf16=bf16),
                               global_batch_size=8, temperature=1.0)
     try:
         before, metrics, after = one_step(trainer, samples)
@@ -55,7 +57,7 @@ def test_megatron_step_on_a_gpu_matches_the_torch_backend(tiny_model, torch_step
               "logprob_mean_abs_diff_after": mean_abs_diff(after, ref_after),
               "loss": (metrics["train/loss"], ref_metrics["train/loss"]),
               "grad_norm": (metrics["train/grad_norm"], ref_metrics["train/grad_norm"])}
-    print(f"\nmegatron {'bf16' if bf16 else 'fp32'} vs torch fp32: {report}")
+    print(f"\n{model.name} megatron {'bf16' if bf16 else 'fp32'} vs torch fp32: {report}")
     # bf16 weights and activations against fp32: per-token log-prob noise. The loss is a small difference of
     # large advantage-weighted sums (advantages are +-1), so it is compared in absolute terms; the gradient
     # norm of a 0.3M-parameter model in bf16 moves by ~10% (measured on an H100: 2.09 vs 1.88).
