@@ -43,7 +43,7 @@ def check_sglang(cfg: Config) -> None:
             raise UserInputError(f"--sglang-{name.replace('_', '-')}: SGLang has no server argument {name!r}")
     if cfg.cluster.colocate and cfg.cluster.rollout_num_gpus_per_engine > 1:
         raise UserInputError("--colocate with --rollout-num-gpus-per-engine > 1 is not supported yet")
-    check_fp8_checkpoint(cfg)
+    check_fp8_rollout(cfg)
 
 
 def check_megatron(cfg: Config) -> None:
@@ -151,12 +151,18 @@ def checkpoint_fp8_granularity(path: str) -> str | None:
     return checkpoint_granularity(json.loads((Path(path) / "config.json").read_text()))
 
 
-def check_fp8_checkpoint(cfg: Config) -> None:
-    """An FP8 checkpoint fixes the layout the engine serves, so the flags must name the same one."""
+def check_fp8_rollout(cfg: Config) -> None:
+    """The FP8 layout must be the one an FP8 checkpoint holds, and one the engine can take weight pushes in."""
     stored = checkpoint_fp8_granularity(cfg.model.hf_checkpoint)
     if stored is not None and cfg.rollout.fp8_layout != stored:
         raise UserInputError(f"--hf-checkpoint {cfg.model.hf_checkpoint} holds {stored}-wise FP8 weights: run with "
                              f"--rollout-quantization fp8 --rollout-fp8-granularity {stored}")
+    config = json.loads((Path(cfg.model.hf_checkpoint) / "config.json").read_text())
+    if cfg.rollout.fp8_layout == "channel" and "moe_intermediate_size" in config:
+        # SGLang's channel-FP8 MoE method rebuilds its expert parameters without their loaders after loading,
+        # and our push loader only restores those of linear layers
+        raise UserInputError("--rollout-fp8-granularity channel does not take weight pushes into MoE experts yet: "
+                             "use --rollout-fp8-granularity block")
 
 
 def needs_initial_weights(cfg: Config) -> bool:

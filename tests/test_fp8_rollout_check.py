@@ -1,4 +1,4 @@
-"""An FP8 checkpoint decides the layout an SGLang engine serves; flags that name another are refused up front."""
+"""FP8 rollout flags against the checkpoint: its layout decides what the SGLang engine serves and can be pushed."""
 
 import json
 
@@ -6,7 +6,7 @@ import pytest
 
 from async_rl.config import parse_config
 from async_rl.errors import UserInputError
-from async_rl.placement import check_fp8_checkpoint
+from async_rl.placement import check_fp8_rollout
 from async_rl.weights.fp8 import quantization_config
 
 
@@ -27,8 +27,16 @@ def checkpoint(tmp_path, granularity):
 def test_flags_must_name_the_checkpoint_layout(tmp_path, stored, flags, ok):
     cfg = parse_config(["--hf-checkpoint", checkpoint(tmp_path, stored), "--prompt-data", "x.jsonl", *flags])[0]
     if ok:
-        check_fp8_checkpoint(cfg)
+        check_fp8_rollout(cfg)
     else:
         with pytest.raises(UserInputError, match=f"holds {stored}-wise FP8 weights: run with --rollout-quantization fp8 "
                                                  f"--rollout-fp8-granularity {stored}"):
-            check_fp8_checkpoint(cfg)
+            check_fp8_rollout(cfg)
+
+
+def test_channel_fp8_for_a_moe_model_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen3_moe", "moe_intermediate_size": 32}))
+    cfg = parse_config(["--hf-checkpoint", str(tmp_path), "--prompt-data", "x.jsonl", "--rollout-quantization", "fp8",
+                        "--rollout-fp8-granularity", "channel"])[0]
+    with pytest.raises(UserInputError, match="does not take weight pushes into MoE experts yet"):
+        check_fp8_rollout(cfg)
