@@ -52,12 +52,18 @@ def check_megatron(cfg: Config) -> None:
     except ImportError:
         raise UserInputError("--train-backend megatron needs megatron-core: pip install 'async_rl[gpu]'") from None
     from async_rl.trainer.megatron.convert import read_hf_config
-    from async_rl.trainer.megatron.model import SUPPORTED
+    from async_rl.trainer.megatron.model import SUPPORTED, moe_config
 
-    model_type = read_hf_config(cfg.model.hf_checkpoint).get("model_type")
+    hf = read_hf_config(cfg.model.hf_checkpoint)
+    model_type = hf.get("model_type")
     if model_type not in SUPPORTED:
         raise UserInputError(f"--hf-checkpoint {cfg.model.hf_checkpoint}: model_type {model_type!r} is not supported by "
                              f"--train-backend megatron yet (supported: {', '.join(SUPPORTED)})")
+    if model_type == "qwen3_moe":
+        try:
+            moe_config(hf)
+        except ValueError as e:
+            raise UserInputError(f"--hf-checkpoint {cfg.model.hf_checkpoint}: {e}") from None
     m = cfg.megatron
     unsupported = {  # not driven by this backend yet; docs/megatron.md says why for each
         "--pipeline-model-parallel-size": m.pipeline_model_parallel_size > 1,
@@ -153,11 +159,11 @@ def checkpoint_fp8_granularity(path: str) -> str | None:
 
 def check_fp8_rollout(cfg: Config) -> None:
     """The FP8 layout must be the one an FP8 checkpoint holds, and one the engine can take weight pushes in."""
-    stored = checkpoint_fp8_granularity(cfg.model.hf_checkpoint)
+    config = json.loads((Path(cfg.model.hf_checkpoint) / "config.json").read_text())
+    stored = checkpoint_granularity(config)
     if stored is not None and cfg.rollout.fp8_layout != stored:
         raise UserInputError(f"--hf-checkpoint {cfg.model.hf_checkpoint} holds {stored}-wise FP8 weights: run with "
                              f"--rollout-quantization fp8 --rollout-fp8-granularity {stored}")
-    config = json.loads((Path(cfg.model.hf_checkpoint) / "config.json").read_text())
     if cfg.rollout.fp8_layout == "channel" and "moe_intermediate_size" in config:
         # SGLang's channel-FP8 MoE method rebuilds its expert parameters without their loaders after loading,
         # and our push loader only restores those of linear layers

@@ -16,6 +16,7 @@ from typing import Any, Iterator
 import torch
 
 from async_rl.trainer.megatron.model import num_experts
+from async_rl.weights.hf_layout import unstack_experts
 
 _RENAMES = {  # per layer: Megatron suffix -> HF suffix
     "input_layernorm.weight": "input_layernorm.weight",
@@ -53,6 +54,7 @@ def split_qkv(qkv: torch.Tensor, hf: dict[str, Any]) -> tuple[torch.Tensor, torc
 
 
 def hf_to_megatron(hf_state: dict[str, torch.Tensor], hf: dict[str, Any]) -> dict[str, torch.Tensor]:
+    hf_state = dict(unstack_experts(hf_state.items()))
     out = {m: hf_state[h] for m, h in _GLOBAL.items() if h in hf_state}
     if hf.get("tie_word_embeddings"):
         out.pop("output_layer.weight", None)  # the embedding serves as the output layer
@@ -76,16 +78,10 @@ def hf_to_megatron(hf_state: dict[str, torch.Tensor], hf: dict[str, Any]) -> dic
 
 def _experts_to_megatron(hf_state: dict[str, torch.Tensor], src: str, dst: str, experts: int) -> dict[str, torch.Tensor]:
     out = {dst + "mlp.router.weight": hf_state[src + "mlp.gate.weight"]}
-    stacked = src + "mlp.experts.gate_up_proj" in hf_state
     for j in range(experts):
-        expert = f"{dst}mlp.experts.local_experts.{j}."
-        if stacked:
-            out[expert + "linear_fc1.weight"] = hf_state[src + "mlp.experts.gate_up_proj"][j]
-            out[expert + "linear_fc2.weight"] = hf_state[src + "mlp.experts.down_proj"][j]
-        else:
-            h = f"{src}mlp.experts.{j}."
-            out[expert + "linear_fc1.weight"] = torch.cat([hf_state[h + "gate_proj.weight"], hf_state[h + "up_proj.weight"]])
-            out[expert + "linear_fc2.weight"] = hf_state[h + "down_proj.weight"]
+        expert, h = f"{dst}mlp.experts.local_experts.{j}.", f"{src}mlp.experts.{j}."
+        out[expert + "linear_fc1.weight"] = torch.cat([hf_state[h + "gate_proj.weight"], hf_state[h + "up_proj.weight"]])
+        out[expert + "linear_fc2.weight"] = hf_state[h + "down_proj.weight"]
     return out
 
 
