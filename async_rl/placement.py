@@ -77,6 +77,9 @@ def check_megatron(cfg: Config) -> None:
     for flag, used in unsupported.items():
         if used:
             raise UserInputError(f"{flag} is not supported by --train-backend megatron yet")
+    if m.recompute_granularity and cfg.cluster.actor_num_gpus_per_node == 0:
+        raise UserInputError("--recompute-granularity needs GPUs: Megatron's recomputation saves and restores the CUDA "
+                             "RNG state")
     if model_type == "qwen3_moe" and m.tensor_model_parallel_size > 1:
         # Megatron trains MoE layers under TP only with sequence parallelism, which needs TE or Apex norms
         raise UserInputError("--tensor-model-parallel-size > 1 with a MoE model needs --sequence-parallel, which "

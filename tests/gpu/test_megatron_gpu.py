@@ -66,3 +66,23 @@ def test_megatron_step_on_a_gpu_matches_the_torch_backend(torch_step, bf16):
     assert metrics["train/loss"] == pytest.approx(ref_metrics["train/loss"], abs=2e-3 if bf16 else 1e-6)
     assert metrics["train/grad_norm"] == pytest.approx(ref_metrics["train/grad_norm"], rel=0.2 if bf16 else 1e-5)
     assert metrics["train/skipped_steps"] == 0
+
+
+@pytest.mark.parametrize("recompute", [dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1),
+                                       dict(recompute_granularity="selective")], ids=["full", "selective"])
+def test_activation_recomputation_takes_the_same_step(torch_step, recompute):
+    """`--recompute-*` goes to Megatron as is: recomputing activations in the backward pass changes nothing."""
+    from async_rl.trainer.megatron.trainer import MegatronTrainer
+
+    model, samples, (ref_before, ref_metrics, ref_after) = torch_step
+    trainer = MegatronTrainer(str(model), CFG, dataclasses.replace(MegatronConfig(), **recompute),
+                              global_batch_size=8, temperature=1.0)
+    try:
+        _, metrics, after = one_step(trainer, samples)
+    finally:
+        trainer.close()
+    print(f"\n{model.name} recompute {recompute['recompute_granularity']}: loss {metrics['train/loss']} vs "
+          f"{ref_metrics['train/loss']}, grad norm {metrics['train/grad_norm']} vs {ref_metrics['train/grad_norm']}")
+    assert mean_abs_diff(after, ref_after) < 1e-4
+    assert metrics["train/loss"] == pytest.approx(ref_metrics["train/loss"], abs=1e-6)
+    assert metrics["train/grad_norm"] == pytest.approx(ref_metrics["train/grad_norm"], rel=1e-5)
