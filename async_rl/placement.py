@@ -52,7 +52,7 @@ def check_megatron(cfg: Config) -> None:
     except ImportError:
         raise UserInputError("--train-backend megatron needs megatron-core: pip install 'async_rl[gpu]'") from None
     from async_rl.trainer.megatron.convert import read_hf_config
-    from async_rl.trainer.megatron.model import SUPPORTED, moe_config
+    from async_rl.trainer.megatron.model import SUPPORTED, moe_config, num_experts
 
     hf = read_hf_config(cfg.model.hf_checkpoint)
     model_type = hf.get("model_type")
@@ -68,7 +68,6 @@ def check_megatron(cfg: Config) -> None:
     unsupported = {  # not driven by this backend yet; docs/megatron.md says why for each
         "--pipeline-model-parallel-size": m.pipeline_model_parallel_size > 1,
         "--context-parallel-size": m.context_parallel_size > 1,
-        "--expert-model-parallel-size": m.expert_model_parallel_size > 1,
         "--sequence-parallel": m.sequence_parallel,
         "--fp8-format": m.fp8_format is not None,
         "--use-distributed-optimizer": m.use_distributed_optimizer,  # its sharded state is not checkpointed yet
@@ -84,6 +83,15 @@ def check_megatron(cfg: Config) -> None:
         # Megatron trains MoE layers under TP only with sequence parallelism, which needs TE or Apex norms
         raise UserInputError("--tensor-model-parallel-size > 1 with a MoE model needs --sequence-parallel, which "
                              "--train-backend megatron does not support yet: use --tensor-model-parallel-size 1")
+    ep = m.expert_model_parallel_size
+    if ep > 1:
+        experts = num_experts(hf)
+        if not experts or experts % ep:
+            raise UserInputError(f"--expert-model-parallel-size {ep} must divide the model's experts ({experts or 'none'})")
+        if m.max_tokens_per_gpu:
+            # expert-parallel ranks exchange tokens in every forward pass, so they need the same micro-batches
+            raise UserInputError("--max-tokens-per-gpu with --expert-model-parallel-size > 1 is not supported yet: use "
+                                 "--micro-batch-size")
     dp = cfg.trainer_world_size // m.tensor_model_parallel_size
     if cfg.global_batch_size % dp:
         raise UserInputError(f"--global-batch-size {cfg.global_batch_size} must split over {dp} data-parallel ranks")

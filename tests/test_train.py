@@ -80,14 +80,6 @@ def test_a_backend_that_cannot_run_here_is_one_line_and_exit_code_2(tiny_model, 
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
-def test_a_moe_model_under_tensor_parallelism_is_refused_with_the_flag(tiny_model, tiny_moe_model, tmp_path):
-    result = run_cli(*run_flags(tiny_model, tmp_path / "run", "--hf-checkpoint", str(tiny_moe_model), "--train-backend",
-                                "megatron", "--tensor-model-parallel-size", "2"))
-    assert result.returncode == 2
-    assert "--tensor-model-parallel-size > 1 with a MoE model needs --sequence-parallel" in result.stderr
-    assert "Traceback" not in result.stderr
-
-
 def test_a_reward_plugin_that_raises_and_hangs_does_not_stop_the_run(tiny_model, tmp_path):
     out = tmp_path / "run"
     train.main(run_flags(tiny_model, out, "--num-rollout", "2", "--reward-timeout", "1",

@@ -65,7 +65,8 @@ class MegatronAdam(_Wrapped):
 
 
 class CpuAdamW(_Wrapped):
-    """torch AdamW on this rank's parameters; the norm counts each tensor-parallel duplicate once."""
+    """torch AdamW on this rank's parameters; the norm counts each tensor-parallel duplicate once and each
+    expert on the rank that holds it."""
 
     def __init__(self, model: torch.nn.Module, cfg: TrainConfig):
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -80,10 +81,16 @@ class CpuAdamW(_Wrapped):
         from megatron.core import parallel_state
         from megatron.core.tensor_parallel.layers import param_is_not_tensor_parallel_duplicate
 
-        square = torch.zeros((), dtype=torch.float64)
+        dense, experts = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
         for p in self.params:
             if param_is_not_tensor_parallel_duplicate(p):
-                square += p.main_grad.double().square().sum()
+                part = p.main_grad.double().square().sum()
+                if getattr(p, "allreduce", True):
+                    dense += part
+                else:  # an expert of this rank: the other expert-parallel ranks hold the others
+                    experts += part
+        dist.all_reduce(experts, group=parallel_state.get_expert_model_parallel_group())
+        square = dense + experts
         dist.all_reduce(square, group=parallel_state.get_model_parallel_group())
         return math.sqrt(float(square))
 

@@ -19,11 +19,11 @@ from transformers import AutoModelForCausalLM
 from async_rl.config.sections import MegatronConfig, TrainConfig
 from async_rl.sample import Sample
 from async_rl.trainer.batch import PackedBatch, response_logits
-from async_rl.trainer.megatron import tp_shards
+from async_rl.trainer.megatron import expert_shards, tp_shards
 from async_rl.trainer.megatron.convert import read_hf_config
 from async_rl.trainer.megatron.cpu_compat import init_megatron
 from async_rl.trainer.megatron.hf_weights import hf_to_megatron, megatron_to_hf
-from async_rl.trainer.megatron.model import build_gpt_model, causal_mask
+from async_rl.trainer.megatron.model import build_gpt_model, causal_mask, num_experts
 from async_rl.trainer.megatron.optimizer import build_optimizer
 from async_rl.trainer.megatron.vocab_parallel import vocab_parallel_log_probs
 from async_rl.trainer.policy_trainer import PolicyTrainer, is_max_stat
@@ -76,6 +76,7 @@ class MegatronTrainer(PolicyTrainer):
         self.dp_size = ps.get_data_parallel_world_size()
         self.dp_rank = ps.get_data_parallel_rank()
         self.tp_size = ps.get_tensor_model_parallel_world_size()
+        self.ep_size, self.ep_rank = ps.get_expert_model_parallel_world_size(), ps.get_expert_model_parallel_rank()
         super().__init__(cfg, global_batch_size=global_batch_size // self.dp_size, temperature=temperature,
                          max_tokens_per_micro_batch=mcfg.max_tokens_per_gpu)
         self.global_batch_size_all_ranks = global_batch_size
@@ -83,6 +84,7 @@ class MegatronTrainer(PolicyTrainer):
         self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
         self.load_tokenizer(hf_checkpoint)
         self.hf = read_hf_config(hf_checkpoint)
+        self.local_experts = (num_experts(self.hf) or 0) // self.ep_size
         hf_state = AutoModelForCausalLM.from_pretrained(hf_checkpoint, dtype=torch.float32).state_dict()
         self.gpt = self._build(hf_state)
         self.model = DistributedDataParallel(
@@ -112,13 +114,14 @@ class MegatronTrainer(PolicyTrainer):
             self.hf, tensor_model_parallel_size=m.tensor_model_parallel_size,
             params_dtype=torch.bfloat16 if m.bf16 else torch.float32, bf16=m.bf16,
             recompute_granularity=m.recompute_granularity, recompute_method=m.recompute_method,
-            recompute_num_layers=m.recompute_num_layers,
+            recompute_num_layers=m.recompute_num_layers, expert_model_parallel_size=m.expert_model_parallel_size,
         )
         full = hf_to_megatron(hf_state, self.hf)
         tp_rank = ps.get_tensor_model_parallel_rank()
         with torch.no_grad():
             for name, param in model.named_parameters():
-                param.copy_(tp_shards.shard(name, full[name], param, tp_rank, self.tp_size))
+                source = full[expert_shards.global_name(name, self.ep_rank, self.local_experts)]
+                param.copy_(tp_shards.shard(name, source, param, tp_rank, self.tp_size))
         return model.to(self.device)
 
     def _precision(self, model):
@@ -127,13 +130,30 @@ class MegatronTrainer(PolicyTrainer):
         return Float16Module(model.config, model) if self.mcfg.bf16 else model
 
     def forward_log_probs(self, model: Any, batch: PackedBatch, with_entropy: bool = False):
-        positions = torch.arange(batch.input_ids.shape[1], device=self.device).expand_as(batch.input_ids)
-        logits = model(batch.input_ids, positions, attention_mask=causal_mask(batch.attention_mask))
+        input_ids, attention_mask = self._common_shape(batch)
+        positions = torch.arange(input_ids.shape[1], device=self.device).expand_as(input_ids)
+        logits = model(input_ids, positions, attention_mask=causal_mask(attention_mask))
+        logits = logits[: batch.input_ids.shape[0], : batch.input_ids.shape[1]]
         picked, targets = response_logits(logits, batch, self.temperature)
         out = vocab_parallel_log_probs(picked, targets, with_entropy=with_entropy)
         if with_entropy:
             return out[0] * batch.response_mask, out[1] * batch.response_mask
         return out * batch.response_mask
+
+    def _common_shape(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch padded to the largest [rows, seq] over the expert-parallel group: Megatron's MoE layer
+        all-gathers tokens across that group, which needs the same number on every rank. Padding rows are
+        fully masked; their outputs are cut off again."""
+        from megatron.core import parallel_state as ps
+
+        if self.ep_size == 1:
+            return batch.input_ids, batch.attention_mask
+        shape = torch.tensor(batch.input_ids.shape, device=self.device)
+        dist.all_reduce(shape, op=dist.ReduceOp.MAX, group=ps.get_expert_model_parallel_group())
+        rows, seq = (int(shape[0]) - batch.input_ids.shape[0], int(shape[1]) - batch.input_ids.shape[1])
+        pad = (0, seq, 0, rows)
+        return (torch.nn.functional.pad(batch.input_ids, pad, value=self.pad_token_id),
+                torch.nn.functional.pad(batch.attention_mask, pad, value=0))
 
     # ---- optimizer hooks --------------------------------------------------------------------------------
     def zero_grad(self) -> None:
@@ -190,6 +210,10 @@ class MegatronTrainer(PolicyTrainer):
         Returns the results by data-parallel rank and the sample indices each of them got."""
         local = getattr(PolicyTrainer, method)
         shards = data_parallel_shards(len(samples), self.global_batch_size_all_ranks, self.dp_size)
+        if self.ep_size > 1 and len({len(rows) for rows in shards}) > 1:
+            # every rank of an expert-parallel group must run the same number of forward passes
+            raise ValueError(f"{len(samples)} samples do not split evenly over {self.dp_size} data-parallel ranks, "
+                             "which expert parallelism needs")
 
         def args(dp: int) -> list:
             rows = shards[dp]
@@ -227,21 +251,26 @@ class MegatronTrainer(PolicyTrainer):
 
         params = dict(self.gpt.named_parameters())
         group = ps.get_tensor_model_parallel_group()
+        ep_group, ep_rank, local = ps.get_expert_model_parallel_group(), self.ep_rank, self.local_experts
 
         class Gathered(dict):
             def __contains__(self, name):
                 return name in params
 
             def __getitem__(self, name):
+                expert = expert_shards.gather(name, params, ep_rank, local, ep_group) if local else None
+                if expert is not None:
+                    return expert
                 return tp_shards.gather(name, params[name], group, ps.get_tensor_model_parallel_world_size())
 
         return megatron_to_hf(Gathered(), self.hf)
 
     def join_weight_export(self) -> None:
-        """A peer's part in an export: take part in every gather; rank 0 keeps the results."""
+        """A peer's part in an export: take part in every gather (tensor-parallel neighbours of rank 0, and the
+        expert-parallel ranks holding the other experts); rank 0 keeps the results."""
         from megatron.core import parallel_state as ps
 
-        if ps.get_data_parallel_rank() == 0:
+        if ps.get_data_parallel_rank() == 0 or (self.local_experts and ps.get_expert_data_parallel_rank() == 0):
             for _ in self.export_weights():
                 pass
 
