@@ -252,13 +252,14 @@ class MegatronTrainer(PolicyTrainer):
         params = dict(self.gpt.named_parameters())
         group = ps.get_tensor_model_parallel_group()
         ep_group, ep_rank, local = ps.get_expert_model_parallel_group(), self.ep_rank, self.local_experts
+        split_experts = self.ep_size > 1
 
         class Gathered(dict):
             def __contains__(self, name):
                 return name in params
 
             def __getitem__(self, name):
-                expert = expert_shards.gather(name, params, ep_rank, local, ep_group) if local else None
+                expert = expert_shards.gather(name, params, ep_rank, local, ep_group) if split_experts else None
                 if expert is not None:
                     return expert
                 return tp_shards.gather(name, params[name], group, ps.get_tensor_model_parallel_world_size())
@@ -270,7 +271,7 @@ class MegatronTrainer(PolicyTrainer):
         expert-parallel ranks holding the other experts); rank 0 keeps the results."""
         from megatron.core import parallel_state as ps
 
-        if ps.get_data_parallel_rank() == 0 or (self.local_experts and ps.get_expert_data_parallel_rank() == 0):
+        if ps.get_data_parallel_rank() == 0 or (self.ep_size > 1 and ps.get_expert_data_parallel_rank() == 0):
             for _ in self.export_weights():
                 pass
 
