@@ -12,6 +12,7 @@ import ray
 
 from async_rl.config import Config
 from async_rl.errors import UserInputError
+from async_rl.trainer.megatron.model import num_experts
 from async_rl.weights.fp8 import checkpoint_granularity, quantization_config
 
 _WORKER_ENV = {
@@ -52,7 +53,7 @@ def check_megatron(cfg: Config) -> None:
     except ImportError:
         raise UserInputError("--train-backend megatron needs megatron-core: pip install 'async_rl[gpu]'") from None
     from async_rl.trainer.megatron.convert import read_hf_config
-    from async_rl.trainer.megatron.model import SUPPORTED, moe_config, num_experts
+    from async_rl.trainer.megatron.model import SUPPORTED, moe_config
 
     hf = read_hf_config(cfg.model.hf_checkpoint)
     model_type = hf.get("model_type")
@@ -175,7 +176,7 @@ def check_fp8_rollout(cfg: Config) -> None:
     if stored is not None and cfg.rollout.fp8_layout != stored:
         raise UserInputError(f"--hf-checkpoint {cfg.model.hf_checkpoint} holds {stored}-wise FP8 weights: run with "
                              f"--rollout-quantization fp8 --rollout-fp8-granularity {stored}")
-    if cfg.rollout.fp8_layout == "channel" and "moe_intermediate_size" in config:
+    if cfg.rollout.fp8_layout == "channel" and num_experts(config):
         # SGLang's channel-FP8 MoE method rebuilds its expert parameters without their loaders after loading,
         # and our push loader only restores those of linear layers
         raise UserInputError("--rollout-fp8-granularity channel does not take weight pushes into MoE experts yet: "

@@ -35,7 +35,7 @@ def test_flags_must_name_the_checkpoint_layout(tmp_path, stored, flags, ok):
 
 
 def test_channel_fp8_for_a_moe_model_is_refused(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen3_moe", "moe_intermediate_size": 32}))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen3_moe", "num_experts": 128}))
     cfg = parse_config(["--hf-checkpoint", str(tmp_path), "--prompt-data", "x.jsonl", "--rollout-quantization", "fp8",
                         "--rollout-fp8-granularity", "channel"])[0]
     with pytest.raises(UserInputError, match="does not take weight pushes into MoE experts yet"):
