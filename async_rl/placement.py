@@ -89,10 +89,6 @@ def check_megatron(cfg: Config) -> None:
         experts = num_experts(hf)
         if not experts or experts % ep:
             raise UserInputError(f"--expert-model-parallel-size {ep} must divide the model's experts ({experts or 'none'})")
-        if m.max_tokens_per_gpu:
-            # expert-parallel ranks exchange tokens in every forward pass, so they need the same micro-batches
-            raise UserInputError("--max-tokens-per-gpu with --expert-model-parallel-size > 1 is not supported yet: use "
-                                 "--micro-batch-size")
     dp = cfg.trainer_world_size // m.tensor_model_parallel_size
     if cfg.global_batch_size % dp:
         raise UserInputError(f"--global-batch-size {cfg.global_batch_size} must split over {dp} data-parallel ranks")

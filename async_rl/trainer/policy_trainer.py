@@ -92,6 +92,10 @@ class PolicyTrainer:
         """Sum (max for *_max*) per-rank statistics over data-parallel ranks."""
         return sums
 
+    def micro_batch_groups(self, samples: list[Sample]) -> list[list[int]]:
+        """One global batch cut into micro-batches (index lists), by sample count or by token budget."""
+        return micro_batch_indices(samples, self.cfg.micro_batch_size, self.max_tokens_per_micro_batch)
+
     # ---- shared RL step -------------------------------------------------------------------------------
     def _split(self, samples: list[Sample], advantages: list[float] | None = None) -> list[list[MicroBatch]]:
         """Optimizer steps, each a list of micro-batches (advantages ride along with their rows)."""
@@ -99,8 +103,7 @@ class PolicyTrainer:
         steps = []
         for start in range(0, len(samples), self.global_batch_size):
             chunk = range(start, min(start + self.global_batch_size, len(samples)))
-            groups = micro_batch_indices([samples[i] for i in chunk], self.cfg.micro_batch_size,
-                                         self.max_tokens_per_micro_batch)
+            groups = self.micro_batch_groups([samples[i] for i in chunk])
             rows = [[chunk[i] for i in ids] for ids in groups]
             steps.append([MicroBatch(r, pack([samples[i] for i in r], self.pad_token_id).to(self.device),
                                      adv[r].to(self.device)) for r in rows])

@@ -140,6 +140,23 @@ class MegatronTrainer(PolicyTrainer):
             return out[0] * batch.response_mask, out[1] * batch.response_mask
         return out * batch.response_mask
 
+    def micro_batch_groups(self, samples: list[Sample]) -> list[list[int]]:
+        """Under expert parallelism every rank of the group runs as many micro-batches as the one with the most
+        (tokens are exchanged in each forward pass): a rank with fewer splits its largest ones in two, which
+        stays within the token budget and leaves the loss as it is (each micro-batch weighs its share)."""
+        from megatron.core import parallel_state as ps
+
+        groups = super().micro_batch_groups(samples)
+        if self.ep_size == 1:
+            return groups
+        target = torch.tensor(len(groups), device=self.device)
+        dist.all_reduce(target, op=dist.ReduceOp.MAX, group=ps.get_expert_model_parallel_group())
+        while len(groups) < int(target):  # equal shards: some group still has two rows or more
+            largest = max(groups, key=len)
+            groups.remove(largest)
+            groups += [largest[: len(largest) // 2], largest[len(largest) // 2 :]]
+        return groups
+
     def _common_shape(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch padded to the largest [rows, seq] over the expert-parallel group: Megatron's MoE layer
         all-gathers tokens across that group, which needs the same number on every rank. Padding rows are

@@ -7,6 +7,7 @@ import ray
 import torch
 
 from async_rl.config.sections import MegatronConfig, TrainConfig
+from async_rl.trainer.batch import micro_batch_indices
 from async_rl.trainer.torch_trainer import TorchTrainer
 from tests.trainer.test_torch_trainer import advantages, rollout
 
@@ -112,15 +113,29 @@ def test_two_rank_group_matches_the_single_rank_step(tiny_model, samples, refere
     check_against_reference(reference, before, metrics, after, weights)
 
 
-def test_an_expert_parallel_group_matches_the_torch_backends_moe_step(tiny_moe_model, samples, local_ray, tmp_path):
+def budget_with_uneven_micro_batch_counts(samples: list) -> int:
+    """A token budget under which the two data-parallel ranks cut their first global batch differently."""
+    shards = data_parallel_shards(len(samples), 4, 2)
+    for budget in range(1, 1000):
+        if len({len(micro_batch_indices([samples[i] for i in rows[:2]], 2, budget)) for rows in shards}) > 1:
+            return budget
+    raise AssertionError("no budget splits the two shards differently")
+
+
+@pytest.mark.parametrize("token_budget", [False, True], ids=["micro-batch-size", "uneven-token-budget"])
+def test_an_expert_parallel_group_matches_the_torch_backends_moe_step(tiny_moe_model, samples, local_ray, tmp_path,
+                                                                      token_budget):
     """EP=2 over two Ray actors: each holds half of every layer's experts, tokens travel to them and back, the
     exported weights come back whole, numbered as in the Hugging Face checkpoint, and a torch_dist checkpoint of
-    the split experts restores them."""
+    the split experts restores them. Under a token budget that cuts the two ranks' shares into different numbers
+    of micro-batches, the rank with fewer splits its own so that both run the same forward passes."""
     torch_trainer = TorchTrainer(str(tiny_moe_model), CFG, global_batch_size=4, temperature=0.8)
     reference = (torch_trainer.compute_log_probs(samples), torch_trainer.train_step(samples, advantages(len(samples))),
                  torch_trainer.compute_log_probs(samples), dict(torch_trainer.export_weights()))
-    rank0 = create_megatron_group(str(tiny_moe_model), CFG, dataclasses.replace(MegatronConfig(), expert_model_parallel_size=2),
-                                  world_size=2, gpus_per_rank=0, global_batch_size=4, temperature=0.8, seed=0, num_threads=1)
+    mcfg = dataclasses.replace(MegatronConfig(), expert_model_parallel_size=2,
+                               max_tokens_per_gpu=budget_with_uneven_micro_batch_counts(samples) if token_budget else None)
+    rank0 = create_megatron_group(str(tiny_moe_model), CFG, mcfg, world_size=2, gpus_per_rank=0, global_batch_size=4,
+                                  temperature=0.8, seed=0, num_threads=1)
     before = ray.get(rank0.compute_log_probs.remote(samples))
     metrics = ray.get(rank0.train_step.remote(samples, advantages(len(samples))))
     after = ray.get(rank0.compute_log_probs.remote(samples))
