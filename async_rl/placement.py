@@ -53,18 +53,19 @@ def check_megatron(cfg: Config) -> None:
     except ImportError:
         raise UserInputError("--train-backend megatron needs megatron-core: pip install 'async_rl[gpu]'") from None
     from async_rl.trainer.megatron.convert import read_hf_config
-    from async_rl.trainer.megatron.model import SUPPORTED, moe_config
+    from async_rl.trainer.megatron.model import SUPPORTED, moe_config, rope_arguments
 
     hf = read_hf_config(cfg.model.hf_checkpoint)
     model_type = hf.get("model_type")
     if model_type not in SUPPORTED:
         raise UserInputError(f"--hf-checkpoint {cfg.model.hf_checkpoint}: model_type {model_type!r} is not supported by "
                              f"--train-backend megatron yet (supported: {', '.join(SUPPORTED)})")
-    if model_type == "qwen3_moe":
-        try:
+    try:  # what the model builder would refuse, said before anything starts
+        rope_arguments(hf)
+        if model_type == "qwen3_moe":
             moe_config(hf)
-        except ValueError as e:
-            raise UserInputError(f"--hf-checkpoint {cfg.model.hf_checkpoint}: {e}") from None
+    except ValueError as e:
+        raise UserInputError(f"--hf-checkpoint {cfg.model.hf_checkpoint}: {e}") from None
     m = cfg.megatron
     unsupported = {  # not driven by this backend yet; docs/megatron.md says why for each
         "--pipeline-model-parallel-size": m.pipeline_model_parallel_size > 1,

@@ -56,19 +56,38 @@ def moe_config(hf: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+# Llama 3's RoPE scaling as Megatron applies it: only the factor is a parameter, the rest is fixed
+_MEGATRON_LLAMA3_ROPE = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+
+
+def rope_arguments(hf: dict[str, Any]) -> dict[str, Any]:
+    """GPTModel's RoPE arguments for an HF config: the base, and Llama 3's frequency scaling when the config has it.
+
+    transformers 5 keeps them in `rope_parameters`, older configs in `rope_theta` and `rope_scaling`."""
+    params = {**(hf.get("rope_scaling") or {}), **(hf.get("rope_parameters") or {})}
+    base = hf.get("rope_theta") or params.get("rope_theta", 10000.0)
+    kind = params.get("rope_type") or params.get("type") or "default"
+    if kind == "default":
+        return {"rotary_base": int(base)}
+    fixed = {k: params.get(k) for k in _MEGATRON_LLAMA3_ROPE}
+    if kind != "llama3" or fixed != _MEGATRON_LLAMA3_ROPE:
+        raise ValueError(f"RoPE scaling {kind!r} with {fixed} is not supported by the megatron backend (Megatron "
+                         f"applies llama3 scaling with {_MEGATRON_LLAMA3_ROPE} only)")
+    return {"rotary_base": int(base), "rope_scaling": True, "rope_scaling_factor": float(params["factor"])}
+
+
 def build_gpt_model(hf: dict[str, Any], **config_overrides: Any):
     """GPTModel with the local (non-Transformer-Engine) layer spec, RoPE as in the HF config."""
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
     config = transformer_config(hf, **config_overrides)
-    rope = hf.get("rope_theta") or (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0)
     spec = get_gpt_layer_local_spec(num_experts=config.num_moe_experts, moe_grouped_gemm=False,
                                     qk_layernorm=config.qk_layernorm, normalization="RMSNorm")
     return GPTModel(
         config, spec,
         vocab_size=hf["vocab_size"], max_sequence_length=hf.get("max_position_embeddings", 4096),
-        position_embedding_type="rope", rotary_base=int(rope),
+        position_embedding_type="rope", **rope_arguments(hf),
         share_embeddings_and_output_weights=bool(hf.get("tie_word_embeddings")),
     )
 

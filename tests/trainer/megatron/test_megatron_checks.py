@@ -1,5 +1,7 @@
 """What the megatron backend refuses before anything starts, with one line naming the flag."""
 
+import json
+
 import pytest
 
 from async_rl.config import parse_config
@@ -24,3 +26,11 @@ def test_expert_parallelism_needs_experts_it_can_split(tiny_model, tiny_moe_mode
     with pytest.raises(UserInputError, match=r"--expert-model-parallel-size 2 must divide the model's experts \(none\)"):
         check_megatron(config(tiny_model, "--expert-model-parallel-size", "2"))
     check_megatron(config(tiny_moe_model, "--expert-model-parallel-size", "2"))
+
+
+def test_rope_scaling_megatron_cannot_apply_is_refused_before_the_run(tiny_model, tmp_path):
+    config_json = json.loads((tiny_model / "config.json").read_text())
+    config_json["rope_parameters"] = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e6}
+    (tmp_path / "config.json").write_text(json.dumps(config_json))
+    with pytest.raises(UserInputError, match="RoPE scaling 'yarn'"):
+        check_megatron(config(tmp_path))

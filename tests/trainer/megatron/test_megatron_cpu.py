@@ -6,7 +6,16 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3Config, Qwen3ForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+    Qwen3MoeConfig,
+    Qwen3MoeForCausalLM,
+)
 
 from tests.conftest import REPO
 
@@ -14,7 +23,7 @@ pytest.importorskip("megatron.core", reason="megatron-core is not installed (pip
 
 from async_rl.trainer.megatron.cpu_compat import single_process_megatron  # noqa: E402
 from async_rl.trainer.megatron.hf_weights import hf_to_megatron, megatron_to_hf  # noqa: E402
-from async_rl.trainer.megatron.model import build_gpt_model, causal_mask  # noqa: E402
+from async_rl.trainer.megatron.model import build_gpt_model, causal_mask, rope_arguments  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +38,28 @@ def qwen3_model(tmp_path_factory, tiny_model):
     return out
 
 
-@pytest.fixture(params=["qwen2", "qwen3", "qwen3_moe"])
-def hf_dir(request, tiny_model, qwen3_model, tiny_moe_model):
-    return {"qwen2": tiny_model, "qwen3": qwen3_model, "qwen3_moe": tiny_moe_model}[request.param]
+def llama_config(**rope) -> LlamaConfig:
+    return LlamaConfig(vocab_size=262, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, head_dim=16, max_position_embeddings=131072, **rope)
+
+
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+
+
+@pytest.fixture(scope="module")
+def llama_model(tmp_path_factory, tiny_model):
+    """A tiny random Llama 3 (untied output layer, Llama 3's RoPE scaling)."""
+    out = tmp_path_factory.mktemp("llama")
+    torch.manual_seed(0)
+    LlamaForCausalLM(llama_config(rope_parameters=LLAMA3_ROPE)).save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(params=["qwen2", "qwen3", "qwen3_moe", "llama"])
+def hf_dir(request, tiny_model, qwen3_model, tiny_moe_model, llama_model):
+    return {"qwen2": tiny_model, "qwen3": qwen3_model, "qwen3_moe": tiny_moe_model, "llama": llama_model}[request.param]
 
 
 def test_megatron_log_probs_match_hugging_face_on_cpu(hf_dir):
@@ -47,11 +75,25 @@ def test_moe_routing_without_renormalized_top_k_matches_too():
     assert_same_log_probs(Qwen3MoeForCausalLM(config).eval())
 
 
-def assert_same_log_probs(hf_model):
+def test_llama3_rope_scaling_matches_over_a_long_sequence():
+    """Llama 3 scales RoPE's low frequencies; far enough into a sequence the unscaled angles differ visibly."""
+    torch.manual_seed(3)
+    assert_same_log_probs(LlamaForCausalLM(llama_config(rope_parameters=LLAMA3_ROPE)).eval(), seq_len=512)
+
+
+def test_rope_arguments_read_older_configs_and_refuse_scaling_megatron_cannot_apply():
+    older = {"rope_theta": 500000.0, "rope_scaling": {"type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}}
+    assert rope_arguments(older) == {"rotary_base": 500000, "rope_scaling": True, "rope_scaling_factor": 32.0}
+    with pytest.raises(ValueError, match="RoPE scaling 'yarn'"):
+        rope_arguments({"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e6}})
+
+
+def assert_same_log_probs(hf_model, seq_len: int = 16):
     hf = hf_model.config.to_dict()
     torch.manual_seed(1)
-    ids = torch.randint(0, hf["vocab_size"], (3, 16))
-    mask = torch.ones(3, 16, dtype=torch.long)
+    ids = torch.randint(0, hf["vocab_size"], (3, seq_len))
+    mask = torch.ones(3, seq_len, dtype=torch.long)
     mask[1, :5] = 0  # left padding, as the trainer packs prompts
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     with single_process_megatron():
