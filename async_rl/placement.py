@@ -12,8 +12,8 @@ import ray
 
 from async_rl.config import Config
 from async_rl.errors import UserInputError
-from async_rl.trainer.megatron.model import num_experts
 from async_rl.weights.fp8 import checkpoint_granularity, quantization_config
+from async_rl.weights.hf_layout import num_experts
 
 _WORKER_ENV = {
     "TRANSFORMERS_VERBOSITY": "error",

@@ -1,4 +1,5 @@
-"""Hugging Face MoE weights in their two layouts: the checkpoint's (what sync and SGLang use) and transformers'.
+"""Hugging Face MoE models: how many experts a config declares, and their weights in two layouts, the
+checkpoint's (what sync and SGLang use) and transformers'.
 
 Checkpoints name every expert's projections (`mlp.experts.{j}.gate_proj.weight`, `up_proj`, `down_proj`);
 transformers 5 holds a layer's experts stacked (`mlp.experts.gate_up_proj` [experts, 2 x ffn, hidden], gate
@@ -9,11 +10,16 @@ these convert at the edges where a transformers model is on the other side.
 from __future__ import annotations
 
 import re
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 
 _EXPERT = re.compile(r"(.*\.mlp\.experts\.)(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
+
+
+def num_experts(hf_config: dict[str, Any]) -> int | None:
+    """Experts per MoE layer: Qwen's config.json says `num_experts`, transformers 5 writes `num_local_experts`."""
+    return hf_config.get("num_experts") or hf_config.get("num_local_experts")
 
 
 def unstack_experts(named: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:

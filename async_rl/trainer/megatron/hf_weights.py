@@ -15,8 +15,7 @@ from typing import Any, Iterator
 
 import torch
 
-from async_rl.trainer.megatron.model import num_experts
-from async_rl.weights.hf_layout import unstack_experts
+from async_rl.weights.hf_layout import num_experts, unstack_experts
 
 _RENAMES = {  # per layer: Megatron suffix -> HF suffix
     "input_layernorm.weight": "input_layernorm.weight",

@@ -6,6 +6,8 @@ from typing import Any
 
 import torch
 
+from async_rl.weights.hf_layout import num_experts
+
 SUPPORTED = ("qwen2", "qwen3", "llama", "qwen3_moe")
 
 
@@ -32,11 +34,6 @@ def transformer_config(hf: dict[str, Any], **overrides: Any):
     if model_type == "qwen3_moe":
         kwargs |= moe_config(hf)
     return TransformerConfig(**(kwargs | overrides))
-
-
-def num_experts(hf: dict[str, Any]) -> int | None:
-    """Experts per MoE layer: Qwen's config.json says `num_experts`, transformers 5 writes `num_local_experts`."""
-    return hf.get("num_experts") or hf.get("num_local_experts")
 
 
 def moe_config(hf: dict[str, Any]) -> dict[str, Any]:

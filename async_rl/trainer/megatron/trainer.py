@@ -23,10 +23,11 @@ from async_rl.trainer.megatron import expert_shards, tp_shards
 from async_rl.trainer.megatron.convert import read_hf_config
 from async_rl.trainer.megatron.cpu_compat import init_megatron
 from async_rl.trainer.megatron.hf_weights import hf_to_megatron, megatron_to_hf
-from async_rl.trainer.megatron.model import build_gpt_model, causal_mask, num_experts
+from async_rl.trainer.megatron.model import build_gpt_model, causal_mask
 from async_rl.trainer.megatron.optimizer import build_optimizer
 from async_rl.trainer.megatron.vocab_parallel import vocab_parallel_log_probs
 from async_rl.trainer.policy_trainer import PolicyTrainer, is_max_stat
+from async_rl.weights.hf_layout import num_experts
 
 
 def _wait(refs: list) -> list:
