@@ -145,14 +145,11 @@ class MegatronTrainer(PolicyTrainer):
         """Under expert parallelism every rank of the group runs as many micro-batches as the one with the most
         (tokens are exchanged in each forward pass): a rank with fewer splits its largest ones in two, which
         stays within the token budget and leaves the loss as it is (each micro-batch weighs its share)."""
-        from megatron.core import parallel_state as ps
-
         groups = super().micro_batch_groups(samples)
         if self.ep_size == 1:
             return groups
-        target = torch.tensor(len(groups), device=self.device)
-        dist.all_reduce(target, op=dist.ReduceOp.MAX, group=ps.get_expert_model_parallel_group())
-        while len(groups) < int(target):  # equal shards: some group still has two rows or more
+        [target] = self._expert_group_max([len(groups)])
+        while len(groups) < target:  # equal shards: some group still has two rows or more
             largest = max(groups, key=len)
             groups.remove(largest)
             groups += [largest[: len(largest) // 2], largest[len(largest) // 2 :]]
@@ -162,16 +159,20 @@ class MegatronTrainer(PolicyTrainer):
         """The batch padded to the largest [rows, seq] over the expert-parallel group: Megatron's MoE layer
         all-gathers tokens across that group, which needs the same number on every rank. Padding rows are
         fully masked; their outputs are cut off again."""
-        from megatron.core import parallel_state as ps
-
         if self.ep_size == 1:
             return batch.input_ids, batch.attention_mask
-        shape = torch.tensor(batch.input_ids.shape, device=self.device)
-        dist.all_reduce(shape, op=dist.ReduceOp.MAX, group=ps.get_expert_model_parallel_group())
-        rows, seq = (int(shape[0]) - batch.input_ids.shape[0], int(shape[1]) - batch.input_ids.shape[1])
-        pad = (0, seq, 0, rows)
+        rows, seq = self._expert_group_max(list(batch.input_ids.shape))
+        pad = (0, seq - batch.input_ids.shape[1], 0, rows - batch.input_ids.shape[0])
         return (torch.nn.functional.pad(batch.input_ids, pad, value=self.pad_token_id),
                 torch.nn.functional.pad(batch.attention_mask, pad, value=0))
+
+    def _expert_group_max(self, values: list[int]) -> list[int]:
+        """Each value's maximum over the expert-parallel group."""
+        from megatron.core import parallel_state as ps
+
+        tensor = torch.tensor(values, device=self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=ps.get_expert_model_parallel_group())
+        return tensor.tolist()
 
     # ---- optimizer hooks --------------------------------------------------------------------------------
     def zero_grad(self) -> None:
