@@ -16,6 +16,7 @@ setup(
         "transformers>=4.45",
         "safetensors>=0.4",
         "ray>=2.30",
+        "aiohttp>=3.9",  # the SGLang engines' HTTP client
         "omegaconf>=2.3",
         "tensorboard>=2.14",
         "numpy>=1.24",

@@ -42,7 +42,7 @@ def evaluate(cfg: Config) -> dict[str, float]:
     grader = make_grader(cfg)
     start_ray(cfg)
     try:
-        manager = RolloutManager(lambda rank: create_engine(cfg, rank), cfg.cluster.rollout_num_engines, grader)
+        manager = RolloutManager(lambda rank: create_engine(cfg, rank), cfg.num_rollout_engines, grader)
         e = cfg.eval
         params = SamplingParams(e.eval_temperature, cfg.rollout.rollout_top_p, e.eval_max_response_len)
         metrics = Evaluator(manager, eval_sets, e.n_samples_per_eval_prompt, params).evaluate()

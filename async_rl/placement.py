@@ -38,6 +38,8 @@ def check_sglang(cfg: Config) -> None:
         raise UserInputError("--rollout-backend sglang needs SGLang: pip install 'async_rl[gpu]'") from None
     if cfg.cluster.actor_num_gpus_per_node == 0:
         raise UserInputError("--rollout-backend sglang runs on GPUs: set --actor-num-gpus-per-node")
+    if cfg.num_rollout_engines < 1:
+        raise UserInputError("--rollout-backend sglang needs at least one engine: set --rollout-num-gpus or --colocate")
     known = {f.name for f in dataclasses.fields(ServerArgs)}
     for name in cfg.sglang:
         if name not in known:
@@ -104,7 +106,7 @@ def _gpu_share(cfg: Config) -> float:
 
 def _threads_per_process(cfg: Config) -> int:
     """Split the cores between the trainer and the engines, so that async overlap is real parallelism."""
-    processes = cfg.trainer_world_size + cfg.cluster.rollout_num_engines
+    processes = cfg.trainer_world_size + cfg.num_rollout_engines
     return cfg.train.torch_num_threads or max(1, (os.cpu_count() or 1) // processes)
 
 
@@ -117,7 +119,7 @@ def start_ray(cfg: Config) -> None:
         ray.init(address=cfg.cluster.ray_address, runtime_env=runtime_env)
         return
     ray.init(
-        num_cpus=cfg.trainer_world_size + cfg.cluster.rollout_num_engines,
+        num_cpus=cfg.trainer_world_size + cfg.num_rollout_engines,
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
         runtime_env=runtime_env,
@@ -146,10 +148,19 @@ def create_trainer(cfg: Config) -> Any:
     )
 
 
-def create_engine(cfg: Config, rank: int) -> Any:
+def start_router(cfg: Config) -> Any:
+    """sglang-router on this node when several SGLang engines serve the policy (they register with it), else None."""
+    if cfg.backend.rollout_backend != "sglang" or cfg.num_rollout_engines < 2:
+        return None
+    from async_rl.rollout.sglang_router import SGLangRouter
+
+    return SGLangRouter(ray.util.get_node_ip_address(), cfg.rollout.router_port, cfg.rollout.router_policy)
+
+
+def create_engine(cfg: Config, rank: int, router_url: str | None = None) -> Any:
     """Rollout engine `rank` as a Ray actor of its own (a process an operator can find by its class name)."""
     if cfg.backend.rollout_backend == "sglang":
-        return _create_sglang_engine(cfg, rank)
+        return _create_sglang_engine(cfg, rank, router_url)
     from async_rl.rollout.local_engine import LocalEngine
 
     gpus = _gpu_share(cfg)
@@ -186,7 +197,7 @@ def needs_initial_weights(cfg: Config) -> bool:
             and checkpoint_fp8_granularity(cfg.model.hf_checkpoint) is None)
 
 
-def _create_sglang_engine(cfg: Config, rank: int) -> Any:
+def _create_sglang_engine(cfg: Config, rank: int, router_url: str | None) -> Any:
     from async_rl.rollout.sglang_engine import SGLangEngine
 
     per_engine = cfg.cluster.rollout_num_gpus_per_engine
@@ -201,4 +212,5 @@ def _create_sglang_engine(cfg: Config, rank: int) -> Any:
                         "json_model_override_args": json.dumps({"quantization_config": quantization_config(cfg.rollout.fp8_layout)})}
     actor = ray.remote(num_cpus=1, num_gpus=gpus, max_concurrency=1, concurrency_groups={"control": 1})(SGLangEngine)
     return actor.remote(cfg.model.hf_checkpoint, seed=cfg.logging.seed + 1000 * (rank + 1), fp8=cfg.rollout.fp8_layout,
+                        max_concurrent_requests=cfg.rollout.rollout_max_concurrency, router_url=router_url,
                         tp_size=per_engine, **server_args)

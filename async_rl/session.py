@@ -28,7 +28,8 @@ from async_rl.errors import TrainingAborted
 from async_rl.evaluation import Evaluator, eval_sets_from_flag
 from async_rl.invariants import check_first_step, check_probe
 from async_rl.metrics_logger import MetricsLogger, WandbSettings
-from async_rl.placement import check_backends, create_engine, create_trainer, needs_initial_weights, start_ray
+from async_rl.placement import (check_backends, create_engine, create_trainer, needs_initial_weights, start_ray,
+                                start_router)
 from async_rl.placement_plan import plan_placement
 from async_rl.rollout.engine import SamplingParams
 from async_rl.rollout.filters import load_group_filter
@@ -99,9 +100,14 @@ class TrainingSession:
         wandb = WandbSettings(lg.wandb_project, lg.wandb_mode, cfg.to_flat_dict()) if lg.use_wandb else None
         self.metrics_logger = MetricsLogger(lg.output_dir, lg.tensorboard_dir, wandb)
         start_ray(cfg)
+        self.router: Any = None
         try:  # a failure past this point must not leave Ray and its actors running
             self.trainer = create_trainer(cfg)
-            self.rollout = RolloutManager(lambda rank: create_engine(cfg, rank), cfg.cluster.rollout_num_engines, grader)
+            self.router = start_router(cfg)
+            if self.router is not None:
+                print(f"sglang-router for the {cfg.num_rollout_engines} rollout engines: {self.router.url}", flush=True)
+            router_url = self.router.url if self.router is not None else None
+            self.rollout = RolloutManager(lambda rank: create_engine(cfg, rank, router_url), cfg.num_rollout_engines, grader)
             self.start_step = 0
             self.resumed_rollout_state: dict[str, Any] | None = None
             self._last_batch: tuple[list[Sample], list[float]] | None = None
@@ -110,6 +116,7 @@ class TrainingSession:
             elif needs_initial_weights(cfg):
                 self.rollout.wait_weights(self.push_weights(version=0))
         except BaseException:
+            self._stop_router()
             ray.shutdown()
             raise
         self.rollout_params = SamplingParams(
@@ -292,7 +299,12 @@ class TrainingSession:
         for engine in self.rollout.engines:
             ray.kill(engine)
         ray.kill(self.trainer)
+        self._stop_router()
         ray.shutdown()
+
+    def _stop_router(self) -> None:
+        if self.router is not None:
+            self.router.stop()
 
     def __enter__(self) -> "TrainingSession":
         return self

@@ -6,7 +6,8 @@ Random ("dummy") weights of a real model shape; each engine runs in its own proc
         --modes bf16 fp8 fp8-tuned fp8-channel --tuned-configs fp8_gemm_configs/
 
 Decode: a batch of `--batch` prompts of `--prompt-len` random tokens, `--new-tokens` sampled tokens each
-(EOS ignored), CUDA graphs on, triton attention. Weight update: every parameter pushed through
+(EOS ignored), sent at once through the engine's HTTP client to its SGLang server, CUDA graphs on, triton
+attention. Weight update: every parameter pushed through
 `SGLangEngine.load_weights` in 512 MB buckets from CUDA tensors (FP8: quantized per bucket by
 async_rl.weights.fp8 first, as the trainer does). `fp8` and `fp8-tuned` serve blockwise FP8 (`fp8-tuned`
 installs the JSON files of tools/tune_sglang_fp8_gemm.py into SGLang before starting); `fp8-channel` serves
@@ -73,12 +74,17 @@ def run_one(mode: str, config_path: Path, args) -> dict:
                   cuda_graph_max_bs_decode=args.batch, max_running_requests=args.batch, log_level="warning")
     if fp8:
         server["json_model_override_args"] = json.dumps({"quantization_config": quantization_config(fp8)})
-    engine = SGLangEngine(str(model_dir), fp8=fp8, **server)
+    engine = SGLangEngine(str(model_dir), fp8=fp8, max_concurrent_requests=args.batch, **server)
     prompts = torch.randint(100, config["vocab_size"] - 100, (args.batch, args.prompt_len)).tolist()
     params = {"temperature": 1.0, "max_new_tokens": args.new_tokens, "ignore_eos": True}
-    engine.engine.generate(input_ids=prompts, sampling_params={**params, "max_new_tokens": 16})  # warm-up
+
+    def generate(max_new_tokens: int) -> list[dict]:  # the engine's own HTTP client, one request per prompt
+        requests = [{"input_ids": p, "sampling_params": {**params, "max_new_tokens": max_new_tokens}} for p in prompts]
+        return engine.client.post_many("/generate", requests)
+
+    generate(16)  # warm-up
     start = time.perf_counter()
-    outputs = engine.engine.generate(input_ids=prompts, sampling_params=params)
+    outputs = generate(args.new_tokens)
     elapsed = time.perf_counter() - start
     tokens = sum(len(o["output_ids"]) for o in outputs)
 

@@ -65,6 +65,15 @@ class Config:
             return c.actor_num_nodes * c.actor_num_gpus_per_node
         return self.megatron.tensor_model_parallel_size if self.backend.train_backend == "megatron" else 1
 
+    @property
+    def num_rollout_engines(self) -> int:
+        """Engines to start: --rollout-num-engines on a CPU; on GPUs, their GPUs over --rollout-num-gpus-per-engine."""
+        c = self.cluster
+        if not c.actor_num_gpus_per_node:
+            return c.rollout_num_engines
+        gpus = self.trainer_world_size if c.colocate else (c.rollout_num_gpus or 0)
+        return gpus // c.rollout_num_gpus_per_engine
+
     def to_flat_dict(self) -> dict[str, Any]:
         """Flag-name keys (underscored), the form `--config` reads back."""
         flat = {f.name: getattr(getattr(self, s), f.name) for s, cls in SECTIONS.items() for f in fields(cls)}
@@ -216,6 +225,7 @@ def _validate(cfg: Config, explicit: set[str], async_mode: bool, evaluate_only: 
         "micro_batch_size": t.micro_batch_size, "rollout_num_gpus_per_engine": c.rollout_num_gpus_per_engine,
         "rollout_num_engines": c.rollout_num_engines, "actor_num_nodes": c.actor_num_nodes,
         "n_samples_per_eval_prompt": cfg.eval.n_samples_per_eval_prompt,
+        "rollout_max_concurrency": r.rollout_max_concurrency,
     }
     for dest, value in positive.items():
         if value < 1:

@@ -89,6 +89,13 @@ class RolloutConfig:
         False, "Async mode: a weight push interrupts running generation, which then continues with the new "
         "weights, keeping the tokens (and log-probs) generated so far."
     )
+    rollout_max_concurrency: int = flag(
+        256, "SGLang backend: generation requests in flight per engine at once (the rest wait in the engine actor)."
+    )
+    router_port: int | None = flag(None, "Port of the sglang-router started in front of several SGLang engines "
+                                   "(a free one when unset).")
+    router_policy: str = flag("cache_aware", "sglang-router's routing policy.",
+                              choices=["cache_aware", "round_robin", "random", "power_of_two"])
     update_weight_buffer_size: int = flag(512 * 1024**2, "Bytes of weights per weight-sync bucket.")
     force_pow_2_scale: bool = flag(False, "FP8 rollout: round every block scale up to a power of two (E8M0).")
     rollout_quantization: str = flag(

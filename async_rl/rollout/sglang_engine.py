@@ -1,50 +1,78 @@
-"""`sglang` rollout backend: one SGLang engine (in-process `sglang.Engine`) behind the `RolloutEngine` interface.
+"""`sglang` rollout backend: one SGLang HTTP server per engine actor, driven through SGLang's native HTTP API.
 
-Token ids go in and come out, with the log-prob SGLang sampled each token from (temperature-scaled,
-as the trainer recomputes them). Weight updates use SGLang's `update_weights_from_tensor` with CUDA
-tensors in Hugging Face names; an FP8 engine takes float8 weights with their float32 scales in its layout
-(`weight_scale_inv` per block, `weight_scale` per channel), and anything else sent to its FP8 parameters is
-refused here, because SGLang accepts it and then silently generates garbage.
+Token ids go in and come out of `/generate`, with the log-prob SGLang sampled each token from
+(temperature-scaled, as the trainer recomputes them); a chunk's requests go out concurrently over one
+pooled connection. Weight updates use `/update_weights_from_tensor`: CUDA tensors in Hugging Face names,
+handed to the server through CUDA IPC. An FP8 engine takes float8 weights with their float32 scales in its
+layout (`weight_scale_inv` per block, `weight_scale` per channel), and anything else sent to its FP8
+parameters is refused here, because SGLang accepts it and then silently generates garbage.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import subprocess
 import time
 import uuid
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
+import aiohttp
+import ray
 import torch
 
-from async_rl.rollout.engine import FINISHED_AT, SamplingParams, WeightVersionMixin
-from async_rl.sample import FINISHED_STATUSES, Sample, SampleStatus
 from async_rl.rollout import sglang_channel_fp8
+from async_rl.rollout.engine import FINISHED_AT, SamplingParams, WeightVersionMixin
+from async_rl.rollout.http_client import HttpClient
+from async_rl.rollout.sglang_router import register_with_router
+from async_rl.rollout.sglang_server import SGLangServer, free_port
+from async_rl.sample import FINISHED_STATUSES, Sample, SampleStatus
 from async_rl.weights.fp8 import is_fp8_quantizable, scale_name
 from async_rl.weights.sync import from_transport
+
+logger = logging.getLogger(__name__)
 
 _FINISH = {"stop": SampleStatus.COMPLETED, "length": SampleStatus.TRUNCATED, "abort": SampleStatus.ABORTED}
 
 
 class SGLangEngine(WeightVersionMixin):
-    def __init__(self, hf_checkpoint: str, *, seed: int = 0, fp8: str | None = None, **server_args: Any):
-        """`server_args` are SGLang `ServerArgs` fields (mem_fraction_static, attention_backend, ...).
+    def __init__(self, hf_checkpoint: str, *, seed: int = 0, fp8: str | None = None, host: str | None = None,
+                 max_concurrent_requests: int = 256, router_url: str | None = None, **server_args: Any):
+        """Start an SGLang server for `hf_checkpoint` on `host` (default: this Ray node's address) and a free port.
 
+        `server_args` are SGLang `ServerArgs` fields (mem_fraction_static, attention_backend, tp_size, ...).
         `fp8` ("block" or "channel"): the engine serves FP8 linear weights in that layout (from an FP8
         checkpoint of `tools/bf16_cast_fp8.py`, or dummy weights until the first push), so weight pushes must
-        carry FP8 pairs of that layout.
+        carry FP8 pairs of that layout. At most `max_concurrent_requests` generation requests are in flight.
+        With `router_url`, the server registers with that sglang-router once it is up.
         """
-        import sglang
+        from sglang.srt.server_args import ServerArgs
 
         if fp8 == "channel":
             server_args["custom_weight_loader"] = [*server_args.get("custom_weight_loader", []), sglang_channel_fp8.LOAD_FORMAT]
-        self.engine = sglang.Engine(model_path=hf_checkpoint, random_seed=seed, **server_args)
-        self.tokenizer = self.engine.tokenizer_manager.tokenizer  # None with skip_tokenizer_init (benchmarks)
-        self.eos_token_id = self.tokenizer.eos_token_id if self.tokenizer is not None else None
+        host = host or (ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1")
+        self.server_args = ServerArgs(model_path=hf_checkpoint, random_seed=seed, host=host, port=free_port(host),
+                                      weight_version="0", **server_args)
+        self.server = SGLangServer(self.server_args)
+        self.client = HttpClient(self.server.url, max_concurrent_requests)
+        if router_url:
+            register_with_router(router_url, self.server.url)
+        if self.server_args.skip_tokenizer_init:  # benchmarks on dummy weights have no tokenizer
+            self.tokenizer, self.eos_token_id = None, None
+        else:
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(hf_checkpoint)
+            self.eos_token_id = self.tokenizer.eos_token_id
         self.fp8 = fp8
         self.load_format = sglang_channel_fp8.LOAD_FORMAT if fp8 == "channel" else None
         self.weight_version = 0
         self.paused = False
         self._rids: dict[int, list[str]] = {}  # request id -> SGLang rids of its samples
+
+    @property
+    def url(self) -> str:
+        return self.server.url
 
     def generate(self, samples: list[Sample], params: SamplingParams, request_id: int | None = None) -> list[Sample]:
         """Sample responses (continuing partial ones); unfinished samples of an aborted call come back ABORTED."""
@@ -56,46 +84,59 @@ class SGLangEngine(WeightVersionMixin):
         rids = [uuid.uuid4().hex for _ in todo]
         if request_id is not None:
             self._rids[request_id] = rids
+        requests = [{
+            "rid": rid, "input_ids": s.prompt_tokens + s.response_tokens, "return_logprob": True,
+            "sampling_params": {
+                "temperature": params.temperature, "top_p": params.top_p,
+                "max_new_tokens": params.max_new_tokens - s.response_length,
+                "stop_token_ids": [self.eos_token_id] if self.eos_token_id is not None else None,
+                "skip_special_tokens": False, "no_stop_trim": True,
+            },
+        } for rid, s in zip(rids, todo)]
         try:
-            outputs = self.engine.generate(
-                input_ids=[s.prompt_tokens + s.response_tokens for s in todo],
-                sampling_params=[{
-                    "temperature": params.temperature, "top_p": params.top_p,
-                    "max_new_tokens": params.max_new_tokens - s.response_length,
-                    "stop_token_ids": [self.eos_token_id] if self.eos_token_id is not None else None,
-                    "skip_special_tokens": False, "no_stop_trim": True,
-                } for s in todo],
-                return_logprob=True, rid=rids,
-            )
+            outputs = self.client.post_many("/generate", requests)
+        except aiohttp.ClientError:
+            self._check_server(grace_s=10)  # a dead server takes the actor down; a live one's error is raised
+            raise
         finally:
             self._rids.pop(request_id, None)
         finished_at = time.time()
         for s, out in zip(todo, outputs):
-            new = out["meta_info"]["output_token_logprobs"]  # [(log-prob, token id, text)]
+            meta = out["meta_info"]
+            new = meta["output_token_logprobs"]  # [(log-prob, token id, text)]
             if s.response_length == 0:
-                s.weight_version = self.weight_version
+                s.weight_version = int(meta["weight_version"])
             s.response_tokens = s.response_tokens + [int(t[1]) for t in new]
             s.rollout_log_probs = s.rollout_log_probs + [float(t[0]) for t in new]
             s.loss_mask = [1] * s.response_length
             s.response = self.tokenizer.decode(s.response_tokens, skip_special_tokens=True) if self.tokenizer else ""
-            s.status = _FINISH.get(out["meta_info"]["finish_reason"]["type"], SampleStatus.FAILED)
+            s.status = _FINISH.get(meta["finish_reason"]["type"], SampleStatus.FAILED)
             s.metadata[FINISHED_AT] = finished_at
         return samples
 
     def abort(self, request_ids: Sequence[int]) -> None:
         for request_id in request_ids:
             for rid in self._rids.get(request_id, []):
-                self.engine.tokenizer_manager.abort_request(rid=rid)
+                self.client.post("/abort_request", {"rid": rid})
 
     def load_weights(self, named_tensors: Sequence[tuple[str, torch.Tensor]]) -> None:
-        """Push one bucket (Hugging Face names) into the engine; FP8 engines only take FP8 pairs."""
+        """Push one bucket (Hugging Face names) into the server through CUDA IPC; FP8 engines only take FP8 pairs."""
+        from sglang.srt.utils import MultiprocessingSerializer
+
         # float8 travels as raw bytes (uint8); nothing else is uint8 in a causal LM
         tensors = [(name, from_transport(t, torch.float8_e4m3fn).cuda()) for name, t in named_tensors]
         if self.fp8:
             check_fp8_bucket(tensors, self.fp8)
-        ok, message = self.engine.update_weights_from_tensor(tensors, load_format=self.load_format, flush_cache=True)[:2]
-        if not ok:
-            raise RuntimeError(f"SGLang refused the weight update: {message}")
+        # one payload per tensor-parallel rank: each rank opens (and releases) its own IPC handles
+        payloads = [MultiprocessingSerializer.serialize(tensors, output_str=True) for _ in range(self.server_args.tp_size)]
+        self.client.post("/update_weights_from_tensor", {
+            "serialized_named_tensors": payloads, "load_format": self.load_format, "flush_cache": True,
+        })
+
+    def set_weight_version(self, version: int) -> None:
+        """Record the version in the server too: it stamps every response with it (`meta_info.weight_version`)."""
+        self.client.post("/update_weight_version", {"new_version": str(version)})
+        self.weight_version = version
 
     def rng_state(self) -> torch.Tensor:
         """SGLang seeds each request itself; there is no sampling stream to save."""
@@ -106,19 +147,39 @@ class SGLangEngine(WeightVersionMixin):
 
     def pause(self) -> None:
         """Free the GPU memory of weights and KV cache (needs `enable_memory_saver`), for a colocated trainer."""
-        self.engine.release_memory_occupation()
+        self.client.post("/release_memory_occupation")
         self.paused = True
 
     def resume(self) -> None:
         """Map the memory back; the weights in it are undefined until the next push."""
-        self.engine.resume_memory_occupation()
+        self.client.post("/resume_memory_occupation")
         self.paused = False
 
     def health(self) -> dict:
-        return {"pid": os.getpid(), "weight_version": self.weight_version, "paused": self.paused}
+        """The server answers `/health` (a dead server takes its engine actor down, see `_check_server`)."""
+        self._check_server()
+        self.client.get("/health", timeout_s=30)
+        return {"pid": os.getpid(), "server_pid": self.server.process.pid, "url": self.url,
+                "weight_version": self.weight_version, "paused": self.paused}
+
+    def _check_server(self, grace_s: float = 0.0) -> None:
+        try:
+            self.server.process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            return
+        self._server_died()
+
+    def _server_died(self) -> NoReturn:
+        message = f"SGLang server {self.url} exited with code {self.server.process.returncode}"
+        if ray.is_initialized() and ray.get_runtime_context().get_actor_id():
+            # an engine actor dies with its server, so that the rollout manager sees it dead and replaces it
+            logger.error("%s; the engine actor exits", message)
+            os._exit(1)
+        raise RuntimeError(message)
 
     def shutdown(self) -> None:
-        self.engine.shutdown()
+        self.client.close()
+        self.server.stop()
 
 
 def check_fp8_bucket(tensors: Sequence[tuple[str, torch.Tensor]], granularity: str) -> None:

@@ -1,6 +1,6 @@
 """Runs one real SGLang engine through `SGLangEngine` and prints a JSON report (used by test_sglang_engine.py).
 
-SGLang spawns processes, so the engine lives in this script's own process, not in pytest's:
+The engine's server and the trainer that checks it share this script's process and GPU, not pytest's:
     python -m tests.gpu.sglang_probe --model DIR [--fp8-model DIR --fp8-granularity block|channel] --out report.json
 """
 
@@ -17,9 +17,9 @@ from async_rl.rollout.sglang_engine import SGLangEngine
 from async_rl.sample import Sample
 from async_rl.trainer.torch_trainer import TorchTrainer
 from async_rl.weights.sync import weight_buckets
+from tests.gpu.conftest import SGLANG_SERVER
 
-SERVER = dict(dtype="bfloat16", attention_backend="triton", sampling_backend="pytorch", mem_fraction_static=0.3,
-              context_length=256, cuda_graph_max_bs_decode=16, log_level="warning", enable_memory_saver=True)
+SERVER = {**SGLANG_SERVER, "enable_memory_saver": True}
 PROMPTS = ["12+34=", "70+18=", "99+99=", "5+61=", "40+40=", "13+87=", "7+7=", "58+29="]
 
 

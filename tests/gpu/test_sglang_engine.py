@@ -1,6 +1,8 @@
 """The sglang rollout backend against real SGLang on a GPU: log-probs, weight pushes in BF16 and FP8.
 
-Each engine runs in its own process (`tests/gpu/sglang_probe.py`); run with `pytest -m gpu tests/gpu`.
+Each engine (an SGLang HTTP server and its client) is driven from a process of its own
+(`tests/gpu/sglang_probe.py`), so one engine's CUDA state cannot leak into the next; run with
+`pytest -m gpu tests/gpu`.
 """
 
 import importlib.util
@@ -20,32 +22,19 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    """The embedded arithmetic model at a GPU-friendly width (head_dim 64), in BF16 and both FP8 layouts."""
-    root = tmp_path_factory.mktemp("sglang_models")
-    subprocess.run([sys.executable, "tools/make_tiny_model.py", "--output-dir", str(root / "bf16"), "--hidden-size", "256",
-                    "--sft-steps", "300"], cwd=REPO, check=True)
-    for granularity in ("block", "channel"):
-        subprocess.run([sys.executable, "tools/bf16_cast_fp8.py", "--input-bf16-hf-path", str(root / "bf16"),
-                        "--output-fp8-hf-path", str(root / f"fp8-{granularity}"), "--granularity", granularity],
-                       cwd=REPO, check=True)
-    return root
-
-
-def run_probe(models, tmp_path, fp8: str | None) -> dict:
+def run_probe(sglang_models, tmp_path, fp8: str | None) -> dict:
     out = tmp_path / "report.json"
-    cmd = [sys.executable, "-m", "tests.gpu.sglang_probe", "--model", str(models / "bf16"), "--out", str(out)]
+    cmd = [sys.executable, "-m", "tests.gpu.sglang_probe", "--model", str(sglang_models / "bf16"), "--out", str(out)]
     if fp8:
-        cmd += ["--fp8-model", str(models / f"fp8-{fp8}"), "--fp8-granularity", fp8]
+        cmd += ["--fp8-model", str(sglang_models / f"fp8-{fp8}"), "--fp8-granularity", fp8]
     subprocess.run(cmd, cwd=REPO, check=True, timeout=400)
     report = json.loads(out.read_text())
     print(json.dumps(report, indent=2))
     return report
 
 
-def test_bf16_engine_log_probs_match_the_trainer_and_a_push_switches_the_weights(models, tmp_path):
-    r = run_probe(models, tmp_path, fp8=None)
+def test_bf16_engine_log_probs_match_the_trainer_and_a_push_switches_the_weights(sglang_models, tmp_path):
+    r = run_probe(sglang_models, tmp_path, fp8=None)
     assert r["bf16/tokens"] > 0
     assert r["bf16/logprob_mean_abs_diff_vs_trainer"] < 0.05  # bf16 engine vs fp32 trainer, same weights
     assert r["bf16/greedy_agreement_new_weights_after_push"] > 0.9
@@ -57,8 +46,8 @@ def test_bf16_engine_log_probs_match_the_trainer_and_a_push_switches_the_weights
 
 
 @pytest.mark.parametrize("granularity", ["block", "channel"])
-def test_fp8_engine_takes_fp8_pairs_and_refuses_bf16(models, tmp_path, granularity):
-    r = run_probe(models, tmp_path, fp8=granularity)
+def test_fp8_engine_takes_fp8_pairs_and_refuses_bf16(sglang_models, tmp_path, granularity):
+    r = run_probe(sglang_models, tmp_path, fp8=granularity)
     key = f"fp8-{granularity}"
     assert r[f"{key}/greedy_agreement_new_weights_after_push"] > 0.8
     assert r[f"{key}/greedy_agreement_new_weights_after_push"] > r[f"{key}/greedy_agreement_new_weights_before_push"]

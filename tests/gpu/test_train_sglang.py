@@ -21,17 +21,9 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    """The embedded arithmetic model at a GPU-friendly width (head_dim 64)."""
-    out = tmp_path_factory.mktemp("sglang_train") / "model"
-    subprocess.run([sys.executable, "tools/make_tiny_model.py", "--output-dir", str(out), "--hidden-size", "256",
-                    "--sft-steps", "150"], cwd=REPO, check=True)
-    return out
-
-
 @pytest.mark.parametrize("precision", ["bf16", "block", "channel"])
-def test_train_with_sglang_engines_runs_steps_and_logs_metrics(model, tmp_path, precision):
+def test_train_with_sglang_engines_runs_steps_and_logs_metrics(sglang_models, tmp_path, precision):
+    model = sglang_models / "bf16"
     out = tmp_path / "run"
     cmd = [
         sys.executable, "-m", "async_rl.train", "--hf-checkpoint", str(model),

@@ -1,0 +1,67 @@
+"""sglang-router in front of several SGLang engines: one URL that balances requests over their servers.
+
+The rollout manager sends each group of samples to one engine itself (the group shares its prompt's
+KV cache there, and an abort must reach the server running the request), so the router serves
+everything else that wants "the policy" as one endpoint: user rollout functions, agent environments,
+evaluation clients. It starts empty; each engine registers its server when it is up, so an engine
+restarted on another port is routed to without restarting the router.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from async_rl.rollout.http_client import HttpClient
+from async_rl.rollout.sglang_server import free_port, stop_process_group
+
+
+class SGLangRouter:
+    def __init__(self, host: str, port: int | None = None, policy: str = "cache_aware", startup_timeout_s: float = 120.0):
+        port = port or free_port(host)
+        self.url = f"http://{host}:{port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "sglang_router.launch_router", "--host", host, "--port", str(port),
+             "--policy", policy, "--prometheus-port", str(free_port(host)), "--log-level", "warn"],
+            start_new_session=True,
+        )
+        self._wait_ready(startup_timeout_s)
+        self.client = HttpClient(self.url, max_concurrency=1)
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.process.poll() is None:
+            try:
+                with urllib.request.urlopen(self.url + "/workers", timeout=5):
+                    return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise TimeoutError(f"sglang-router at {self.url} did not answer within {timeout_s:.0f} s") from None
+                time.sleep(0.5)
+        raise RuntimeError(f"sglang-router for {self.url} exited with code {self.process.returncode} (its log is above)")
+
+    def workers(self) -> list[dict]:
+        return self.client.get("/workers")["workers"]
+
+    def stop(self) -> None:
+        if hasattr(self, "client"):
+            self.client.close()
+        stop_process_group(self.process)
+
+
+def register_with_router(router_url: str, worker_url: str, timeout_s: float = 60.0) -> None:
+    """Called by an engine once its server is up; waits until the router lists it (registration is asynchronous)."""
+    client = HttpClient(router_url, max_concurrency=1)
+    try:
+        client.post("/workers", {"url": worker_url})
+        deadline = time.monotonic() + timeout_s
+        while worker_url not in {w["url"] for w in client.get("/workers")["workers"]}:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"sglang-router {router_url} did not list {worker_url} within {timeout_s:.0f} s")
+            time.sleep(0.5)
+    finally:
+        client.close()

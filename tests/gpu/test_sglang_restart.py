@@ -1,0 +1,47 @@
+"""An SGLang server that dies takes its engine actor down; the rollout manager replaces the engine, weights included.
+
+One GPU, trainer and engine colocated, through Ray; run with `pytest -m gpu tests/gpu`.
+"""
+
+import importlib.util
+import os
+import signal
+
+import pytest
+import ray
+import torch
+
+from async_rl.config import parse_config
+from async_rl.session import TrainingSession
+from tests.conftest import run_flags
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("sglang") is None,
+                       reason="needs a CUDA GPU and sglang"),
+]
+
+
+def test_a_dead_server_is_replaced_and_the_batch_is_still_full(sglang_models, tmp_path):
+    flags = run_flags(sglang_models / "bf16", tmp_path / "run", evaluate=False) + [
+        "--rollout-backend", "sglang", "--actor-num-gpus-per-node", "1", "--colocate",
+        "--sglang-mem-fraction-static", "0.3", "--sglang-attention-backend", "triton",
+        "--sglang-sampling-backend", "pytorch", "--sglang-disable-cuda-graph",
+        "--invariant-logprob-tol", "0.05",  # a bf16 engine against the fp32 trainer
+    ]
+    cfg, _ = parse_config(flags)
+    with TrainingSession(cfg) as session:
+        samples, _ = session.produce_rollout()
+        session.train(0, samples)
+        session.rollout.wait_weights(session.push_weights(version=1))
+        victim = session.rollout.engines[0]
+        health = ray.get(victim.health.remote())
+        assert health["weight_version"] == 1
+        os.killpg(health["server_pid"], signal.SIGKILL)  # the fault: the SGLang server and its schedulers die
+
+        samples, metrics = session.produce_rollout()
+        assert metrics["rollout/engine_restarts"] == 1
+        assert len(samples) == 16 and len({s.group_id for s in samples}) == 4  # no group lost, none twice
+        assert {s.weight_version for s in samples} == {1}  # the replacement got the current weights
+        replacement = session.rollout.engines[0]
+        assert replacement is not victim and ray.get(replacement.health.remote())["weight_version"] == 1

@@ -1,0 +1,82 @@
+"""The engines' HTTP client against a real local HTTP server: bounded generation concurrency, control requests
+that get through while every generation slot is taken, answers in request order, server errors raised."""
+
+import asyncio
+import threading
+
+import pytest
+from aiohttp import web
+
+from async_rl.rollout.http_client import HttpClient, HttpError
+
+
+class Server:
+    """/generate holds each request until /release; counts how many are held at once."""
+
+    def __init__(self):
+        self.in_flight = self.most_in_flight = 0
+        self.release = None
+        self.ready = threading.Event()
+
+    async def generate(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        await self.release.wait()
+        self.in_flight -= 1
+        return web.json_response({"echo": body["i"]})
+
+    async def control(self, request: web.Request) -> web.Response:
+        self.release.set()
+        return web.json_response({"held": self.in_flight})
+
+    async def fail(self, request: web.Request) -> web.Response:
+        return web.Response(status=400, text="bad sampling params")
+
+    def serve(self) -> None:
+        async def main():
+            self.release = asyncio.Event()
+            app = web.Application()
+            app.add_routes([web.post("/generate", self.generate), web.post("/abort_request", self.control),
+                            web.post("/fail", self.fail)])
+            runner = web.AppRunner(app)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            self.port = site._server.sockets[0].getsockname()[1]
+            self.stop = asyncio.Event()
+            self.ready.set()
+            await self.stop.wait()
+            await runner.cleanup()
+
+        self.loop = asyncio.new_event_loop()
+        self.loop.run_until_complete(main())
+
+
+@pytest.fixture
+def server():
+    s = Server()
+    thread = threading.Thread(target=s.serve, daemon=True)
+    thread.start()
+    assert s.ready.wait(10)
+    yield s
+    s.loop.call_soon_threadsafe(s.stop.set)
+    thread.join(10)
+
+
+def test_generation_is_bounded_and_control_requests_pass_a_full_batch(server):
+    client = HttpClient(f"http://127.0.0.1:{server.port}", max_concurrency=3)
+    try:
+        results = []
+        batch = threading.Thread(target=lambda: results.extend(client.post_many("/generate", [{"i": i} for i in range(10)])))
+        batch.start()
+        while server.in_flight < 3:  # every slot taken, seven requests waiting in the client
+            threading.Event().wait(0.01)
+        assert client.post("/abort_request", {"rid": "x"}, timeout_s=5) == {"held": 3}  # not stuck behind the slots
+        batch.join(10)
+        assert results == [{"echo": i} for i in range(10)]
+        assert server.most_in_flight == 3
+        with pytest.raises(HttpError, match="HTTP 400: bad sampling params"):
+            client.post("/fail")
+    finally:
+        client.close()
