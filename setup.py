@@ -29,7 +29,7 @@ setup(
     ],
     extras_require={
         # SGLang: the rollout engine is verified with 0.5.17 (tests/gpu, docs/gpu-testing.md)
-        "gpu": ["sglang>=0.5.17,<0.6", "megatron-core>=0.13", "transformer-engine>=2.0"],
+        "gpu": ["sglang>=0.5.17,<0.6", "sglang-router>=0.3", "megatron-core>=0.13", "transformer-engine>=2.0"],
         # megatron-core runs on the CPU for checkpoint conversion and its tests (psutil: its checkpoint writer)
         "test": ["pytest>=8", "megatron-core>=0.13", "psutil"],
         "wandb": ["wandb>=0.17"],

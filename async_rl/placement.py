@@ -12,6 +12,7 @@ import ray
 
 from async_rl.config import Config
 from async_rl.errors import UserInputError
+from async_rl.net import LOOPBACK, node_address
 from async_rl.weights.fp8 import checkpoint_granularity, quantization_config
 from async_rl.weights.hf_layout import num_experts
 
@@ -136,6 +137,7 @@ def create_trainer(cfg: Config) -> Any:
             cfg.model.hf_checkpoint, cfg.train, cfg.megatron, world_size=cfg.trainer_world_size,
             gpus_per_rank=1 if cfg.cluster.actor_num_gpus_per_node else 0, global_batch_size=cfg.global_batch_size,
             temperature=cfg.rollout.rollout_temperature, seed=cfg.logging.seed, num_threads=_threads_per_process(cfg),
+            single_machine=cfg.cluster.ray_address is None,
         )
     from async_rl.trainer.torch_trainer import TorchTrainer
 
@@ -154,7 +156,8 @@ def start_router(cfg: Config) -> Any:
         return None
     from async_rl.rollout.sglang_router import SGLangRouter
 
-    return SGLangRouter(ray.util.get_node_ip_address(), cfg.rollout.router_port, cfg.rollout.router_policy)
+    host = node_address(single_machine=cfg.cluster.ray_address is None)
+    return SGLangRouter(host, cfg.rollout.router_port, cfg.rollout.router_policy)
 
 
 def create_engine(cfg: Config, rank: int, router_url: str | None = None) -> Any:
@@ -212,5 +215,6 @@ def _create_sglang_engine(cfg: Config, rank: int, router_url: str | None) -> Any
                         "json_model_override_args": json.dumps({"quantization_config": quantization_config(cfg.rollout.fp8_layout)})}
     actor = ray.remote(num_cpus=1, num_gpus=gpus, max_concurrency=1, concurrency_groups={"control": 1})(SGLangEngine)
     return actor.remote(cfg.model.hf_checkpoint, seed=cfg.logging.seed + 1000 * (rank + 1), fp8=cfg.rollout.fp8_layout,
+                        host=LOOPBACK if cfg.cluster.ray_address is None else None,  # else the engine's node
                         max_concurrent_requests=cfg.rollout.rollout_max_concurrency, router_url=router_url,
                         tp_size=per_engine, **server_args)

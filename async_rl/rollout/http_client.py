@@ -43,7 +43,7 @@ class HttpClient:
         timeout = aiohttp.ClientTimeout(total=timeout_s)
         async with self._session.request(method, path, json=payload, timeout=timeout) as response:
             body = await response.text()
-            if response.status != 200:
+            if not 200 <= response.status < 300:  # sglang-router queues a new worker: 202
                 raise HttpError(f"{method} {self.base_url}{path}: HTTP {response.status}: {body[:1000]}")
             if not as_json:
                 return body

@@ -21,11 +21,12 @@ import aiohttp
 import ray
 import torch
 
+from async_rl.net import free_port, node_address
 from async_rl.rollout import sglang_channel_fp8
 from async_rl.rollout.engine import FINISHED_AT, SamplingParams, WeightVersionMixin
 from async_rl.rollout.http_client import HttpClient
 from async_rl.rollout.sglang_router import register_with_router
-from async_rl.rollout.sglang_server import SGLangServer, free_port
+from async_rl.rollout.sglang_server import SGLangServer
 from async_rl.sample import FINISHED_STATUSES, Sample, SampleStatus
 from async_rl.weights.fp8 import is_fp8_quantizable, scale_name
 from async_rl.weights.sync import from_transport
@@ -38,7 +39,7 @@ _FINISH = {"stop": SampleStatus.COMPLETED, "length": SampleStatus.TRUNCATED, "ab
 class SGLangEngine(WeightVersionMixin):
     def __init__(self, hf_checkpoint: str, *, seed: int = 0, fp8: str | None = None, host: str | None = None,
                  max_concurrent_requests: int = 256, router_url: str | None = None, **server_args: Any):
-        """Start an SGLang server for `hf_checkpoint` on `host` (default: this Ray node's address) and a free port.
+        """Start an SGLang server for `hf_checkpoint` on `host` (default: this node's cluster address) and a free port.
 
         `server_args` are SGLang `ServerArgs` fields (mem_fraction_static, attention_backend, tp_size, ...).
         `fp8` ("block" or "channel"): the engine serves FP8 linear weights in that layout (from an FP8
@@ -50,7 +51,7 @@ class SGLangEngine(WeightVersionMixin):
 
         if fp8 == "channel":
             server_args["custom_weight_loader"] = [*server_args.get("custom_weight_loader", []), sglang_channel_fp8.LOAD_FORMAT]
-        host = host or (ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1")
+        host = host or node_address(single_machine=False)
         self.server_args = ServerArgs(model_path=hf_checkpoint, random_seed=seed, host=host, port=free_port(host),
                                       weight_version="0", **server_args)
         self.server = SGLangServer(self.server_args)

@@ -16,7 +16,8 @@ import urllib.error
 import urllib.request
 
 from async_rl.rollout.http_client import HttpClient
-from async_rl.rollout.sglang_server import free_port, stop_process_group
+from async_rl.net import free_port
+from async_rl.rollout.sglang_server import stop_process_group
 
 
 class SGLangRouter:
@@ -44,8 +45,8 @@ class SGLangRouter:
                 time.sleep(0.5)
         raise RuntimeError(f"sglang-router for {self.url} exited with code {self.process.returncode} (its log is above)")
 
-    def workers(self) -> list[dict]:
-        return self.client.get("/workers")["workers"]
+    def worker_urls(self) -> set[str]:
+        return _worker_urls(self.client.get("/workers"))
 
     def stop(self) -> None:
         if hasattr(self, "client"):
@@ -59,9 +60,13 @@ def register_with_router(router_url: str, worker_url: str, timeout_s: float = 60
     try:
         client.post("/workers", {"url": worker_url})
         deadline = time.monotonic() + timeout_s
-        while worker_url not in {w["url"] for w in client.get("/workers")["workers"]}:
+        while worker_url not in _worker_urls(client.get("/workers")):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"sglang-router {router_url} did not list {worker_url} within {timeout_s:.0f} s")
             time.sleep(0.5)
     finally:
         client.close()
+
+
+def _worker_urls(answer: dict) -> set[str]:
+    return {worker["url"] for worker in answer["workers"]}

@@ -34,8 +34,8 @@ def test_requests_through_the_router_reach_every_registered_engine(sglang_models
         for seed in (0, 1):
             engines.append(SGLangEngine(str(sglang_models / "bf16"), seed=seed, router_url=router.url, enable_metrics=True,
                                         **SGLANG_SERVER))
-        print("router workers:", router.workers())
-        assert {w["url"] for w in router.workers()} == {e.url for e in engines}
+        print("router /workers:", router.client.get("/workers"))
+        assert router.worker_urls() == {e.url for e in engines}
         before = [prompt_tokens_served(e) for e in engines]
         client = HttpClient(router.url, max_concurrency=8)
         prompts = [engines[0].tokenizer(f"{a}+{a + 3}=")["input_ids"] for a in range(16)]

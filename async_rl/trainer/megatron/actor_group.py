@@ -7,7 +7,6 @@ then rank 0 is handed the others and speaks for the group.
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import ray
@@ -15,17 +14,16 @@ from ray.util.placement_group import placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from async_rl.config.sections import MegatronConfig, TrainConfig
+from async_rl.net import free_port, node_address
 
 
-def _rendezvous_address() -> tuple[str, int]:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return ray.util.get_node_ip_address(), s.getsockname()[1]
+def _rendezvous_address(single_machine: bool) -> tuple[str, int]:
+    return node_address(single_machine), free_port()
 
 
 def create_megatron_group(
     hf_checkpoint: str, train: TrainConfig, mcfg: MegatronConfig, *, world_size: int, gpus_per_rank: int,
-    global_batch_size: int, temperature: float, seed: int, num_threads: int | None,
+    global_batch_size: int, temperature: float, seed: int, num_threads: int | None, single_machine: bool = True,
 ) -> Any:
     """Start `world_size` MegatronTrainer actors; returns rank 0, already connected to the others."""
     from async_rl.trainer.megatron.trainer import MegatronTrainer
@@ -37,7 +35,7 @@ def create_megatron_group(
     def on(rank: int) -> PlacementGroupSchedulingStrategy:
         return PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=rank)
 
-    addr, port = ray.get(ray.remote(num_cpus=0)(_rendezvous_address).options(scheduling_strategy=on(0)).remote())
+    addr, port = ray.get(ray.remote(num_cpus=0)(_rendezvous_address).options(scheduling_strategy=on(0)).remote(single_machine))
     actor = ray.remote(num_cpus=1, num_gpus=gpus_per_rank)(MegatronTrainer)
     ranks = [
         actor.options(scheduling_strategy=on(rank)).remote(
