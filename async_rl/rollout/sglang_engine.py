@@ -21,7 +21,7 @@ import aiohttp
 import ray
 import torch
 
-from async_rl.net import free_port, node_address
+from async_rl.net import LOOPBACK, free_port, node_address
 from async_rl.rollout import sglang_channel_fp8
 from async_rl.rollout.engine import FINISHED_AT, SamplingParams, WeightVersionMixin
 from async_rl.rollout.http_client import HttpClient
@@ -37,9 +37,9 @@ _FINISH = {"stop": SampleStatus.COMPLETED, "length": SampleStatus.TRUNCATED, "ab
 
 
 class SGLangEngine(WeightVersionMixin):
-    def __init__(self, hf_checkpoint: str, *, seed: int = 0, fp8: str | None = None, host: str | None = None,
+    def __init__(self, hf_checkpoint: str, *, seed: int = 0, fp8: str | None = None, host: str | None = LOOPBACK,
                  max_concurrent_requests: int = 256, router_url: str | None = None, **server_args: Any):
-        """Start an SGLang server for `hf_checkpoint` on `host` (default: this node's cluster address) and a free port.
+        """Start an SGLang server for `hf_checkpoint` on `host` (None: this node's cluster address) and a free port.
 
         `server_args` are SGLang `ServerArgs` fields (mem_fraction_static, attention_backend, tp_size, ...).
         `fp8` ("block" or "channel"): the engine serves FP8 linear weights in that layout (from an FP8
@@ -56,15 +56,19 @@ class SGLangEngine(WeightVersionMixin):
                                       weight_version="0", **server_args)
         self.server = SGLangServer(self.server_args)
         self.client = HttpClient(self.server.url, max_concurrent_requests)
-        if router_url:
-            register_with_router(router_url, self.server.url)
-        if self.server_args.skip_tokenizer_init:  # benchmarks on dummy weights have no tokenizer
-            self.tokenizer, self.eos_token_id = None, None
-        else:
-            from transformers import AutoTokenizer
+        try:
+            if router_url:
+                register_with_router(router_url, self.server.url)
+            if self.server_args.skip_tokenizer_init:  # benchmarks on dummy weights have no tokenizer
+                self.tokenizer, self.eos_token_id = None, None
+            else:
+                from transformers import AutoTokenizer
 
-            self.tokenizer = AutoTokenizer.from_pretrained(hf_checkpoint)
-            self.eos_token_id = self.tokenizer.eos_token_id
+                self.tokenizer = AutoTokenizer.from_pretrained(hf_checkpoint)
+                self.eos_token_id = self.tokenizer.eos_token_id
+        except BaseException:
+            self.shutdown()
+            raise
         self.fp8 = fp8
         self.load_format = sglang_channel_fp8.LOAD_FORMAT if fp8 == "channel" else None
         self.weight_version = 0

@@ -133,3 +133,14 @@ def test_sglang_server_flags_pass_through_from_flags_and_yaml_and_round_trip(tmp
 ])
 def test_misplaced_or_reserved_sglang_flags_are_named(capsys, argv, named):
     assert named in error_of(capsys, *REQUIRED, *argv)
+
+
+@pytest.mark.parametrize("argv, engines", [
+    ((), 1),
+    (("--rollout-num-engines", "3"), 3),  # a CPU run: the flag itself
+    (("--actor-num-gpus-per-node", "2", "--rollout-num-gpus", "4", "--rollout-num-gpus-per-engine", "2"), 2),
+    (("--actor-num-gpus-per-node", "4", "--colocate"), 4),  # one engine per trainer GPU
+    (("--actor-num-gpus-per-node", "4", "--colocate", "--rollout-num-gpus-per-engine", "2"), 2),
+])
+def test_rollout_engine_count_follows_the_gpus_given_to_rollout(argv, engines):
+    assert parse(*argv).num_rollout_engines == engines

@@ -4,7 +4,6 @@ import dataclasses
 
 import pytest
 import ray
-import torch
 
 from async_rl.config.sections import MegatronConfig, TrainConfig
 from async_rl.trainer.batch import micro_batch_indices
