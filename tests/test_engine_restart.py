@@ -19,9 +19,14 @@ def test_killed_engine_is_restarted_and_the_batch_is_still_full(tiny_model, tmp_
         victim = session.rollout.engines[1]
         os.kill(ray.get(victim.health.remote())["pid"], signal.SIGKILL)  # the fault: the process dies
 
-        samples, metrics = session.produce_rollout()
-        assert metrics["rollout/engine_restarts"] == 1
-        assert len(samples) == 16 and len({s.group_id for s in samples}) == 4  # no group lost, none twice
-        assert {s.weight_version for s in samples} == {1}  # the replacement got the current weights
-        replacement = session.rollout.engines[1]
-        assert replacement is not victim and ray.get(replacement.health.remote())["weight_version"] == 1
+        check_replaced_with_current_weights(session, 1, victim)
+
+
+def check_replaced_with_current_weights(session: TrainingSession, rank: int, victim) -> None:
+    """After engine `rank` (`victim`) died holding weight version 1, the next rollout replaces it and is whole."""
+    samples, metrics = session.produce_rollout()
+    assert metrics["rollout/engine_restarts"] == 1
+    assert len(samples) == 16 and len({s.group_id for s in samples}) == 4  # no group lost, none twice
+    assert {s.weight_version for s in samples} == {1}  # the replacement got the current weights
+    replacement = session.rollout.engines[rank]
+    assert replacement is not victim and ray.get(replacement.health.remote())["weight_version"] == 1
