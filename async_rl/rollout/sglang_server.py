@@ -8,7 +8,6 @@ watches the process that started it and takes its whole process tree down when t
 
 from __future__ import annotations
 
-import logging
 import os
 import pickle
 import signal
@@ -20,8 +19,6 @@ import time
 import urllib.error
 import urllib.request
 from typing import Any
-
-logger = logging.getLogger(__name__)
 
 
 class SGLangServer:
