@@ -19,7 +19,7 @@ _CONTROL_CONNECTIONS = 8
 
 
 class HttpError(RuntimeError):
-    """The server answered with a status other than 200."""
+    """The server answered with a status outside 2xx."""
 
 
 class HttpClient:

@@ -15,8 +15,8 @@ import time
 import urllib.error
 import urllib.request
 
-from async_rl.rollout.http_client import HttpClient
 from async_rl.net import free_port
+from async_rl.rollout.http_client import HttpClient
 from async_rl.rollout.sglang_server import stop_process_group
 
 
@@ -29,8 +29,8 @@ class SGLangRouter:
              "--policy", policy, "--prometheus-port", str(free_port(host)), "--log-level", "warn"],
             start_new_session=True,
         )
-        self._wait_ready(startup_timeout_s)
         self.client = HttpClient(self.url, max_concurrency=1)
+        self._wait_ready(startup_timeout_s)
 
     def _wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -49,8 +49,7 @@ class SGLangRouter:
         return _worker_urls(self.client.get("/workers"))
 
     def stop(self) -> None:
-        if hasattr(self, "client"):
-            self.client.close()
+        self.client.close()
         stop_process_group(self.process)
 
 
