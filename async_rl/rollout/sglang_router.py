@@ -12,12 +12,10 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 
 from async_rl.net import free_port
 from async_rl.rollout.http_client import HttpClient
-from async_rl.rollout.sglang_server import stop_process_group
+from async_rl.rollout.sglang_server import stop_process_group, wait_until_answering
 
 
 class SGLangRouter:
@@ -30,20 +28,7 @@ class SGLangRouter:
             start_new_session=True,
         )
         self.client = HttpClient(self.url, max_concurrency=1)
-        self._wait_ready(startup_timeout_s)
-
-    def _wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while self.process.poll() is None:
-            try:
-                with urllib.request.urlopen(self.url + "/workers", timeout=5):
-                    return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise TimeoutError(f"sglang-router at {self.url} did not answer within {timeout_s:.0f} s") from None
-                time.sleep(0.5)
-        raise RuntimeError(f"sglang-router for {self.url} exited with code {self.process.returncode} (its log is above)")
+        wait_until_answering(self.process, self.url + "/workers", startup_timeout_s, stop=self.stop)
 
     def worker_urls(self) -> set[str]:
         return _worker_urls(self.client.get("/workers"))

@@ -18,7 +18,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import Any, Callable
 
 
 class SGLangServer:
@@ -30,33 +30,28 @@ class SGLangServer:
         try:
             self.process = subprocess.Popen([sys.executable, "-m", __name__, f.name, str(os.getpid())],
                                             start_new_session=True)
-            self._wait_ready(startup_timeout_s)
+            wait_until_answering(self.process, self.url + "/health_generate", startup_timeout_s, stop=self.stop)
         finally:
             os.unlink(f.name)
 
-    @property
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def _wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if not self.alive:
-                raise RuntimeError(f"SGLang server for {self.url} exited with code {self.process.returncode} while "
-                                   "starting (its log is above)")
-            try:
-                with urllib.request.urlopen(self.url + "/health_generate", timeout=10) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise TimeoutError(f"SGLang server for {self.url} did not become healthy within {timeout_s:.0f} s")
-            time.sleep(1)
-
     def stop(self) -> None:
         stop_process_group(self.process)
+
+
+def wait_until_answering(process: subprocess.Popen, url: str, timeout_s: float, stop: Callable[[], None]) -> None:
+    """Poll `url` until it answers 2xx; if `process` exits first, or `timeout_s` passes (then `stop()`), raise."""
+    deadline = time.monotonic() + timeout_s
+    while process.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=10):
+                return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):  # not up yet, or 503 while starting
+            if time.monotonic() > deadline:
+                stop()
+                raise TimeoutError(f"{url} did not answer within {timeout_s:.0f} s") from None
+            time.sleep(0.5)
+    raise RuntimeError(f"the process serving {url} exited with code {process.returncode} while starting "
+                       "(its log is above)")
 
 
 def stop_process_group(process: subprocess.Popen, timeout_s: float = 30.0) -> None:
