@@ -20,6 +20,7 @@ class PlacementPlan:
     trainer_gpus: int = 0
     rollout_gpus: int = 0
     engines: int = 0
+    weight_sync: str = ""
     cpu_note: str = ""
 
     @property
@@ -37,6 +38,7 @@ class PlacementPlan:
             lines.append(f"  node {node}:")
             for gpu in range(self.gpus_per_node):
                 lines.append(f"    gpu {gpu}: " + (" + ".join(self.roles.get((node, gpu), [])) or "idle"))
+        lines.append(f"  weight sync: {self.weight_sync}")
         return "\n".join(lines)
 
 
@@ -72,6 +74,11 @@ def plan_placement(cfg: Config) -> PlacementPlan:
             plan.roles.setdefault(slot, []).append(f"engine {engine} (tp {tp_rank}/{per_engine})")
     plan.engines = len(engine_slots)
     plan.rollout_gpus = plan.engines * per_engine
+    if cfg.weight_update_mode == "distributed":
+        plan.weight_sync = (f"the first trainer rank broadcasts buckets to {plan.engines * per_engine} engine rank(s) over "
+                            f"{cfg.rollout.update_weight_group_backend} (--update-weight-mode distributed)")
+    else:
+        plan.weight_sync = "buckets through Ray's object store, loaded by each engine (--update-weight-mode tensor)"
     return plan
 
 

@@ -36,6 +36,7 @@ from async_rl.rollout.filters import load_group_filter
 from async_rl.rollout.manager import DynamicSampling, RolloutManager
 from async_rl.rollout.metrics import group_metrics, rollout_metrics
 from async_rl.rollout.producer import AdmissionControl, RolloutProducer, sample_from_dict, sample_to_dict
+from async_rl.rollout.weight_sync import make_weight_sync
 from async_rl.sample import Sample
 from rewards.deepscaler import lacks_reasoning_marker
 from rewards.grading import RewardGrader
@@ -107,7 +108,8 @@ class TrainingSession:
             if self.router is not None:
                 print(f"sglang-router for the {cfg.num_rollout_engines} rollout engines: {self.router.url}", flush=True)
             router_url = self.router.url if self.router is not None else None
-            self.rollout = RolloutManager(lambda rank: create_engine(cfg, rank, router_url), cfg.num_rollout_engines, grader)
+            self.rollout = RolloutManager(lambda rank: create_engine(cfg, rank, router_url), cfg.num_rollout_engines,
+                                          grader, make_weight_sync(cfg, self.trainer))
             self.start_step = 0
             self.resumed_rollout_state: dict[str, Any] | None = None
             self._last_batch: tuple[list[Sample], list[float]] | None = None
@@ -228,16 +230,14 @@ class TrainingSession:
         return metrics
 
     def push_weights(self, version: int) -> list[ray.ObjectRef]:
-        """Stream the trainer's weights to every engine, bucket by bucket (FP8 pairs for an FP8 rollout).
+        """Send the trainer's weights to every engine, bucket by bucket (FP8 pairs for an FP8 rollout).
 
-        Returns once the trainer has exported the last bucket; the refs resolve when each engine has
-        applied the weights, which happens after the generate calls already queued on it.
+        Through the object store (`--update-weight-mode tensor`, every CPU run) this returns once the trainer
+        has exported the last bucket, and each engine applies them after the generate calls already queued
+        on it; by broadcast it returns at once, and engines pause generation while the buckets arrive. The
+        refs resolve when every engine holds the new weights.
         """
-        r = self.cfg.rollout
-        buckets = self.trainer.export_weight_buckets.options(num_returns="streaming").remote(
-            r.update_weight_buffer_size, r.fp8_layout, r.force_pow_2_scale
-        )
-        return self.rollout.update_weights(buckets, version)
+        return self.rollout.update_weights(version)
 
     def should_evaluate(self, step: int) -> bool:
         interval = self.cfg.eval.eval_interval

@@ -74,6 +74,17 @@ class Config:
         gpus = self.trainer_world_size if c.colocate else (c.rollout_num_gpus or 0)
         return gpus // c.rollout_num_gpus_per_engine
 
+    @property
+    def weight_update_mode(self) -> str:
+        """`--update-weight-mode`, or its default: a broadcast group where engines have GPUs of their own and
+        load plain or block-FP8 buckets; CUDA IPC when colocated or channel FP8 (whose loader only IPC reaches)."""
+        r = self.rollout
+        if r.update_weight_mode:
+            return r.update_weight_mode
+        broadcast = (self.backend.rollout_backend == "sglang" and not self.cluster.colocate
+                     and r.fp8_layout != "channel")
+        return "distributed" if broadcast else "tensor"
+
     def to_flat_dict(self) -> dict[str, Any]:
         """Flag-name keys (underscored), the form `--config` reads back."""
         flat = {f.name: getattr(getattr(self, s), f.name) for s, cls in SECTIONS.items() for f in fields(cls)}
@@ -301,6 +312,17 @@ def _validate(cfg: Config, explicit: set[str], async_mode: bool, evaluate_only: 
     if r.partial_rollout and not async_mode:
         raise ConfigError("--partial-rollout applies to the async loop; add --async")
     _validate_megatron(cfg, explicit)
+    if r.update_weight_mode == "distributed":
+        if cfg.backend.rollout_backend != "sglang":
+            raise ConfigError("--update-weight-mode distributed applies to --rollout-backend sglang")
+        if r.fp8_layout == "channel":
+            raise ConfigError("--update-weight-mode distributed cannot fill channel-FP8 engines (SGLang's broadcast "
+                              "path has no custom loader): use --update-weight-mode tensor or --rollout-fp8-granularity block")
+        if c.colocate and r.update_weight_group_backend == "nccl":
+            raise ConfigError("--update-weight-mode distributed with --colocate puts two NCCL ranks on one GPU, which "
+                              "NCCL refuses: use --update-weight-group-backend gloo, or leave --update-weight-mode unset")
+    if "update_weight_group_backend" in explicit and cfg.weight_update_mode != "distributed":
+        raise ConfigError("--update-weight-group-backend applies to --update-weight-mode distributed")
     if cfg.sglang and cfg.backend.rollout_backend != "sglang":
         raise ConfigError(f"--sglang-{next(iter(cfg.sglang)).replace('_', '-')} applies to --rollout-backend sglang")
     for reserved, ours in (("model_path", "--hf-checkpoint"), ("random_seed", "--seed"), ("tp_size", "--rollout-num-gpus-per-engine")):

@@ -97,6 +97,16 @@ class RolloutConfig:
     router_policy: str = flag("cache_aware", "sglang-router's routing policy.",
                               choices=["cache_aware", "round_robin", "random", "power_of_two"])
     update_weight_buffer_size: int = flag(512 * 1024**2, "Bytes of weights per weight-sync bucket.")
+    update_weight_mode: str | None = flag(
+        None, "SGLang backend: how weight pushes reach the engines. tensor: CUDA IPC handles from the engine's own "
+        "actor (buckets cross nodes through Ray's object store); distributed: trainer rank 0 broadcasts each bucket "
+        "to every engine over a process group (SGLang's update_weights_from_distributed). Unset: tensor with "
+        "--colocate or channel FP8, else distributed.", choices=["tensor", "distributed"],
+    )
+    update_weight_group_backend: str = flag(
+        "nccl", "Process-group backend of --update-weight-mode distributed; gloo also joins a trainer and an engine "
+        "on one GPU, which NCCL refuses.", choices=["nccl", "gloo"],
+    )
     force_pow_2_scale: bool = flag(False, "FP8 rollout: round every block scale up to a power of two (E8M0).")
     rollout_quantization: str = flag(
         "none", "Rollout weight precision: fp8 serves E4M3 weights (emulated by the local engine).",

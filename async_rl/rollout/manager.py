@@ -16,6 +16,7 @@ from tqdm import tqdm
 from async_rl.data.prompt_dataset import PromptRow
 from async_rl.rollout.engine import FINISHED_AT, SamplingParams
 from async_rl.rollout.filters import GroupFilter
+from async_rl.rollout.weight_sync import WeightSync
 from async_rl.sample import Sample
 from rewards.grading import RewardGrader
 
@@ -56,19 +57,21 @@ class DynamicSampling:
 
 
 class RolloutManager:
-    def __init__(self, engine_factory: Callable[[int], Any], num_engines: int, grader: RewardGrader, *,
-                 chunks_per_engine: int = 2):
+    def __init__(self, engine_factory: Callable[[int], Any], num_engines: int, grader: RewardGrader,
+                 weight_sync: WeightSync, *, chunks_per_engine: int = 2):
         """`engine_factory(rank)` starts engine `rank`; it is called again to replace an engine that died."""
         self.engine_factory = engine_factory
         self.engines = [engine_factory(rank) for rank in range(num_engines)]
         self.grader = grader
+        self.weight_sync = weight_sync
+        weight_sync.connect(self.engines)
         self.restarts = 0
-        self._weights: tuple[list[ray.ObjectRef], int] = ([], 0)  # the buckets and version engines hold now
         self.chunks_per_engine = chunks_per_engine
         self._group_ids = itertools.count()  # thread-safe: eval and the async producer both make groups
         self._request_ids = itertools.count()
-        # A restart copies `_weights` into the new engine; a push replaces them: one at a time, or a
-        # replacement could miss the first buckets of a push. Re-entrant: a push may restart a dead engine.
+        # One at a time: a push, a restart (which copies the weights the others hold into the new engine), and
+        # a dispatch (queued between two buckets of a push, a chunk would generate with half-updated weights).
+        # Re-entrant: a push may restart a dead engine.
         self._engines_lock = threading.RLock()
 
     def start_group_ids_at(self, first: int) -> None:
@@ -97,8 +100,9 @@ class RolloutManager:
 
     def dispatch(self, pending: PendingRollout, chunk: list[Sample], rank: int) -> ray.ObjectRef:
         """Queue one chunk on engine `rank` and record the call in `pending`."""
-        call = EngineCall(rank, self.engines[rank], chunk, next(self._request_ids))
-        ref = call.engine.generate.remote(chunk, pending.params, call.request_id)
+        with self._engines_lock:
+            call = EngineCall(rank, self.engines[rank], chunk, next(self._request_ids))
+            ref = call.engine.generate.remote(chunk, pending.params, call.request_id)
         pending.requests[ref] = call
         return ref
 
@@ -118,12 +122,10 @@ class RolloutManager:
         with self._engines_lock:  # the async producer and an evaluation may both find the same dead engine
             if self.engines[rank] is not dead:
                 return  # another chunk of the same engine already brought it back
-            logger.warning("rollout engine %d died; restarting it with weight version %d", rank, self._weights[1])
+            logger.warning("rollout engine %d died; restarting it with the current weights", rank)
             ray.kill(dead)
             self.engines[rank] = self.engine_factory(rank)
-            buckets, version = self._weights
-            ray.get([self.engines[rank].load_weights.remote(b) for b in buckets]
-                    + [self.engines[rank].set_weight_version.remote(version)])
+            self.weight_sync.restore(self.engines, rank)
             self.restarts += 1
 
     def reissue(self, pending: PendingRollout, ref: ray.ObjectRef) -> ray.ObjectRef:
@@ -230,19 +232,13 @@ class RolloutManager:
             metrics["perf/rollout_time_s"] = max(s.metadata[FINISHED_AT] for s in samples) - start
         return samples, metrics
 
-    def update_weights(self, bucket_refs: Iterable[ray.ObjectRef], version: int) -> list[ray.ObjectRef]:
-        """Queue weight buckets on every engine as they arrive, then the new version.
+    def update_weights(self, version: int) -> list[ray.ObjectRef]:
+        """Push the trainer's weights to every engine as `version` (see `weight_sync`).
 
-        Each engine applies them after the generate calls already queued on it; the returned refs
-        resolve once every engine has the new version (and raise if any load failed).
+        The returned refs resolve once every engine has the new version (and raise if any load failed).
         """
         with self._engines_lock:
-            buckets, loads = [], []
-            for bucket in bucket_refs:  # dispatched as each bucket arrives from the trainer
-                buckets.append(bucket)
-                loads += [engine.load_weights.remote(bucket) for engine in self.engines]
-            self._weights = (buckets, version)  # kept so that a restarted engine gets them too
-            return loads + [engine.set_weight_version.remote(version) for engine in self.engines]
+            return self.weight_sync.push(self.engines, version)
 
     def release_memory(self) -> None:
         """Colocated runs: every engine frees its GPU memory (weights, KV cache) for the trainer's step."""

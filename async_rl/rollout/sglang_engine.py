@@ -2,10 +2,12 @@
 
 Token ids go in and come out of `/generate`, with the log-prob SGLang sampled each token from
 (temperature-scaled, as the trainer recomputes them); a chunk's requests go out concurrently over one
-pooled connection. Weight updates use `/update_weights_from_tensor`: CUDA tensors in Hugging Face names,
-handed to the server through CUDA IPC. An FP8 engine takes float8 weights with their float32 scales in its
-layout (`weight_scale_inv` per block, `weight_scale` per channel), and anything else sent to its FP8
-parameters is refused here, because SGLang accepts it and then silently generates garbage.
+pooled connection. Weight updates arrive one of two ways: `/update_weights_from_tensor`, CUDA tensors in
+Hugging Face names handed to the server through CUDA IPC (`load_weights`), or
+`/update_weights_from_distributed`, a bucket the trainer broadcasts over a process group the server joined
+(`receive_weights`, see `async_rl.weights.broadcast`). An FP8 engine takes float8 weights with their
+float32 scales in its layout (`weight_scale_inv` per block, `weight_scale` per channel), and anything else
+sent to its FP8 parameters is refused here, because SGLang accepts it and then silently generates garbage.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ class SGLangEngine(WeightVersionMixin):
         todo = [s for s in samples if s.status not in FINISHED_STATUSES]
         if not todo:
             return samples
+        started_version = self.weight_version
         rids = [uuid.uuid4().hex for _ in todo]
         if request_id is not None:
             self._rids[request_id] = rids
@@ -109,8 +112,8 @@ class SGLangEngine(WeightVersionMixin):
         for s, out in zip(todo, outputs):
             meta = out["meta_info"]
             new = meta["output_token_logprobs"]  # [(log-prob, token id, text)]
-            if s.response_length == 0:
-                s.weight_version = int(meta["weight_version"])
+            if s.response_length == 0:  # a push during a paused request: its tokens come from both versions
+                s.weight_version = min(started_version, int(meta["weight_version"]))
             s.response_tokens = s.response_tokens + [int(t[1]) for t in new]
             s.rollout_log_probs = s.rollout_log_probs + [float(t[0]) for t in new]
             s.loss_mask = [1] * s.response_length
@@ -138,9 +141,37 @@ class SGLangEngine(WeightVersionMixin):
             "serialized_named_tensors": payloads, "load_format": self.load_format, "flush_cache": True,
         })
 
+    def init_weight_update_group(self, master_address: str, master_port: int, rank_offset: int, world_size: int,
+                                 group_name: str, backend: str) -> None:
+        """Join the trainer's weight-broadcast group: this server's tensor-parallel ranks from `rank_offset` on."""
+        self.client.post("/init_weights_update_group", {
+            "master_address": master_address, "master_port": master_port, "rank_offset": rank_offset,
+            "world_size": world_size, "group_name": group_name, "backend": backend,
+        })
+
+    def destroy_weight_update_group(self, group_name: str) -> None:
+        self.client.post("/destroy_weights_update_group", {"group_name": group_name})
+
+    def receive_weights(self, names: list[str], dtypes: list[str], shapes: list[list[int]], group_name: str) -> None:
+        """Take one flattened bucket the trainer broadcasts now (returns once it is loaded; the cache is flushed)."""
+        if self.fp8:  # the bucket's layout is known before its bytes arrive
+            check_fp8_bucket([(n, torch.empty(s, dtype=getattr(torch, d), device="meta"))
+                              for n, d, s in zip(names, dtypes, shapes)], self.fp8)
+        self.client.post("/update_weights_from_distributed", {
+            "names": names, "dtypes": dtypes, "shapes": shapes, "group_name": group_name,
+            "load_format": "flattened_bucket", "flush_cache": True,
+        })
+
+    def pause_generation(self) -> None:
+        """Stop scheduling for a weight push; running requests are retracted, kept, and continue after it."""
+        self.client.post("/pause_generation", {"mode": "retract"})
+
+    def continue_generation(self) -> None:
+        self.client.post("/continue_generation")
+
     def set_weight_version(self, version: int) -> None:
         """Record the version in the server too: it stamps every response with it (`meta_info.weight_version`)."""
-        self.client.post("/update_weight_version", {"new_version": str(version)})
+        self.client.post("/update_weight_version", {"new_version": str(version), "abort_all_requests": False})
         self.weight_version = version
 
     def rng_state(self) -> torch.Tensor:

@@ -17,9 +17,11 @@ from transformers import AutoTokenizer
 
 from async_rl.algorithms.losses import aggregate, kl_penalty, policy_loss
 from async_rl.config.sections import TrainConfig
+from async_rl.net import node_address
 from async_rl.sample import Sample
 from async_rl.trainer.batch import PackedBatch, micro_batch_indices, pack
-from async_rl.weights.sync import to_transport, weight_buckets
+from async_rl.weights.broadcast import WeightBroadcaster
+from async_rl.weights.sync import NamedTensors, to_transport, weight_buckets
 
 
 def is_max_stat(stat: str) -> bool:
@@ -51,6 +53,7 @@ class PolicyTrainer:
         self.temperature = temperature
         self.max_tokens_per_micro_batch = max_tokens_per_micro_batch
         self.version = 0
+        self.broadcaster = WeightBroadcaster()
 
     def load_tokenizer(self, hf_checkpoint: str) -> None:
         """The checkpoint's tokenizer; padding uses its pad token, else EOS."""
@@ -217,7 +220,20 @@ class PolicyTrainer:
         self.zero_grad()
         return {"loss": sums["loss"], "grad_norm": grad_norm}
 
+    def weight_buckets(self, bucket_bytes: int, fp8: str | None = None, pow2_scale: bool = False) -> Iterator[NamedTensors]:
+        """Weight-sync buckets on this process's device (FP8-quantized per bucket when the rollout is FP8)."""
+        return weight_buckets(self.export_weights(), bucket_bytes=bucket_bytes, fp8=fp8, pow2_scale=pow2_scale)
+
     def export_weight_buckets(self, bucket_bytes: int, fp8: str | None = None, pow2_scale: bool = False):
-        """Yield weight-sync buckets (FP8-quantized per bucket when the rollout is FP8); Ray streams them."""
-        for bucket in weight_buckets(self.export_weights(), bucket_bytes=bucket_bytes, fp8=fp8, pow2_scale=pow2_scale):
+        """The buckets as CPU copies, for Ray to stream to the engines through its object store."""
+        for bucket in self.weight_buckets(bucket_bytes, fp8, pow2_scale):
             yield [(name, to_transport(t)) for name, t in bucket]
+
+    def connect_rollout_engines(self, engines: list[Any], ranks_per_engine: int, backend: str, single_machine: bool) -> None:
+        """(Re)build the weight-broadcast group with these SGLang engine actors (`--update-weight-mode distributed`),
+        listening on this node."""
+        self.broadcaster.connect(engines, ranks_per_engine, backend, node_address(single_machine))
+
+    def broadcast_weights(self, version: int, bucket_bytes: int, fp8: str | None = None, pow2_scale: bool = False) -> None:
+        """Push the current weights to the connected engines as `version`, bucket by bucket, device to device."""
+        self.broadcaster.push(self.weight_buckets(bucket_bytes, fp8, pow2_scale), version)

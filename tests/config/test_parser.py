@@ -144,3 +144,31 @@ def test_misplaced_or_reserved_sglang_flags_are_named(capsys, argv, named):
 ])
 def test_rollout_engine_count_follows_the_gpus_given_to_rollout(argv, engines):
     assert parse(*argv).num_rollout_engines == engines
+
+
+SGLANG_GPUS = ("--rollout-backend", "sglang", "--actor-num-gpus-per-node", "1")
+
+
+@pytest.mark.parametrize("argv, mode", [
+    ((), "tensor"),  # the local backend loads buckets from the object store
+    ((*SGLANG_GPUS, "--rollout-num-gpus", "1"), "distributed"),  # engines on GPUs of their own
+    ((*SGLANG_GPUS, "--colocate"), "tensor"),  # CUDA IPC on the shared GPU
+    ((*SGLANG_GPUS, "--rollout-num-gpus", "1", "--rollout-quantization", "fp8", "--rollout-fp8-granularity", "channel"),
+     "tensor"),  # only the IPC path reaches the channel-FP8 loader
+    ((*SGLANG_GPUS, "--rollout-num-gpus", "1", "--update-weight-mode", "tensor"), "tensor"),
+    ((*SGLANG_GPUS, "--colocate", "--update-weight-mode", "distributed", "--update-weight-group-backend", "gloo"),
+     "distributed"),
+])
+def test_weight_update_mode_defaults_to_a_broadcast_for_engines_on_their_own_gpus(argv, mode):
+    assert parse(*argv).weight_update_mode == mode
+
+
+@pytest.mark.parametrize("argv, named", [
+    (("--update-weight-mode", "distributed"), "--rollout-backend sglang"),
+    ((*SGLANG_GPUS, "--rollout-num-gpus", "1", "--update-weight-mode", "distributed", "--rollout-quantization", "fp8",
+      "--rollout-fp8-granularity", "channel"), "--update-weight-mode tensor"),
+    ((*SGLANG_GPUS, "--colocate", "--update-weight-mode", "distributed"), "--update-weight-group-backend gloo"),
+    ((*SGLANG_GPUS, "--colocate", "--update-weight-group-backend", "gloo"), "--update-weight-mode distributed"),
+])
+def test_weight_update_modes_that_cannot_work_are_refused(capsys, argv, named):
+    assert named in error_of(capsys, *REQUIRED, *argv)

@@ -294,10 +294,10 @@ class MegatronTrainer(PolicyTrainer):
             for _ in self.export_weights():
                 pass
 
-    def export_weight_buckets(self, bucket_bytes: int, fp8: str | None = None, pow2_scale: bool = False):
+    def weight_buckets(self, bucket_bytes: int, fp8: str | None = None, pow2_scale: bool = False):
         """The shared bucket stream, with the other ranks taking part in every tensor-parallel gather."""
         refs = [p.join_weight_export.remote() for p in self.peers]
-        yield from super().export_weight_buckets(bucket_bytes, fp8, pow2_scale)
+        yield from super().weight_buckets(bucket_bytes, fp8, pow2_scale)
         _wait(refs)
 
     # ---- checkpoints ----------------------------------------------------------------------------------------

@@ -1,0 +1,91 @@
+"""How a weight push reaches the rollout engines, and how a replacement engine gets the weights the others hold.
+
+`ObjectStoreSync` (every backend; `--update-weight-mode tensor` for SGLang): the trainer streams CPU
+buckets through Ray's object store and each engine actor loads them (an SGLang engine through CUDA IPC);
+the buckets are kept, so a replacement engine loads exactly the version the others hold.
+`BroadcastSync` (`--update-weight-mode distributed`): trainer rank 0 broadcasts device buckets to every
+SGLang engine over a process group (`async_rl.weights.broadcast`); a replacement engine loads the trainer's
+current weights through the object store, then the group is rebuilt with it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import ray
+
+from async_rl.config import Config
+
+
+class WeightSync(Protocol):
+    def connect(self, engines: list[Any]) -> None:
+        """Called once the engines exist, and again after one was replaced."""
+
+    def push(self, engines: list[Any], version: int) -> list[ray.ObjectRef]:
+        """Start a push; the refs resolve once every engine holds `version` (and raise if a load failed)."""
+
+    def restore(self, engines: list[Any], rank: int) -> None:
+        """Give the fresh engine `rank` the weights the others hold."""
+
+
+def stream_weights(trainer: Any, export_args: tuple, engines: list[Any],
+                   version: int) -> tuple[list[ray.ObjectRef], list[ray.ObjectRef]]:
+    """Queue each bucket on every engine as the trainer exports it (after the calls already queued there),
+    then the version; returns the buckets and the refs of the loads."""
+    buckets, loads = [], []
+    for bucket in trainer.export_weight_buckets.options(num_returns="streaming").remote(*export_args):
+        buckets.append(bucket)
+        loads += [engine.load_weights.remote(bucket) for engine in engines]
+    return buckets, loads + [engine.set_weight_version.remote(version) for engine in engines]
+
+
+class ObjectStoreSync:
+    def __init__(self, trainer: Any, export_args: tuple):
+        self.trainer = trainer
+        self.export_args = export_args  # bucket bytes, FP8 layout, power-of-two scales
+        self.held: tuple[list[ray.ObjectRef], int] = ([], 0)  # the buckets and version the engines hold
+
+    def connect(self, engines: list[Any]) -> None:
+        return None
+
+    def push(self, engines: list[Any], version: int) -> list[ray.ObjectRef]:
+        buckets, refs = stream_weights(self.trainer, self.export_args, engines, version)
+        self.held = (buckets, version)
+        return refs
+
+    def restore(self, engines: list[Any], rank: int) -> None:
+        buckets, version = self.held
+        ray.get([engines[rank].load_weights.remote(b) for b in buckets] + [engines[rank].set_weight_version.remote(version)])
+
+
+class BroadcastSync:
+    def __init__(self, trainer: Any, export_args: tuple, *, ranks_per_engine: int, backend: str, single_machine: bool):
+        self.trainer = trainer
+        self.export_args = export_args
+        self.group_args = (ranks_per_engine, backend, single_machine)
+        self.version = 0
+
+    def connect(self, engines: list[Any]) -> None:
+        ray.get(self.trainer.connect_rollout_engines.remote(engines, *self.group_args))
+
+    def push(self, engines: list[Any], version: int) -> list[ray.ObjectRef]:
+        self.version = version
+        return [self.trainer.broadcast_weights.remote(version, *self.export_args)]
+
+    def restore(self, engines: list[Any], rank: int) -> None:
+        """The trainer's current weights, labelled with the last pushed version; then a group with the newcomer.
+
+        In async runs a replacement made while the trainer steps may get the step's newer weights under the
+        older label: its samples then count as staler than they are, never fresher.
+        """
+        ray.get(stream_weights(self.trainer, self.export_args, [engines[rank]], self.version)[1])
+        self.connect(engines)
+
+
+def make_weight_sync(cfg: Config, trainer: Any) -> WeightSync:
+    r = cfg.rollout
+    export_args = (r.update_weight_buffer_size, r.fp8_layout, r.force_pow_2_scale)
+    if cfg.weight_update_mode == "distributed":
+        return BroadcastSync(trainer, export_args, ranks_per_engine=cfg.cluster.rollout_num_gpus_per_engine,
+                             backend=r.update_weight_group_backend, single_machine=cfg.cluster.ray_address is None)
+    return ObjectStoreSync(trainer, export_args)
