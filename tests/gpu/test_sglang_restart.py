@@ -23,8 +23,11 @@ pytestmark = [
 ]
 
 
-def test_a_dead_server_is_replaced_and_the_batch_is_still_full(sglang_models, tmp_path):
+@pytest.mark.parametrize("mode", ["tensor", "distributed"])
+def test_a_dead_server_is_replaced_and_the_batch_is_still_full(sglang_models, tmp_path, mode):
+    """distributed: the replacement loads through the object store, then joins a rebuilt broadcast group."""
     flags = run_flags(sglang_models / "bf16", tmp_path / "run", evaluate=False) + [
+        "--update-weight-mode", mode, *(["--update-weight-group-backend", "gloo"] if mode == "distributed" else []),
         "--rollout-backend", "sglang", "--actor-num-gpus-per-node", "1", "--colocate",
         "--sglang-mem-fraction-static", "0.3", "--sglang-attention-backend", "triton",
         "--sglang-sampling-backend", "pytorch", "--sglang-disable-cuda-graph",
@@ -41,3 +44,5 @@ def test_a_dead_server_is_replaced_and_the_batch_is_still_full(sglang_models, tm
         os.killpg(health["server_pid"], signal.SIGKILL)  # the fault: the SGLang server and its schedulers die
 
         check_replaced_with_current_weights(session, 0, victim)
+        session.rollout.wait_weights(session.push_weights(version=2))  # the rebuilt group (or the new engine) takes it
+        assert ray.get(session.rollout.engines[0].health.remote())["weight_version"] == 2

@@ -21,8 +21,13 @@ pytestmark = [
 ]
 
 
-@pytest.mark.parametrize("precision", ["bf16", "block", "channel"])
-def test_train_with_sglang_engines_runs_steps_and_logs_metrics(sglang_models, tmp_path, precision):
+# distributed: the trainer broadcasts (gloo: NCCL refuses a trainer and an engine on one GPU)
+DISTRIBUTED = ["--update-weight-mode", "distributed", "--update-weight-group-backend", "gloo"]
+
+
+@pytest.mark.parametrize("precision, mode", [("bf16", "tensor"), ("block", "tensor"), ("channel", "tensor"),
+                                             ("bf16", "distributed"), ("block", "distributed")])
+def test_train_with_sglang_engines_runs_steps_and_logs_metrics(sglang_models, tmp_path, precision, mode):
     model = sglang_models / "bf16"
     out = tmp_path / "run"
     cmd = [
@@ -37,10 +42,12 @@ def test_train_with_sglang_engines_runs_steps_and_logs_metrics(sglang_models, tm
     ]
     if precision != "bf16":
         cmd += ["--rollout-quantization", "fp8", "--rollout-fp8-granularity", precision]
+    if mode == "distributed":
+        cmd += DISTRIBUTED
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=500)
     assert result.returncode == 0, result.stderr[-4000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    print(f"\n{precision}: " + json.dumps(rows, indent=1))
+    print(f"\n{precision} {mode}: " + json.dumps(rows, indent=1))
     assert [r["step"] for r in rows] == [0, 1, 2]
     assert all(r["rollout/samples"] == 32 and r["train/skipped_steps"] == 0 for r in rows)
     assert all("perf/release_memory_time_s" in r for r in rows)  # colocated: engines free memory while training
