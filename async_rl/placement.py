@@ -75,7 +75,7 @@ def check_megatron(cfg: Config) -> None:
         "--context-parallel-size": m.context_parallel_size > 1,
         "--sequence-parallel": m.sequence_parallel,
         "--fp8-format": m.fp8_format is not None,
-        "--use-distributed-optimizer": m.use_distributed_optimizer,  # its sharded state is not checkpointed yet
+        "--use-distributed-optimizer": m.use_distributed_optimizer,  # its sharded checkpoint is not verified yet
         "--colocate": cfg.cluster.colocate,
     }
     for flag, used in unsupported.items():

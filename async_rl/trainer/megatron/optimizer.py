@@ -21,6 +21,7 @@ class _Wrapped:
     """Learning rate and state of the wrapped optimizer (`inner`)."""
 
     inner: Any
+    sharded = False  # whether the state is checkpointed through megatron.core.dist_checkpointing
 
     @property
     def lr(self) -> float:
@@ -47,6 +48,14 @@ class MegatronAdam(_Wrapped):
                             use_distributed_optimizer=mcfg.use_distributed_optimizer),
             [ddp_model],
         )
+
+    sharded = True
+
+    def sharded_state_dict(self, model_sharded_state_dict: dict, is_loading: bool = False) -> dict:
+        """Megatron's own sharded optimizer state. The distributed optimizer's shards go in Megatron-LM's default
+        layout, `dp_reshardable` (megatron-core 0.19's own default, `fully_sharded_model_space`, fails to build)."""
+        return self.inner.sharded_state_dict(model_sharded_state_dict, is_loading=is_loading,
+                                             metadata={"distrib_optim_sharding_type": "dp_reshardable"})
 
     def zero_grad(self) -> None:
         self.inner.zero_grad()

@@ -302,16 +302,21 @@ class MegatronTrainer(PolicyTrainer):
 
     # ---- checkpoints ----------------------------------------------------------------------------------------
     def save(self, path: str) -> None:
-        """Weights in torch_dist under `megatron/`, each rank's optimizer and RNG state under `trainer_state/`."""
+        """Weights in torch_dist under `megatron/`; Megatron's optimizer state in torch_dist under `optimizer/`
+        (on a CPU, AdamW's per rank in `trainer_state/`); each rank's RNG state under `trainer_state/`."""
         from megatron.core import dist_checkpointing
 
         refs = [p.save.remote(path) for p in self.peers]
         out = Path(path)
-        (out / "megatron").mkdir(parents=True, exist_ok=True)
-        (out / "trainer_state").mkdir(exist_ok=True)
+        for part in ("megatron", "trainer_state", *(("optimizer",) if self.optimizer.sharded else ())):
+            (out / part).mkdir(parents=True, exist_ok=True)
         dist_checkpointing.save(self.gpt.sharded_state_dict(), str(out / "megatron"))
-        torch.save({"optimizer": self.optimizer.state_dict(), "version": self.version,
-                    "torch_rng": torch.get_rng_state()}, out / "trainer_state" / f"rank_{self.rank}.pt")
+        state = {"version": self.version, "torch_rng": torch.get_rng_state()}
+        if self.optimizer.sharded:
+            dist_checkpointing.save(self.optimizer.sharded_state_dict(self.gpt.sharded_state_dict()), str(out / "optimizer"))
+        else:
+            state["optimizer"] = self.optimizer.state_dict()
+        torch.save(state, out / "trainer_state" / f"rank_{self.rank}.pt")
         _wait(refs)
 
     def load(self, path: str) -> None:
@@ -321,7 +326,11 @@ class MegatronTrainer(PolicyTrainer):
         src = Path(path)
         self.gpt.load_state_dict(dist_checkpointing.load(self.gpt.sharded_state_dict(), str(src / "megatron")))
         state = torch.load(src / "trainer_state" / f"rank_{self.rank}.pt", weights_only=False)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.optimizer.sharded:
+            sharded = self.optimizer.sharded_state_dict(self.gpt.sharded_state_dict(), is_loading=True)
+            self.optimizer.load_state_dict(dist_checkpointing.load(sharded, str(src / "optimizer")))
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.version = state["version"]
         torch.set_rng_state(state["torch_rng"])
         _wait(refs)
