@@ -25,6 +25,7 @@ from async_rl.errors import UserInputError
 from async_rl.placement import check_backends, create_engine, start_ray
 from async_rl.rollout.engine import SamplingParams
 from async_rl.rollout.manager import RolloutManager
+from async_rl.rollout.weight_sync import CheckpointWeights
 from async_rl.session import load_eval_sets, make_grader
 
 
@@ -42,7 +43,8 @@ def evaluate(cfg: Config) -> dict[str, float]:
     grader = make_grader(cfg)
     start_ray(cfg)
     try:
-        manager = RolloutManager(lambda rank: create_engine(cfg, rank), cfg.num_rollout_engines, grader)
+        manager = RolloutManager(lambda rank: create_engine(cfg, rank), cfg.num_rollout_engines, grader,
+                                 CheckpointWeights())
         e = cfg.eval
         params = SamplingParams(e.eval_temperature, cfg.rollout.rollout_top_p, e.eval_max_response_len)
         metrics = Evaluator(manager, eval_sets, e.n_samples_per_eval_prompt, params).evaluate()

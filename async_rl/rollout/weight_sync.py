@@ -6,6 +6,7 @@ the buckets are kept, so a replacement engine loads exactly the version the othe
 `BroadcastSync` (`--update-weight-mode distributed`): trainer rank 0 broadcasts device buckets to every
 SGLang engine over a process group (`async_rl.weights.broadcast`); a replacement engine loads the trainer's
 current weights through the object store, then the group is rebuilt with it.
+`CheckpointWeights` (standalone evaluation): no trainer; every engine serves the checkpoint it starts from.
 """
 
 from __future__ import annotations
@@ -80,6 +81,19 @@ class BroadcastSync:
         """
         ray.get(stream_weights(self.trainer, self.export_args, [engines[rank]], self.version)[1])
         self.connect(engines)
+
+
+class CheckpointWeights:
+    """No trainer (standalone evaluation): engines serve the checkpoint they start from, and so does a replacement."""
+
+    def connect(self, engines: list[Any]) -> None:
+        return None
+
+    def push(self, engines: list[Any], version: int) -> list[ray.ObjectRef]:
+        raise RuntimeError("no trainer to push weights from")
+
+    def restore(self, engines: list[Any], rank: int) -> None:
+        return None
 
 
 def make_weight_sync(cfg: Config, trainer: Any) -> WeightSync:
