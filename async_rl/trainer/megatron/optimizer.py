@@ -37,6 +37,8 @@ class _Wrapped:
 class MegatronAdam(_Wrapped):
     """Megatron's Adam (mixed precision with FP32 main weights under --bf16, distributed optimizer if asked)."""
 
+    sharded = True
+
     def __init__(self, ddp_model, cfg: TrainConfig, mcfg: MegatronConfig):
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
@@ -48,8 +50,6 @@ class MegatronAdam(_Wrapped):
                             use_distributed_optimizer=mcfg.use_distributed_optimizer),
             [ddp_model],
         )
-
-    sharded = True
 
     def sharded_state_dict(self, model_sharded_state_dict: dict, is_loading: bool = False) -> dict:
         """Megatron's own sharded optimizer state. The distributed optimizer's shards go in Megatron-LM's default
