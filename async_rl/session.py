@@ -74,6 +74,8 @@ class TrainingSession:
     def __init__(self, cfg: Config):
         check_backends(cfg)
         plan_placement(cfg)  # a cluster layout that cannot be placed fails here, before Ray starts
+        if cfg.checkpoint.load:
+            resolve_checkpoint(cfg.checkpoint.load)  # so does a missing or incomplete checkpoint
         self.cfg = cfg
         self._save_config()
         random.seed(cfg.logging.seed)
