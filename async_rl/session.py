@@ -74,8 +74,8 @@ class TrainingSession:
     def __init__(self, cfg: Config):
         check_backends(cfg)
         plan_placement(cfg)  # a cluster layout that cannot be placed fails here, before Ray starts
-        if cfg.checkpoint.load:
-            resolve_checkpoint(cfg.checkpoint.load)  # so does a missing or incomplete checkpoint
+        # so does a missing or incomplete checkpoint
+        checkpoint = resolve_checkpoint(cfg.checkpoint.load) if cfg.checkpoint.load else None
         self.cfg = cfg
         self._save_config()
         random.seed(cfg.logging.seed)
@@ -115,8 +115,8 @@ class TrainingSession:
             self.start_step = 0
             self.resumed_rollout_state: dict[str, Any] | None = None
             self._last_batch: tuple[list[Sample], list[float]] | None = None
-            if cfg.checkpoint.load:
-                self._load(cfg.checkpoint.load)
+            if checkpoint is not None:
+                self._load(checkpoint)
             elif needs_initial_weights(cfg):
                 self.rollout.wait_weights(self.push_weights(version=0))
         except BaseException:
@@ -276,8 +276,7 @@ class TrainingSession:
 
         save_checkpoint(self.cfg.checkpoint.save, step, driver_state, write)
 
-    def _load(self, path: str) -> None:
-        checkpoint = resolve_checkpoint(path)
+    def _load(self, checkpoint: Path) -> None:
         state = read_driver_state(checkpoint)
         ray.get(self.trainer.load.remote(str(checkpoint)))
         engine_rng = torch.load(checkpoint / ENGINE_RNG)
