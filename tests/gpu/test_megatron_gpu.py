@@ -94,7 +94,7 @@ def test_a_checkpoint_restores_the_optimizer_and_the_next_step_is_the_same(torch
     through dist_checkpointing) come back, so the step after a resume equals the step without one."""
     from async_rl.trainer.megatron.trainer import MegatronTrainer
 
-    model, samples, (ref_before, ref_metrics, _) = torch_step
+    model, samples, _ = torch_step
     mcfg = dataclasses.replace(MegatronConfig(), bf16=True, use_distributed_optimizer=distributed_optimizer)
 
     def trainer():

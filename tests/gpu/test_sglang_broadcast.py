@@ -39,10 +39,10 @@ def ray_on_one_gpu():
 
 @pytest.mark.parametrize("fp8", [None, "block"])
 def test_a_broadcast_push_switches_the_weights_and_keeps_requests_in_flight(sglang_models, ray_on_one_gpu, fp8):
-    import ray
-
     from async_rl.rollout.sglang_engine import SGLangEngine
     from async_rl.weights.sync import weight_buckets
+
+    ray = ray_on_one_gpu
 
     model = sglang_models / (f"fp8-{fp8}" if fp8 else "bf16")
     actor = ray.remote(num_gpus=1, max_concurrency=1, concurrency_groups={"control": 1})(SGLangEngine)
