@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from ray.util.placement_group import PlacementGroup, placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from async_rl.config import Config
 from async_rl.errors import UserInputError
@@ -26,6 +28,8 @@ _WORKER_ENV = {
 
 def check_backends(cfg: Config) -> None:
     """Fail before anything starts when a backend cannot run here (missing package, no GPU, bad server flag)."""
+    if cfg.cluster.colocate and cfg.cluster.rollout_num_gpus_per_engine > 1:  # an engine shares one trainer bundle
+        raise UserInputError("--colocate with --rollout-num-gpus-per-engine > 1 is not supported yet")
     if cfg.backend.rollout_backend == "sglang":
         check_sglang(cfg)
     if cfg.backend.train_backend == "megatron":
@@ -45,8 +49,6 @@ def check_sglang(cfg: Config) -> None:
     for name in cfg.sglang:
         if name not in known:
             raise UserInputError(f"--sglang-{name.replace('_', '-')}: SGLang has no server argument {name!r}")
-    if cfg.cluster.colocate and cfg.cluster.rollout_num_gpus_per_engine > 1:
-        raise UserInputError("--colocate with --rollout-num-gpus-per-engine > 1 is not supported yet")
     check_fp8_rollout(cfg)
 
 
@@ -75,8 +77,7 @@ def check_megatron(cfg: Config) -> None:
         "--context-parallel-size": m.context_parallel_size > 1,
         "--sequence-parallel": m.sequence_parallel,
         "--fp8-format": m.fp8_format is not None,
-        "--use-distributed-optimizer": m.use_distributed_optimizer,  # its sharded checkpoint is not verified yet
-        "--colocate": cfg.cluster.colocate,
+        "--use-distributed-optimizer": m.use_distributed_optimizer,  # a resume does not yet give the same step
     }
     for flag, used in unsupported.items():
         if used:
@@ -128,25 +129,63 @@ def start_ray(cfg: Config) -> None:
     )
 
 
-def create_trainer(cfg: Config) -> Any:
-    """The trainer actor the loop talks to (rank 0 of the megatron group)."""
+def reserve_trainer_bundles(world_size: int, *, gpus: int, cpus: int = 1) -> PlacementGroup:
+    """One bundle per trainer rank, packed onto nodes in rank order, so tensor-parallel neighbours share a node.
+
+    A colocated engine goes into its rank's bundle (`engine_options`): Ray places fractional GPU
+    requests of one bundle on that bundle's GPU, which is what makes trainer and engine share it."""
+    bundle = {"CPU": cpus, "GPU": gpus} if gpus else {"CPU": cpus}
+    group = placement_group([bundle] * world_size, strategy="PACK")
+    ray.get(group.ready())
+    return group
+
+
+def trainer_bundles(cfg: Config) -> PlacementGroup:
+    """The trainer's bundles: a GPU each on GPUs, plus a CPU for the engine that shares it when colocated."""
+    on_gpus = bool(cfg.cluster.actor_num_gpus_per_node)
+    colocated = on_gpus and cfg.cluster.colocate
+    return reserve_trainer_bundles(cfg.trainer_world_size, gpus=int(on_gpus), cpus=2 if colocated else 1)
+
+
+def in_bundle(bundles: PlacementGroup, index: int) -> PlacementGroupSchedulingStrategy:
+    return PlacementGroupSchedulingStrategy(bundles, placement_group_bundle_index=index)
+
+
+def trainer_rank_options(cfg: Config, bundles: PlacementGroup, rank: int) -> dict[str, Any]:
+    """Ray options of trainer rank `rank`: its bundle, and all of its GPU unless an engine shares it."""
+    return {"num_cpus": 1, "num_gpus": _gpu_share(cfg), "scheduling_strategy": in_bundle(bundles, rank)}
+
+
+def engine_options(cfg: Config, rank: int, bundles: PlacementGroup | None) -> dict[str, Any]:
+    """Ray options of rollout engine `rank`: a GPU share of its own, or, colocated on GPUs, half of trainer rank
+    `rank`'s bundle (one engine per trainer GPU: `--rollout-num-gpus-per-engine` is 1 when colocated)."""
+    per_engine = cfg.cluster.rollout_num_gpus_per_engine
+    options: dict[str, Any] = {"num_cpus": 1, "num_gpus": _gpu_share(cfg) if per_engine == 1 else per_engine}
+    if bundles is not None and cfg.cluster.colocate and cfg.cluster.actor_num_gpus_per_node:
+        options["scheduling_strategy"] = in_bundle(bundles, rank)
+    return options
+
+
+def create_trainer(cfg: Config, bundles: PlacementGroup) -> Any:
+    """The trainer actor the loop talks to (rank 0 of the megatron group), in the trainer's bundles."""
     if cfg.backend.train_backend == "megatron":
         from async_rl.trainer.megatron.actor_group import create_megatron_group
 
         return create_megatron_group(
-            cfg.model.hf_checkpoint, cfg.train, cfg.megatron, world_size=cfg.trainer_world_size,
-            gpus_per_rank=1 if cfg.cluster.actor_num_gpus_per_node else 0, global_batch_size=cfg.global_batch_size,
+            cfg.model.hf_checkpoint, cfg.train, cfg.megatron,
+            rank_options=[trainer_rank_options(cfg, bundles, rank) for rank in range(cfg.trainer_world_size)],
+            global_batch_size=cfg.global_batch_size,
             temperature=cfg.rollout.rollout_temperature, seed=cfg.logging.seed, num_threads=_threads_per_process(cfg),
             single_machine=cfg.cluster.ray_address is None,
         )
     from async_rl.trainer.torch_trainer import TorchTrainer
 
-    gpus = _gpu_share(cfg)
-    actor = ray.remote(num_cpus=1, num_gpus=gpus)(TorchTrainer)
+    options = trainer_rank_options(cfg, bundles, 0)
+    actor = ray.remote(TorchTrainer).options(**options)
     return actor.remote(
         cfg.model.hf_checkpoint, cfg.train, global_batch_size=cfg.global_batch_size,
         temperature=cfg.rollout.rollout_temperature, seed=cfg.logging.seed,
-        num_threads=_threads_per_process(cfg), device="cuda" if gpus else "cpu",
+        num_threads=_threads_per_process(cfg), device="cuda" if options["num_gpus"] else "cpu",
     )
 
 
@@ -160,20 +199,24 @@ def start_router(cfg: Config) -> Any:
     return SGLangRouter(host, cfg.rollout.router_port, cfg.rollout.router_policy)
 
 
-def create_engine(cfg: Config, rank: int, router_url: str | None = None) -> Any:
-    """Rollout engine `rank` as a Ray actor of its own (a process an operator can find by its class name)."""
+def create_engine(cfg: Config, rank: int, router_url: str | None = None, trainer_bundles: PlacementGroup | None = None) -> Any:
+    """Rollout engine `rank` as a Ray actor of its own (a process an operator can find by its class name); its
+    calls run one at a time, in order, and `abort`, `health` and weight control use a thread of their own to
+    reach a busy engine."""
+    options = engine_options(cfg, rank, trainer_bundles)
     if cfg.backend.rollout_backend == "sglang":
-        return _create_sglang_engine(cfg, rank, router_url)
+        return _create_sglang_engine(cfg, rank, router_url, options)
     from async_rl.rollout.local_engine import LocalEngine
 
-    gpus = _gpu_share(cfg)
-    # calls run one at a time, in order; `abort` and `health` use a thread of their own to reach a busy engine
-    actor = ray.remote(num_cpus=1, num_gpus=gpus, max_concurrency=1, concurrency_groups={"control": 1})(LocalEngine)
-    return actor.remote(
+    return _engine_actor(LocalEngine).options(**options).remote(
         cfg.model.hf_checkpoint, seed=cfg.logging.seed + 1000 * (rank + 1), num_threads=_threads_per_process(cfg),
-        device="cuda" if gpus else "cpu",
+        device="cuda" if options["num_gpus"] else "cpu",
         fp8=cfg.rollout.fp8_layout,
     )
+
+
+def _engine_actor(engine_class: type) -> Any:
+    return ray.remote(max_concurrency=1, concurrency_groups={"control": 1})(engine_class)
 
 
 def checkpoint_fp8_granularity(path: str) -> str | None:
@@ -200,11 +243,9 @@ def needs_initial_weights(cfg: Config) -> bool:
             and checkpoint_fp8_granularity(cfg.model.hf_checkpoint) is None)
 
 
-def _create_sglang_engine(cfg: Config, rank: int, router_url: str | None) -> Any:
+def _create_sglang_engine(cfg: Config, rank: int, router_url: str | None, options: dict[str, Any]) -> Any:
     from async_rl.rollout.sglang_engine import SGLangEngine
 
-    per_engine = cfg.cluster.rollout_num_gpus_per_engine
-    gpus = _gpu_share(cfg) if per_engine == 1 else per_engine
     server_args = dict(cfg.sglang)
     if cfg.cluster.colocate:  # the engines release their memory during training steps
         server_args.setdefault("enable_memory_saver", True)
@@ -213,8 +254,9 @@ def _create_sglang_engine(cfg: Config, rank: int, router_url: str | None) -> Any
         # layout instead, filled by the first weight push
         server_args |= {"load_format": "dummy",
                         "json_model_override_args": json.dumps({"quantization_config": quantization_config(cfg.rollout.fp8_layout)})}
-    actor = ray.remote(num_cpus=1, num_gpus=gpus, max_concurrency=1, concurrency_groups={"control": 1})(SGLangEngine)
-    return actor.remote(cfg.model.hf_checkpoint, seed=cfg.logging.seed + 1000 * (rank + 1), fp8=cfg.rollout.fp8_layout,
-                        host=LOOPBACK if cfg.cluster.ray_address is None else None,  # else the engine's node
-                        max_concurrent_requests=cfg.rollout.rollout_max_concurrency, router_url=router_url,
-                        tp_size=per_engine, **server_args)
+    return _engine_actor(SGLangEngine).options(**options).remote(
+        cfg.model.hf_checkpoint, seed=cfg.logging.seed + 1000 * (rank + 1), fp8=cfg.rollout.fp8_layout,
+        host=LOOPBACK if cfg.cluster.ray_address is None else None,  # else the engine's node
+        max_concurrent_requests=cfg.rollout.rollout_max_concurrency, router_url=router_url,
+        tp_size=cfg.cluster.rollout_num_gpus_per_engine, **server_args,
+    )

@@ -29,7 +29,7 @@ from async_rl.evaluation import Evaluator, eval_sets_from_flag
 from async_rl.invariants import check_first_step, check_probe
 from async_rl.metrics_logger import MetricsLogger, WandbSettings
 from async_rl.placement import (check_backends, create_engine, create_trainer, needs_initial_weights, start_ray,
-                                start_router)
+                                start_router, trainer_bundles)
 from async_rl.placement_plan import plan_placement
 from async_rl.rollout.engine import SamplingParams
 from async_rl.rollout.filters import load_group_filter
@@ -105,12 +105,13 @@ class TrainingSession:
         start_ray(cfg)
         self.router: Any = None
         try:  # a failure past this point must not leave Ray and its actors running
-            self.trainer = create_trainer(cfg)
+            bundles = trainer_bundles(cfg)
+            self.trainer = create_trainer(cfg, bundles)
             self.router = start_router(cfg)
             if self.router is not None:
                 print(f"sglang-router for the {cfg.num_rollout_engines} rollout engines: {self.router.url}", flush=True)
             router_url = self.router.url if self.router is not None else None
-            self.rollout = RolloutManager(lambda rank: create_engine(cfg, rank, router_url), cfg.num_rollout_engines,
+            self.rollout = RolloutManager(lambda rank: create_engine(cfg, rank, router_url, bundles), cfg.num_rollout_engines,
                                           grader, make_weight_sync(cfg, self.trainer))
             self.start_step = 0
             self.resumed_rollout_state: dict[str, Any] | None = None

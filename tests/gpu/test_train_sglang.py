@@ -1,6 +1,7 @@
-"""`train.py --rollout-backend sglang --train-backend torch` end to end on one GPU (engine and trainer colocated).
+"""`train.py --rollout-backend sglang` end to end on one GPU (engine and trainer colocated), with the torch and
+the megatron trainer.
 
-Needs a CUDA GPU, sglang and ray; run with `pytest -m gpu tests/gpu`.
+Needs a CUDA GPU, sglang and ray (and megatron-core for the megatron cases); run with `pytest -m gpu tests/gpu`.
 """
 
 import importlib.util
@@ -25,15 +26,24 @@ pytestmark = [
 DISTRIBUTED = ["--update-weight-mode", "distributed", "--update-weight-group-backend", "gloo"]
 
 
-@pytest.mark.parametrize("precision, mode", [("bf16", "tensor"), ("block", "tensor"), ("channel", "tensor"),
-                                             ("bf16", "distributed"), ("block", "distributed")])
-def test_train_with_sglang_engines_runs_steps_and_logs_metrics(sglang_models, tmp_path, precision, mode):
+# megatron: BF16 training (FP32 main weights) sharing the GPU with the engine
+MEGATRON = ["--train-backend", "megatron", "--bf16"]
+
+
+@pytest.mark.parametrize("backend, precision, mode", [
+    ("torch", "bf16", "tensor"), ("torch", "block", "tensor"), ("torch", "channel", "tensor"),
+    ("torch", "bf16", "distributed"), ("torch", "block", "distributed"),
+    ("megatron", "bf16", "tensor"), ("megatron", "block", "tensor"), ("megatron", "bf16", "distributed"),
+])
+def test_train_with_sglang_engines_runs_steps_and_logs_metrics(sglang_models, tmp_path, backend, precision, mode):
+    if backend == "megatron":
+        pytest.importorskip("megatron.core", reason="the megatron cases need megatron-core")
     model = sglang_models / "bf16"
     out = tmp_path / "run"
     cmd = [
         sys.executable, "-m", "async_rl.train", "--hf-checkpoint", str(model),
         "--prompt-data", str(model / "data" / "train.jsonl"), "--output-dir", str(out),
-        "--rollout-backend", "sglang", "--train-backend", "torch", "--actor-num-gpus-per-node", "1", "--colocate",
+        "--rollout-backend", "sglang", "--actor-num-gpus-per-node", "1", "--colocate",
         "--num-rollout", "3", "--rollout-batch-size", "8", "--n-samples-per-prompt", "4", "--micro-batch-size", "8",
         "--rollout-max-response-len", "32", "--lr", "1e-4", "--use-tis", "--check-invariants",
         "--invariant-logprob-tol", "0.05",  # a bf16 engine against the fp32 trainer (FP8 is not checked)
@@ -44,10 +54,11 @@ def test_train_with_sglang_engines_runs_steps_and_logs_metrics(sglang_models, tm
         cmd += ["--rollout-quantization", "fp8", "--rollout-fp8-granularity", precision]
     if mode == "distributed":
         cmd += DISTRIBUTED
+    cmd += MEGATRON if backend == "megatron" else ["--train-backend", "torch"]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=500)
     assert result.returncode == 0, result.stderr[-4000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    print(f"\n{precision} {mode}: " + json.dumps(rows, indent=1))
+    print(f"\n{backend} {precision} {mode}: " + json.dumps(rows, indent=1))
     assert [r["step"] for r in rows] == [0, 1, 2]
     assert all(r["rollout/samples"] == 32 and r["train/skipped_steps"] == 0 for r in rows)
     assert all("perf/release_memory_time_s" in r for r in rows)  # colocated: engines free memory while training

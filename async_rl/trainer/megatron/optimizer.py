@@ -43,6 +43,7 @@ class MegatronAdam(_Wrapped):
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
         self.clip = cfg.clip_grad
+        self.distributed = mcfg.use_distributed_optimizer
         self.inner = get_megatron_optimizer(
             OptimizerConfig(optimizer="adam", lr=cfg.lr, weight_decay=cfg.weight_decay, adam_beta1=cfg.adam_beta1,
                             adam_beta2=cfg.adam_beta2, clip_grad=cfg.clip_grad, bf16=mcfg.bf16,
@@ -54,8 +55,33 @@ class MegatronAdam(_Wrapped):
     def sharded_state_dict(self, model_sharded_state_dict: dict, is_loading: bool = False) -> dict:
         """Megatron's own sharded optimizer state. The distributed optimizer's shards go in Megatron-LM's default
         layout, `dp_reshardable` (megatron-core 0.19's own default, `fully_sharded_model_space`, fails to build)."""
+        if is_loading and self.distributed:
+            self._start_torch_adam_state()
         return self.inner.sharded_state_dict(model_sharded_state_dict, is_loading=is_loading,
                                              metadata={"distrib_optim_sharding_type": "dp_reshardable"})
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state)
+        if self.distributed:  # megatron-core hands every parameter one shared 'step' tensor, which torch's Adam
+            for adam in self._torch_adams():  # would then advance once per parameter per step
+                for param_state in adam.state.values():
+                    param_state["step"] = param_state["step"].clone()
+
+    def _start_torch_adam_state(self) -> None:
+        """Zero moments at step 0 for a fresh distributed optimizer over torch's Adam (no Transformer Engine or
+        Apex): megatron-core reads every parameter's 'step' to describe that state and fails on an empty one.
+        The checkpoint being loaded overwrites all of it."""
+        for adam in self._torch_adams():
+            for group in adam.param_groups:
+                for p in group["params"]:
+                    if not adam.state[p]:
+                        adam.state[p] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(p),
+                                         "exp_avg_sq": torch.zeros_like(p)}
+
+    def _torch_adams(self) -> list[torch.optim.Optimizer]:
+        """The torch Adam optimizers inside Megatron's wrappers (none when it uses Transformer Engine's or Apex's)."""
+        wrappers = getattr(self.inner, "chained_optimizers", [self.inner])
+        return [w.optimizer for w in wrappers if isinstance(w.optimizer, (torch.optim.Adam, torch.optim.AdamW))]
 
     def zero_grad(self) -> None:
         self.inner.zero_grad()

@@ -6,6 +6,7 @@ import pytest
 import ray
 
 from async_rl.config.sections import MegatronConfig, TrainConfig
+from async_rl.placement import in_bundle, reserve_trainer_bundles
 from async_rl.trainer.batch import micro_batch_indices
 from async_rl.trainer.torch_trainer import TorchTrainer
 from tests.trainer.test_torch_trainer import advantages, assert_same_update, rollout
@@ -106,11 +107,17 @@ def local_ray():
     ray.shutdown()
 
 
+def cpu_ranks(world_size: int) -> list[dict]:
+    """Ray options of `world_size` CPU ranks, each in its bundle of a fresh trainer placement group."""
+    bundles = reserve_trainer_bundles(world_size, gpus=0)
+    return [{"num_cpus": 1, "scheduling_strategy": in_bundle(bundles, rank)} for rank in range(world_size)]
+
+
 @pytest.mark.parametrize("layout", [{"tensor_model_parallel_size": 2}, {}], ids=["tp2", "dp2"])
 def test_two_rank_group_matches_the_single_rank_step(tiny_model, samples, reference, local_ray, layout):
     """Two Ray actors joined by gloo: TP=2 splits every matrix and the vocabulary, DP=2 splits the samples."""
-    rank0 = create_megatron_group(str(tiny_model), CFG, dataclasses.replace(MegatronConfig(), **layout), world_size=2,
-                                  gpus_per_rank=0, global_batch_size=4, temperature=0.8, seed=0, num_threads=1)
+    rank0 = create_megatron_group(str(tiny_model), CFG, dataclasses.replace(MegatronConfig(), **layout),
+                                  rank_options=cpu_ranks(2), global_batch_size=4, temperature=0.8, seed=0, num_threads=1)
     before = ray.get(rank0.compute_log_probs.remote(samples))
     metrics = ray.get(rank0.train_step.remote(samples, advantages(len(samples))))
     after = ray.get(rank0.compute_log_probs.remote(samples))
@@ -140,7 +147,7 @@ def test_an_expert_parallel_group_matches_the_torch_backends_moe_step(tiny_moe_m
                  torch_trainer.compute_log_probs(samples), dict(torch_trainer.export_weights()))
     mcfg = dataclasses.replace(MegatronConfig(), expert_model_parallel_size=2,
                                max_tokens_per_gpu=budget_with_uneven_micro_batch_counts(samples) if token_budget else None)
-    rank0 = create_megatron_group(str(tiny_moe_model), CFG, mcfg, world_size=2, gpus_per_rank=0, global_batch_size=4,
+    rank0 = create_megatron_group(str(tiny_moe_model), CFG, mcfg, rank_options=cpu_ranks(2), global_batch_size=4,
                                   temperature=0.8, seed=0, num_threads=1)
     before = ray.get(rank0.compute_log_probs.remote(samples))
     metrics = ray.get(rank0.train_step.remote(samples, advantages(len(samples))))

@@ -1,0 +1,55 @@
+"""Where Ray puts trainer ranks and rollout engines, checked in a real Ray that declares GPUs it does not have:
+Ray hands out GPU ids by its own bookkeeping, so the placement logic runs exactly as on a GPU node."""
+
+import pytest
+import ray
+
+from async_rl.config import parse_config
+from async_rl.errors import UserInputError
+from async_rl.placement import check_backends, engine_options, trainer_bundles, trainer_rank_options
+
+
+@ray.remote(num_cpus=0)
+class GpuProbe:
+    def gpu_ids(self) -> list[int]:
+        return [int(i) for i in ray.get_gpu_ids()]
+
+
+@pytest.fixture
+def ray_with_four_gpus():
+    ray.init(num_cpus=8, num_gpus=4, include_dashboard=False, _node_ip_address="127.0.0.1")
+    yield
+    ray.shutdown()
+
+
+def config(*flags):
+    return parse_config(["--hf-checkpoint", "model", "--prompt-data", "x.jsonl", "--train-backend", "megatron",
+                         "--num-gpus-per-node", "4", *flags])[0]
+
+
+def placed_gpus(cfg) -> tuple[list[list[int]], list[list[int]]]:
+    """GPU ids of each trainer rank and each engine, placed as a run places them."""
+    bundles = trainer_bundles(cfg)
+    trainers = [GpuProbe.options(**trainer_rank_options(cfg, bundles, rank)).remote()
+                for rank in range(cfg.trainer_world_size)]
+    engines = [GpuProbe.options(**engine_options(cfg, rank, bundles)).remote() for rank in range(cfg.num_rollout_engines)]
+    # timeout: an engine Ray cannot place would wait for a GPU forever
+    return ray.get([p.gpu_ids.remote() for p in trainers], timeout=60), ray.get([p.gpu_ids.remote() for p in engines], timeout=60)
+
+
+def test_colocated_engine_shares_the_gpu_of_its_trainer_rank(ray_with_four_gpus):
+    trainer, engines = placed_gpus(config("--actor-num-gpus-per-node", "4", "--colocate"))
+    assert sorted(sum(trainer, [])) == [0, 1, 2, 3]  # one GPU per rank
+    assert engines == trainer
+
+
+def test_engines_of_their_own_take_the_gpus_the_trainer_leaves(ray_with_four_gpus):
+    trainer, engines = placed_gpus(config("--actor-num-gpus-per-node", "2", "--rollout-num-gpus", "2"))
+    assert len(engines) == 2 and all(len(ids) == 1 for ids in trainer + engines)
+    assert sorted(sum(trainer + engines, [])) == [0, 1, 2, 3]
+
+
+def test_a_colocated_engine_must_fit_in_one_trainer_gpu():
+    cfg = config("--actor-num-gpus-per-node", "4", "--colocate", "--rollout-num-gpus-per-engine", "2")
+    with pytest.raises(UserInputError, match="--rollout-num-gpus-per-engine > 1"):
+        check_backends(cfg)
