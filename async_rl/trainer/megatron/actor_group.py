@@ -21,8 +21,7 @@ def _rendezvous_address(single_machine: bool) -> tuple[str, int]:
 
 def create_megatron_group(
     hf_checkpoint: str, train: TrainConfig, mcfg: MegatronConfig, *, rank_options: list[dict[str, Any]],
-    global_batch_size: int, temperature: float, seed: int,
-    num_threads: int | None, single_machine: bool = True,
+    global_batch_size: int, temperature: float, seed: int, num_threads: int | None, single_machine: bool = True,
 ) -> Any:
     """Start one MegatronTrainer actor per entry of `rank_options` (Ray options: resources and bundle); returns
     rank 0, already connected to the others."""
