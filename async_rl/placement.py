@@ -77,11 +77,13 @@ def check_megatron(cfg: Config) -> None:
         "--context-parallel-size": m.context_parallel_size > 1,
         "--sequence-parallel": m.sequence_parallel,
         "--fp8-format": m.fp8_format is not None,
-        "--use-distributed-optimizer": m.use_distributed_optimizer,  # a resume does not yet give the same step
     }
     for flag, used in unsupported.items():
         if used:
             raise UserInputError(f"{flag} is not supported by --train-backend megatron yet")
+    if m.use_distributed_optimizer and cfg.cluster.actor_num_gpus_per_node == 0:
+        raise UserInputError("--use-distributed-optimizer needs GPUs: on a CPU the megatron backend steps with torch's "
+                             "AdamW, which expects whole gradients")
     if m.recompute_granularity and cfg.cluster.actor_num_gpus_per_node == 0:
         raise UserInputError("--recompute-granularity needs GPUs: Megatron's recomputation saves and restores the CUDA "
                              "RNG state")

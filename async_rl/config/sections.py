@@ -46,7 +46,7 @@ class MegatronConfig:
     context_parallel_size: int = flag(1, "Megatron context-parallel size.")
     expert_model_parallel_size: int = flag(1, "Megatron expert-parallel size (MoE).")
     sequence_parallel: bool = flag(False, "Megatron sequence parallelism (needs tensor-parallel size > 1).")
-    use_distributed_optimizer: bool = flag(False, "Shard optimizer state across data-parallel ranks.")
+    use_distributed_optimizer: bool = flag(False, "Shard Adam's state and the FP32 main weights across data-parallel ranks (GPUs).")
     recompute_granularity: str | None = flag(None, "Activation recomputation.", choices=["full", "selective"])
     recompute_method: str | None = flag(None, "Full recomputation by layer blocks.", choices=["uniform", "block"])
     recompute_num_layers: int | None = flag(None, "Layers per recomputation block.")

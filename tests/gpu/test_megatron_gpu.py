@@ -88,13 +88,7 @@ def test_activation_recomputation_takes_the_same_step(torch_step, recompute):
     assert metrics["train/grad_norm"] == pytest.approx(ref_metrics["train/grad_norm"], rel=1e-5)
 
 
-# The distributed optimizer's checkpoint saves and loads, but the step after a resume still differs from the
-# step without one (H200, megatron-core 0.19.2 over torch Adam), so --use-distributed-optimizer stays refused.
-RESUME_DIFFERS = pytest.mark.xfail(strict=True, reason="the distributed optimizer's resumed step differs")
-
-
-@pytest.mark.parametrize("distributed_optimizer", [False, pytest.param(True, marks=RESUME_DIFFERS)],
-                         ids=["adam", "distributed-adam"])
+@pytest.mark.parametrize("distributed_optimizer", [False, True], ids=["adam", "distributed-adam"])
 def test_a_checkpoint_restores_the_optimizer_and_the_next_step_is_the_same(torch_step, tmp_path, distributed_optimizer):
     """--save / --load on a GPU: weights and Megatron's optimizer state (the distributed optimizer's shards too,
     through dist_checkpointing) come back, so the step after a resume equals the step without one."""

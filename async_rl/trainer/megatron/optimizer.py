@@ -62,21 +62,28 @@ class MegatronAdam(_Wrapped):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.inner.load_state_dict(state)
-        if self.distributed:  # megatron-core hands every parameter one shared 'step' tensor, which torch's Adam
-            for adam in self._torch_adams():  # would then advance once per parameter per step
-                for param_state in adam.state.values():
-                    param_state["step"] = param_state["step"].clone()
+        if self.distributed:
+            self._restore_torch_adam_steps()
 
     def _start_torch_adam_state(self) -> None:
         """Zero moments at step 0 for a fresh distributed optimizer over torch's Adam (no Transformer Engine or
         Apex): megatron-core reads every parameter's 'step' to describe that state and fails on an empty one.
-        The checkpoint being loaded overwrites all of it."""
+        The checkpoint being loaded overwrites the moments; the steps are restored after it."""
         for adam in self._torch_adams():
             for group in adam.param_groups:
                 for p in group["params"]:
                     if not adam.state[p]:
                         adam.state[p] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(p),
                                          "exp_avg_sq": torch.zeros_like(p)}
+
+    def _restore_torch_adam_steps(self) -> None:
+        """Each parameter's Adam step from the loaded parameter groups. megatron-core's load puts one shared step
+        tensor in every parameter's state (torch's Adam would then advance it once per parameter per step) and
+        copies the placeholder step of `_start_torch_adam_state` into it."""
+        for adam in self._torch_adams():
+            for group in adam.param_groups:
+                for p in group["params"]:
+                    adam.state[p]["step"] = torch.tensor(float(group["step"]))
 
     def _torch_adams(self) -> list[torch.optim.Optimizer]:
         """The torch Adam optimizers inside Megatron's wrappers (none when it uses Transformer Engine's or Apex's)."""

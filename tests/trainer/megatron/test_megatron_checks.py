@@ -34,3 +34,10 @@ def test_rope_scaling_megatron_cannot_apply_is_refused_before_the_run(tiny_model
     (tmp_path / "config.json").write_text(json.dumps(config_json))
     with pytest.raises(UserInputError, match="RoPE scaling 'yarn'"):
         check_megatron(config(tmp_path))
+
+
+def test_the_distributed_optimizer_needs_gpus(tiny_model):
+    """On a CPU the backend steps with torch's AdamW, which would read gradients reduce-scattered into shards."""
+    check_megatron(config(tiny_model, "--use-distributed-optimizer"))
+    with pytest.raises(UserInputError, match="--use-distributed-optimizer needs GPUs"):
+        check_megatron(config(tiny_model, "--use-distributed-optimizer", "--actor-num-gpus-per-node", "0"))
