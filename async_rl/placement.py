@@ -122,13 +122,21 @@ def start_ray(cfg: Config) -> None:
     if cfg.cluster.ray_address:
         ray.init(address=cfg.cluster.ray_address, runtime_env=runtime_env)
         return
-    ray.init(
-        num_cpus=cfg.trainer_world_size + cfg.num_rollout_engines,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        runtime_env=runtime_env,
-        log_to_driver=True,
-    )
+    init_loopback_ray(num_cpus=cfg.trainer_world_size + cfg.num_rollout_engines, runtime_env=runtime_env,
+                      log_to_driver=True)
+
+
+def init_loopback_ray(**init_args: Any) -> None:
+    """Start a Ray of our own that listens on 127.0.0.1 only.
+
+    Asked for 127.0.0.1, Ray substitutes the machine's routable address and its servers listen on every
+    interface, unless its cluster mode is off (the switch Ray reads as RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER).
+    Turned off here for this process, where Ray resolves the node address, and for the processes it starts."""
+    from ray._private import ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    ray.init(include_dashboard=False, _node_ip_address=LOOPBACK, **init_args)
 
 
 def reserve_trainer_bundles(world_size: int, *, gpus: int, cpus: int = 1) -> PlacementGroup:

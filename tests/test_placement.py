@@ -1,12 +1,13 @@
 """Where Ray puts trainer ranks and rollout engines, checked in a real Ray that declares GPUs it does not have:
 Ray hands out GPU ids by its own bookkeeping, so the placement logic runs exactly as on a GPU node."""
 
+import psutil
 import pytest
 import ray
 
 from async_rl.config import parse_config
 from async_rl.errors import UserInputError
-from async_rl.placement import check_backends, engine_options, trainer_bundles, trainer_rank_options
+from async_rl.placement import check_backends, engine_options, init_loopback_ray, trainer_bundles, trainer_rank_options
 
 
 @ray.remote(num_cpus=0)
@@ -17,7 +18,7 @@ class GpuProbe:
 
 @pytest.fixture
 def ray_with_four_gpus():
-    ray.init(num_cpus=8, num_gpus=4, include_dashboard=False, _node_ip_address="127.0.0.1")
+    init_loopback_ray(num_cpus=8, num_gpus=4)
     yield
     ray.shutdown()
 
@@ -53,3 +54,11 @@ def test_a_colocated_engine_must_fit_in_one_trainer_gpu():
     cfg = config("--actor-num-gpus-per-node", "4", "--colocate", "--rollout-num-gpus-per-engine", "2")
     with pytest.raises(UserInputError, match="--rollout-num-gpus-per-engine > 1"):
         check_backends(cfg)
+
+
+def test_our_ray_listens_on_loopback_only(ray_with_four_gpus):
+    """Ray's own servers (GCS, raylet, object manager, workers) accept connections on 127.0.0.1 and nowhere else."""
+    ray_processes = {child.pid for child in psutil.Process().children(recursive=True)}
+    listening = [c.laddr.ip for c in psutil.net_connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN and c.pid in ray_processes]
+    assert listening and all(ip in ("127.0.0.1", "::ffff:127.0.0.1") for ip in listening), listening

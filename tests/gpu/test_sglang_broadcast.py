@@ -14,6 +14,7 @@ import torch
 from transformers import AutoTokenizer
 
 from async_rl.net import LOOPBACK
+from async_rl.placement import init_loopback_ray
 from async_rl.rollout.engine import SamplingParams
 from async_rl.sample import SampleStatus
 from async_rl.weights.broadcast import WeightBroadcaster
@@ -32,7 +33,7 @@ pytestmark = [
 def ray_on_one_gpu():
     import ray
 
-    ray.init(num_cpus=4, num_gpus=1, include_dashboard=False, _node_ip_address=LOOPBACK)
+    init_loopback_ray(num_cpus=4, num_gpus=1)
     yield ray
     ray.shutdown()
 

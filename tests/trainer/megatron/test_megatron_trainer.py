@@ -6,7 +6,7 @@ import pytest
 import ray
 
 from async_rl.config.sections import MegatronConfig, TrainConfig
-from async_rl.placement import in_bundle, reserve_trainer_bundles
+from async_rl.placement import in_bundle, init_loopback_ray, reserve_trainer_bundles
 from async_rl.trainer.batch import micro_batch_indices
 from async_rl.trainer.torch_trainer import TorchTrainer
 from tests.trainer.test_torch_trainer import advantages, assert_same_update, rollout
@@ -101,8 +101,7 @@ def test_data_parallel_shards_cut_each_global_batch():
 @pytest.fixture
 def local_ray():
     """A Ray of its own per test: shutting it down ends the group's actors and frees its placement group."""
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+    init_loopback_ray(num_cpus=2, runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
     yield
     ray.shutdown()
 
