@@ -46,7 +46,7 @@ def test_train_with_sglang_engines_runs_steps_and_logs_metrics(sglang_models, tm
         "--rollout-backend", "sglang", "--actor-num-gpus-per-node", "1", "--colocate",
         "--num-rollout", "3", "--rollout-batch-size", "8", "--n-samples-per-prompt", "4", "--micro-batch-size", "8",
         "--rollout-max-response-len", "32", "--lr", "1e-4", "--use-tis", "--check-invariants",
-        "--invariant-logprob-tol", "0.05",  # a bf16 engine against the fp32 trainer (FP8 is not checked)
+        "--invariant-logprob-tol", "0.05",  # a bf16 engine against the trainer (FP8 is not checked)
         "--sglang-mem-fraction-static", "0.3", "--sglang-attention-backend", "triton",
         "--sglang-sampling-backend", "pytorch", "--sglang-disable-cuda-graph",
     ]
