@@ -101,11 +101,16 @@ def check_megatron(cfg: Config) -> None:
         raise UserInputError(f"--global-batch-size {cfg.global_batch_size} must split over {dp} data-parallel ranks")
 
 
+def _shares_trainer_gpus(cfg: Config) -> bool:
+    """Engines colocated on the trainer's GPUs (on a CPU run there is no GPU to share)."""
+    return bool(cfg.cluster.actor_num_gpus_per_node) and cfg.cluster.colocate
+
+
 def _gpu_share(cfg: Config) -> float:
     """GPUs per actor: none on a CPU run, half a GPU each when trainer and engines are colocated."""
     if cfg.cluster.actor_num_gpus_per_node == 0:
         return 0
-    return 0.5 if cfg.cluster.colocate else 1
+    return 0.5 if _shares_trainer_gpus(cfg) else 1
 
 
 def _threads_per_process(cfg: Config) -> int:
@@ -152,9 +157,8 @@ def reserve_trainer_bundles(world_size: int, *, gpus: int, cpus: int = 1) -> Pla
 
 def trainer_bundles(cfg: Config) -> PlacementGroup:
     """The trainer's bundles: a GPU each on GPUs, plus a CPU for the engine that shares it when colocated."""
-    on_gpus = bool(cfg.cluster.actor_num_gpus_per_node)
-    colocated = on_gpus and cfg.cluster.colocate
-    return reserve_trainer_bundles(cfg.trainer_world_size, gpus=int(on_gpus), cpus=2 if colocated else 1)
+    return reserve_trainer_bundles(cfg.trainer_world_size, gpus=int(bool(cfg.cluster.actor_num_gpus_per_node)),
+                                   cpus=2 if _shares_trainer_gpus(cfg) else 1)
 
 
 def in_bundle(bundles: PlacementGroup, index: int) -> PlacementGroupSchedulingStrategy:
@@ -171,7 +175,7 @@ def engine_options(cfg: Config, rank: int, bundles: PlacementGroup | None) -> di
     `rank`'s bundle (one engine per trainer GPU: `--rollout-num-gpus-per-engine` is 1 when colocated)."""
     per_engine = cfg.cluster.rollout_num_gpus_per_engine
     options: dict[str, Any] = {"num_cpus": 1, "num_gpus": _gpu_share(cfg) if per_engine == 1 else per_engine}
-    if bundles is not None and cfg.cluster.colocate and cfg.cluster.actor_num_gpus_per_node:
+    if bundles is not None and _shares_trainer_gpus(cfg):
         options["scheduling_strategy"] = in_bundle(bundles, rank)
     return options
 
