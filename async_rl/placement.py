@@ -213,11 +213,11 @@ def start_router(cfg: Config) -> Any:
     return SGLangRouter(host, cfg.rollout.router_port, cfg.rollout.router_policy)
 
 
-def create_engine(cfg: Config, rank: int, router_url: str | None = None, trainer_bundles: PlacementGroup | None = None) -> Any:
+def create_engine(cfg: Config, rank: int, router_url: str | None = None, bundles: PlacementGroup | None = None) -> Any:
     """Rollout engine `rank` as a Ray actor of its own (a process an operator can find by its class name); its
     calls run one at a time, in order, and `abort`, `health` and weight control use a thread of their own to
     reach a busy engine."""
-    options = engine_options(cfg, rank, trainer_bundles)
+    options = engine_options(cfg, rank, bundles)
     if cfg.backend.rollout_backend == "sglang":
         return _create_sglang_engine(cfg, rank, router_url, options)
     from async_rl.rollout.local_engine import LocalEngine
