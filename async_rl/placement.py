@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+import torch
 from ray.util.placement_group import PlacementGroup, placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -72,15 +73,17 @@ def check_megatron(cfg: Config) -> None:
     except ValueError as e:
         raise UserInputError(f"--hf-checkpoint {cfg.model.hf_checkpoint}: {e}") from None
     m = cfg.megatron
+    if m.moe_grouped_gemm and model_type != "qwen3_moe":
+        raise UserInputError(f"--moe-grouped-gemm applies to MoE models, not {model_type!r}")
     unsupported = {  # not driven by this backend yet; docs/megatron.md says why for each
         "--pipeline-model-parallel-size": m.pipeline_model_parallel_size > 1,
         "--context-parallel-size": m.context_parallel_size > 1,
         "--sequence-parallel": m.sequence_parallel,
-        "--fp8-format": m.fp8_format is not None,
     }
     for flag, used in unsupported.items():
         if used:
             raise UserInputError(f"{flag} is not supported by --train-backend megatron yet")
+    check_transformer_engine(cfg)
     if m.use_distributed_optimizer and cfg.cluster.actor_num_gpus_per_node == 0:
         raise UserInputError("--use-distributed-optimizer needs GPUs: on a CPU the megatron backend steps with torch's "
                              "AdamW, which expects whole gradients")
@@ -99,6 +102,25 @@ def check_megatron(cfg: Config) -> None:
     dp = cfg.trainer_world_size // m.tensor_model_parallel_size
     if cfg.global_batch_size % dp:
         raise UserInputError(f"--global-batch-size {cfg.global_batch_size} must split over {dp} data-parallel ranks")
+
+
+def check_transformer_engine(cfg: Config) -> None:
+    """What needs Transformer Engine's layers has GPUs and TE; an FP8 recipe this GPU cannot run is refused."""
+    from async_rl.trainer.megatron.model import transformer_engine_importable
+
+    m = cfg.megatron
+    wanted = {"--transformer-impl transformer_engine": m.transformer_impl == "transformer_engine",
+              "--fp8-format": m.fp8_format is not None, "--moe-grouped-gemm": m.moe_grouped_gemm}
+    for flag, used in wanted.items():
+        if not used:
+            continue
+        if cfg.cluster.actor_num_gpus_per_node == 0:
+            raise UserInputError(f"{flag} runs Transformer Engine's layers, which need GPUs: set --actor-num-gpus-per-node")
+        if not transformer_engine_importable():
+            raise UserInputError(f"{flag} needs Transformer Engine: pip install 'async_rl[gpu]'")
+    if m.fp8_recipe == "mxfp8" and torch.cuda.is_available() and torch.cuda.get_device_capability() < (10, 0):
+        raise UserInputError(f"--fp8-recipe mxfp8 needs a Blackwell GPU (compute capability 10+), not "
+                             f"{torch.cuda.get_device_name()}: use tensorwise or delayed")
 
 
 def _shares_trainer_gpus(cfg: Config) -> bool:

@@ -1,14 +1,20 @@
-"""Training-step throughput on one GPU: the megatron backend (BF16 and FP32) against the torch backend (FP32).
+"""Training-step throughput on one GPU: the torch backend, the megatron backend's local layer spec and its
+Transformer Engine spec in BF16 and FP8.
 
 A random model of a real shape, a batch of random samples of fixed length, one optimizer step per call
-(old log-prob recompute + forward/backward of every micro-batch + AdamW), the same RL loss for all:
+(old log-prob recompute + forward/backward of every micro-batch + Adam), the same RL loss for all:
 
-    python benchmarks/bench_train_step.py --model-config benchmarks/model_configs/qwen2.5-0.5b.json \
-        --tokenizer-from outputs/tiny_model
+    python benchmarks/bench_train_step.py --model-config benchmarks/model_configs/qwen2.5-1.5b.json \
+        --tokenizer-from outputs/tiny_model --backends local-bf16 te-bf16 te-fp8-tensorwise
+    python benchmarks/bench_train_step.py --model-config benchmarks/model_configs/qwen2.5-7b.json --num-layers 4 ...
 
 Each backend runs in its own process; the first step warms up, the median of the next `--steps` counts.
-Tokens/s counts prompt + response tokens; ratios are against the torch backend of the same run.
-Needs a CUDA GPU and megatron-core.
+Tokens/s counts prompt + response tokens; ratios are against the first backend listed, in the same run.
+MFU is model FLOPs over the GPU's dense BF16 peak (FP8 rows too): per token 8 FLOPs per weight of every
+matrix multiply (2 for the old log-prob forward, 6 for forward + backward; the output layer included, the
+embedding lookup not), plus causal attention, 8 x layers x attention width x sequence length / 2 per token
+(QK^T and AV, 4 FLOPs per position pair and width, half the pairs, times the same 1 + 3 passes).
+Needs a CUDA GPU and megatron-core (Transformer Engine for the te-* rows).
 """
 
 from __future__ import annotations
@@ -27,14 +33,42 @@ import torch
 
 from isolated import report, run_case
 
-BACKENDS = ("torch", "megatron-fp32", "megatron-bf16")
+TE = dict(transformer_impl="transformer_engine", bf16=True)
+BACKENDS = {  # name: megatron flags (None: the torch backend)
+    "torch": None,
+    "local-fp32": dict(transformer_impl="local"),
+    "local-bf16": dict(transformer_impl="local", bf16=True),
+    "te-bf16": TE,
+    **{f"te-fp8-{recipe}": TE | dict(fp8_format="e4m3", fp8_recipe=recipe)
+       for recipe in ("delayed", "tensorwise", "blockwise")},
+}
+DENSE_BF16_PEAK = {"H100": 989e12, "H200": 989e12, "H800": 989e12}  # SXM, FLOP/s
 
 
-def random_checkpoint(config_path: Path, tokenizer_from: Path) -> Path:
+def model_flops_per_step(hf: dict, samples: int, seq_len: int) -> float:
+    """FLOPs of one step as the module docstring counts them."""
+    h, heads, layers = hf["hidden_size"], hf["num_attention_heads"], hf["num_hidden_layers"]
+    head_dim = hf.get("head_dim") or h // heads
+    attention_width = heads * head_dim
+    per_layer = h * (heads + 2 * hf.get("num_key_value_heads", heads)) * head_dim + attention_width * h \
+        + 3 * h * hf["intermediate_size"]
+    matmul_weights = layers * per_layer + hf["vocab_size"] * h
+    tokens = samples * seq_len
+    return 8 * matmul_weights * tokens + 8 * layers * attention_width * seq_len / 2 * tokens
+
+
+def bf16_peak() -> float | None:
+    name = torch.cuda.get_device_name()
+    return next((peak for gpu, peak in DENSE_BF16_PEAK.items() if gpu in name), None)
+
+
+def random_checkpoint(config_path: Path, tokenizer_from: Path, num_layers: int | None) -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     out = Path(tempfile.mkdtemp())
-    shutil.copy(config_path, out / "config.json")
+    hf = json.loads(config_path.read_text())
+    hf["num_hidden_layers"] = num_layers or hf["num_hidden_layers"]
+    (out / "config.json").write_text(json.dumps(hf))
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(out), dtype=torch.bfloat16)
     model.save_pretrained(out)
@@ -58,17 +92,17 @@ def run_one(backend: str, model_dir: Path, args) -> dict:
     cfg = TrainConfig(lr=1e-6, micro_batch_size=args.micro_batch_size)
     tokens_per_micro_batch = args.micro_batch_size * (args.prompt_len + args.response_len)
     common = dict(global_batch_size=args.samples, temperature=1.0)
-    if backend == "torch":
+    if BACKENDS[backend] is None:
         from async_rl.trainer.torch_trainer import TorchTrainer
 
         trainer = TorchTrainer(str(model_dir), cfg, device="cuda", **common)
     else:
         from async_rl.trainer.megatron.trainer import MegatronTrainer
 
-        mcfg = MegatronConfig(bf16=backend == "megatron-bf16", max_tokens_per_gpu=tokens_per_micro_batch)
+        mcfg = MegatronConfig(max_tokens_per_gpu=tokens_per_micro_batch, **BACKENDS[backend])
         trainer = MegatronTrainer(str(model_dir), cfg, mcfg, **common)
-    vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
-    batch = samples(args.samples, args.prompt_len, args.response_len, vocab)
+    hf = json.loads((model_dir / "config.json").read_text())
+    batch = samples(args.samples, args.prompt_len, args.response_len, hf["vocab_size"])
     advantages = [1.0 if i % 2 else -1.0 for i in range(args.samples)]
     times = []
     for _ in range(args.steps + 1):
@@ -78,8 +112,10 @@ def run_one(backend: str, model_dir: Path, args) -> dict:
         torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     step_s = statistics.median(times[1:])
-    tokens = args.samples * (args.prompt_len + args.response_len)
-    return {"backend": backend, "step_s": step_s, "tok_s": tokens / step_s,
+    seq_len = args.prompt_len + args.response_len
+    peak = bf16_peak()
+    return {"backend": backend, "step_s": step_s, "tok_s": args.samples * seq_len / step_s,
+            "mfu": model_flops_per_step(hf, args.samples, seq_len) / step_s / peak if peak else None,
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
 
 
@@ -87,7 +123,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-config", type=Path, required=True)
     parser.add_argument("--tokenizer-from", type=Path, required=True, help="A checkpoint directory whose tokenizer to copy.")
-    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
+    parser.add_argument("--backends", nargs="+", default=["torch", "local-bf16", "te-bf16", "te-fp8-tensorwise"],
+                        choices=list(BACKENDS))
+    parser.add_argument("--num-layers", type=int, help="Keep only this many layers of the shape (a slice of a big model).")
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--micro-batch-size", type=int, default=4)
     parser.add_argument("--prompt-len", type=int, default=256)
@@ -98,19 +136,21 @@ def main() -> None:
     if args.one:
         report(run_one(args.one[0], Path(args.one[1]), args))
         return
-    model_dir = random_checkpoint(args.model_config, args.tokenizer_from)
-    print(f"model {args.model_config.stem}, {args.samples} samples x {args.prompt_len}+{args.response_len} tokens, "
-          f"micro-batch {args.micro_batch_size}, {torch.cuda.get_device_name()}")
-    print("| backend | step s | tokens/s | vs torch | peak GiB |")
-    print("|---|---:|---:|---:|---:|", flush=True)
+    model_dir = random_checkpoint(args.model_config, args.tokenizer_from, args.num_layers)
+    layers = f", {args.num_layers} layers" if args.num_layers else ""
+    print(f"model {args.model_config.stem}{layers}, {args.samples} samples x {args.prompt_len}+{args.response_len} "
+          f"tokens, micro-batch {args.micro_batch_size}, {torch.cuda.get_device_name()}")
+    print(f"| backend | step s | tokens/s | vs {args.backends[0]} | MFU | peak GiB |")
+    print("|---|---:|---:|---:|---:|---:|", flush=True)
     base = None
     for backend in args.backends:
         r = run_case(backend, [__file__, "--one", backend, str(model_dir), *sys.argv[1:]])
         if r is None:
             continue
-        base = base or (r if backend == "torch" else None)
+        base = base or (r if backend == args.backends[0] else None)
         ratio = f"{r['tok_s'] / base['tok_s']:.2f}x" if base else "-"
-        print(f"| {backend} | {r['step_s']:.2f} | {r['tok_s']:,.0f} | {ratio} | {r['peak_gib']:.1f} |", flush=True)
+        mfu = f"{r['mfu']:.0%}" if r["mfu"] is not None else "-"
+        print(f"| {backend} | {r['step_s']:.3f} | {r['tok_s']:,.0f} | {ratio} | {mfu} | {r['peak_gib']:.1f} |", flush=True)
     shutil.rmtree(model_dir)
 
 

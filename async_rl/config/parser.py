@@ -363,6 +363,12 @@ def _validate_megatron(cfg: Config, explicit: set[str]) -> None:
         raise ConfigError("--fp8-recipe is set but --fp8-format is not")
     if m.fp8_format and m.bf16 is False:
         raise ConfigError("--fp8-format trains in FP8 on top of BF16: add --bf16")
+    if m.fp8_param_gather and not m.fp8_format:
+        raise ConfigError("--fp8-param-gather keeps FP8 weights of an FP8 run: add --fp8-format")
+    if m.transformer_impl == "local":
+        for name, used in (("--fp8-format", m.fp8_format), ("--moe-grouped-gemm", m.moe_grouped_gemm)):
+            if used:
+                raise ConfigError(f"{name} needs Transformer Engine's layers: drop --transformer-impl local")
 
 
 @dataclass(frozen=True)

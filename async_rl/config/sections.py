@@ -50,11 +50,20 @@ class MegatronConfig:
     recompute_granularity: str | None = flag(None, "Activation recomputation.", choices=["full", "selective"])
     recompute_method: str | None = flag(None, "Full recomputation by layer blocks.", choices=["uniform", "block"])
     recompute_num_layers: int | None = flag(None, "Layers per recomputation block.")
+    transformer_impl: str | None = flag(
+        None, "Layer implementation: Transformer Engine's (fused kernels, FP8, packed sequences) or megatron-core's "
+        "local one. Unset: transformer_engine on GPUs where it imports, local otherwise.",
+        choices=["transformer_engine", "local"],
+    )
+    moe_grouped_gemm: bool = flag(False, "Run each MoE layer's experts as one grouped GEMM (Transformer Engine).")
     bf16: bool = flag(False, "Train in BF16 mixed precision.")
     fp8_format: str | None = flag(None, "Transformer Engine FP8 training format.", choices=["e4m3", "hybrid"])
     fp8_recipe: str | None = flag(
-        None, "Transformer Engine FP8 scaling recipe.", choices=["delayed", "tensorwise", "blockwise", "mxfp8"]
+        None, "Transformer Engine FP8 scaling recipe (default delayed; mxfp8 needs Blackwell).",
+        choices=["delayed", "tensorwise", "blockwise", "mxfp8"],
     )
+    fp8_param_gather: bool = flag(False, "Keep the model's weights in FP8 (Megatron's fp8_param); the FP32 main "
+                                  "weights stay in the optimizer.")
     max_tokens_per_gpu: int | None = flag(None, "Micro-batches packed by token budget instead of --micro-batch-size.")
 
 

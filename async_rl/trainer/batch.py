@@ -41,31 +41,42 @@ def pack(samples: list[Sample], pad_token_id: int) -> PackedBatch:
     )
 
 
-def micro_batch_indices(samples: list[Sample], micro_batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
-    """Micro-batches as index lists: `micro_batch_size` samples each, or, with a token budget, as many
-    samples as fit in `max_tokens` padded tokens (rows x longest row; longest first, so rows of similar
-    length share a micro-batch). A sample longer than the budget gets a micro-batch of its own."""
+def micro_batch_indices(samples: list[Sample], micro_batch_size: int, max_tokens: int | None = None,
+                        packed: bool = False) -> list[list[int]]:
+    """Micro-batches as index lists: `micro_batch_size` samples each, or, with a token budget, as many samples
+    as fit in `max_tokens` tokens (longest first, so rows of similar length share a micro-batch). A padded
+    micro-batch costs rows x longest row; a `packed` one (sequences back to back) the sum of its lengths.
+    A sample longer than the budget gets a micro-batch of its own."""
     if max_tokens is None:
         return [list(range(i, min(i + micro_batch_size, len(samples)))) for i in range(0, len(samples), micro_batch_size)]
     lengths = [len(s.prompt_tokens) + s.response_length for s in samples]
     groups: list[list[int]] = []
     for i in sorted(range(len(samples)), key=lambda i: -lengths[i]):
-        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= max_tokens:
+        cost = sum(lengths[j] for j in groups[-1]) + lengths[i] if packed and groups else None
+        if groups and (cost if packed else (len(groups[-1]) + 1) * lengths[groups[-1][0]]) <= max_tokens:
             groups[-1].append(i)
         else:
             groups.append([i])
     return groups
 
 
-def response_logits(logits: torch.Tensor, batch: PackedBatch, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def response_logits(logits: torch.Tensor, batch: PackedBatch, temperature: float,
+                    row_offsets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The tempered float32 logits that score each response token, [batch, max_response, vocab], and the
-    tokens they score, [batch, max_response]. Works on a vocabulary slice as well as on the full vocabulary."""
+    tokens they score, [batch, max_response]. `logits` is [batch, seq, vocab], or, with `row_offsets`, the
+    [tokens, vocab] of the rows packed back to back, row i starting at token row_offsets[i]. Works on a
+    vocabulary slice as well as on the full vocabulary. Positions past a row's end read its last token
+    (masked out by the caller)."""
     width = batch.response_mask.shape[1]
     offsets = torch.arange(width, device=logits.device)
-    positions = (batch.response_start[:, None] - 1 + offsets).clamp(max=logits.shape[1] - 1)
+    last = batch.attention_mask.sum(1, keepdim=True) - 1
+    positions = torch.minimum(batch.response_start[:, None] - 1 + offsets, last)
     targets = batch.input_ids.gather(1, (positions + 1).clamp(max=batch.input_ids.shape[1] - 1))
-    picked = logits.gather(1, positions[:, :, None].expand(-1, -1, logits.shape[-1])).float() / temperature
-    return picked, targets
+    if row_offsets is None:
+        picked = logits.gather(1, positions[:, :, None].expand(-1, -1, logits.shape[-1]))
+    else:
+        picked = logits[row_offsets[:, None] + positions]
+    return picked.float() / temperature, targets
 
 
 def response_log_probs(

@@ -5,12 +5,16 @@ Run with `pytest -m gpu tests/gpu`; needs a CUDA GPU and megatron-core.
 
 import dataclasses
 import importlib.util
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from async_rl.config.sections import MegatronConfig, TrainConfig
 from async_rl.trainer.torch_trainer import TorchTrainer
+from tests.conftest import REPO
 from tests.trainer.test_torch_trainer import advantages, rollout
 
 pytestmark = [
@@ -20,6 +24,28 @@ pytestmark = [
 ]
 
 CFG = TrainConfig(lr=1e-4, micro_batch_size=4, use_tis=True)
+
+
+def transformer_engine() -> bool:
+    from async_rl.trainer.megatron.model import transformer_engine_importable
+
+    return transformer_engine_importable()
+
+
+needs_te = pytest.mark.skipif(not transformer_engine(), reason="needs Transformer Engine")
+TE = dict(transformer_impl="transformer_engine", bf16=True)
+# per precision: its Megatron flags and how far it may be from the torch FP32 step: log-probs per token at the
+# same weights and after the step (a BF16 update of a tiny model at lr 1e-4 rounds visibly), loss absolute, grad
+# norm relative. The gradient norm of a 0.3M-parameter model in BF16 moves by ~10% (H100: 2.09 vs 1.88); FP8
+# quantizes every GEMM input of a 64-wide model, and its norm moved by up to 1.8x on the H200.
+PRECISIONS = {
+    "local-fp32": (dict(transformer_impl="local"), (1e-4, 1e-4, 1e-6, 1e-5)),
+    "local-bf16": (dict(transformer_impl="local", bf16=True), (0.05, 0.05, 2e-3, 0.2)),
+    "te-bf16": (TE, (0.01, 0.05, 2e-3, 0.2)),
+    "te-bf16-grouped-gemm": (TE | dict(moe_grouped_gemm=True), (0.01, 0.05, 2e-3, 0.2)),
+    **{f"te-fp8-{recipe}": (TE | dict(fp8_format="e4m3", fp8_recipe=recipe), (0.03, 0.15, 0.02, 1.0))
+       for recipe in ("delayed", "tensorwise", "blockwise")},
+}
 
 
 def mean_abs_diff(a, b) -> float:
@@ -42,12 +68,17 @@ def torch_step(request, tiny_model, tiny_moe_model, tokenizer):
     return model, samples, one_step(trainer, samples)
 
 
-@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
-def test_megatron_step_on_a_gpu_matches_the_torch_backend(torch_step, bf16):
+@pytest.mark.parametrize("precision", list(PRECISIONS))
+def test_megatron_step_on_a_gpu_matches_the_torch_backend(torch_step, precision):
     from async_rl.trainer.megatron.trainer import MegatronTrainer
 
     model, samples, (ref_before, ref_metrics, ref_after) = torch_step
-    trainer = MegatronTrainer(str(model), CFG, dataclasses.replace(MegatronConfig(), bf16=bf16),
+    flags, (tol_before, tol_after, loss_tol, norm_tol) = PRECISIONS[precision]
+    if flags.get("transformer_impl") == "transformer_engine" and not transformer_engine():
+        pytest.skip("needs Transformer Engine")
+    if flags.get("moe_grouped_gemm") and model.name == "tiny":
+        pytest.skip("grouped GEMM is for the experts of a MoE model")
+    trainer = MegatronTrainer(str(model), CFG, dataclasses.replace(MegatronConfig(), **flags),
                               global_batch_size=8, temperature=1.0)
     try:
         before, metrics, after = one_step(trainer, samples)
@@ -57,25 +88,23 @@ def test_megatron_step_on_a_gpu_matches_the_torch_backend(torch_step, bf16):
               "logprob_mean_abs_diff_after": mean_abs_diff(after, ref_after),
               "loss": (metrics["train/loss"], ref_metrics["train/loss"]),
               "grad_norm": (metrics["train/grad_norm"], ref_metrics["train/grad_norm"])}
-    print(f"\n{model.name} megatron {'bf16' if bf16 else 'fp32'} vs torch fp32: {report}")
-    # bf16 weights and activations against fp32: per-token log-prob noise. The loss is a small difference of
-    # large advantage-weighted sums (advantages are +-1), so it is compared in absolute terms; the gradient
-    # norm of a 0.3M-parameter model in bf16 moves by ~10% (measured on an H100: 2.09 vs 1.88).
-    tol = 0.05 if bf16 else 1e-4
-    assert report["logprob_mean_abs_diff_before"] < tol and report["logprob_mean_abs_diff_after"] < tol
-    assert metrics["train/loss"] == pytest.approx(ref_metrics["train/loss"], abs=2e-3 if bf16 else 1e-6)
-    assert metrics["train/grad_norm"] == pytest.approx(ref_metrics["train/grad_norm"], rel=0.2 if bf16 else 1e-5)
+    print(f"\n{model.name} megatron {precision} vs torch fp32: {report}")
+    # The loss is a small difference of large advantage-weighted sums (advantages are +-1): compared in absolute terms
+    assert report["logprob_mean_abs_diff_before"] < tol_before and report["logprob_mean_abs_diff_after"] < tol_after
+    assert metrics["train/loss"] == pytest.approx(ref_metrics["train/loss"], abs=loss_tol)
+    assert metrics["train/grad_norm"] == pytest.approx(ref_metrics["train/grad_norm"], rel=norm_tol)
     assert metrics["train/skipped_steps"] == 0
 
 
 @pytest.mark.parametrize("recompute", [dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1),
                                        dict(recompute_granularity="selective")], ids=["full", "selective"])
 def test_activation_recomputation_takes_the_same_step(torch_step, recompute):
-    """`--recompute-*` goes to Megatron as is: recomputing activations in the backward pass changes nothing."""
+    """`--recompute-*` goes to Megatron as is: recomputing activations in the backward pass changes nothing (checked
+    in FP32 on the local spec, which matches the torch step to rounding; TE's FP32 GEMMs do not)."""
     from async_rl.trainer.megatron.trainer import MegatronTrainer
 
     model, samples, (ref_before, ref_metrics, ref_after) = torch_step
-    trainer = MegatronTrainer(str(model), CFG, dataclasses.replace(MegatronConfig(), **recompute),
+    trainer = MegatronTrainer(str(model), CFG, dataclasses.replace(MegatronConfig(), transformer_impl="local", **recompute),
                               global_batch_size=8, temperature=1.0)
     try:
         _, metrics, after = one_step(trainer, samples)
@@ -88,14 +117,18 @@ def test_activation_recomputation_takes_the_same_step(torch_step, recompute):
     assert metrics["train/grad_norm"] == pytest.approx(ref_metrics["train/grad_norm"], rel=1e-5)
 
 
+@pytest.mark.parametrize("impl", ["local", pytest.param("transformer_engine", marks=needs_te)])
 @pytest.mark.parametrize("distributed_optimizer", [False, True], ids=["adam", "distributed-adam"])
-def test_a_checkpoint_restores_the_optimizer_and_the_next_step_is_the_same(torch_step, tmp_path, distributed_optimizer):
+def test_a_checkpoint_restores_the_optimizer_and_the_next_step_is_the_same(torch_step, tmp_path, distributed_optimizer,
+                                                                           impl):
     """--save / --load on a GPU: weights and Megatron's optimizer state (the distributed optimizer's shards too,
-    through dist_checkpointing) come back, so the step after a resume equals the step without one."""
+    through dist_checkpointing) come back, so the step after a resume equals the step without one. With Transformer
+    Engine installed megatron-core steps with TE's fused Adam, with the local spec too."""
     from async_rl.trainer.megatron.trainer import MegatronTrainer
 
     model, samples, _ = torch_step
-    mcfg = dataclasses.replace(MegatronConfig(), bf16=True, use_distributed_optimizer=distributed_optimizer)
+    mcfg = dataclasses.replace(MegatronConfig(), bf16=True, use_distributed_optimizer=distributed_optimizer,
+                               transformer_impl=impl)
 
     def trainer():
         return MegatronTrainer(str(model), CFG, mcfg, global_batch_size=8, temperature=1.0)
@@ -115,10 +148,73 @@ def test_a_checkpoint_restores_the_optimizer_and_the_next_step_is_the_same(torch
         resumed_weights = {n: t.float().cpu() for n, t in resumed.export_weights()}
     finally:
         resumed.close()
-    print(f"\n{model.name} {'distributed ' if distributed_optimizer else ''}adam, second step: continued loss "
+    print(f"\n{model.name} {impl} {'distributed ' if distributed_optimizer else ''}adam, second step: continued loss "
           f"{continued['train/loss']:.9f} grad norm {continued['train/grad_norm']:.7f}; resumed loss "
           f"{after_load['train/loss']:.9f} grad norm {after_load['train/grad_norm']:.7f}")
     assert after_load["train/loss"] == continued["train/loss"]
     assert after_load["train/grad_norm"] == continued["train/grad_norm"]
     for name, tensor in continued_weights.items():  # Adam's moments came back: the second update is the same
         assert torch.equal(resumed_weights[name], tensor), name
+
+
+@needs_te
+def test_packed_micro_batches_give_the_log_probs_of_padded_ones(torch_step):
+    """THD packing (rows back to back, attention restarting at each) against right-padded rows, same TE model."""
+    from async_rl.trainer.megatron.trainer import MegatronTrainer
+
+    model, samples, _ = torch_step
+    trainer = MegatronTrainer(str(model), CFG, dataclasses.replace(MegatronConfig(), **TE), global_batch_size=8,
+                              temperature=1.0)
+    try:
+        assert trainer.packed
+        packed = trainer.compute_log_probs(samples)
+        trainer.packed = False
+        padded = trainer.compute_log_probs(samples)
+    finally:
+        trainer.close()
+    worst = max(abs(x - y) for a, b in zip(packed, padded) for x, y in zip(a, b))
+    lengths = sorted({len(s.prompt_tokens) + s.response_length for s in samples})
+    print(f"\n{model.name} packed vs padded (lengths {lengths}): mean {mean_abs_diff(packed, padded):.2e}, max {worst:.2e}")
+    assert len(lengths) > 1  # rows of different lengths, so packing and padding differ
+    assert [len(r) for r in packed] == [len(r) for r in padded]
+    assert mean_abs_diff(packed, padded) < 2e-3 and worst < 0.03  # BF16: two attention kernels' rounding
+
+
+def _convert(tool: str, *args: str) -> None:
+    """A converter run as on a login node: no GPU visible, so it builds the local spec."""
+    subprocess.run([sys.executable, f"tools/{tool}", *args], cwd=REPO, check=True,
+                   env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, timeout=300)
+
+
+@needs_te
+def test_one_checkpoint_layout_for_both_layer_specs(torch_step, tmp_path):
+    """The CPU converter's torch_dist (local spec) loads into the TE trainer, and the TE trainer's checkpoint
+    converts back to Hugging Face on a CPU, tensor for tensor."""
+    from safetensors.torch import load_file
+
+    from async_rl.trainer.megatron.model_checkpoint import load_model_checkpoint
+    from async_rl.trainer.megatron.trainer import MegatronTrainer
+
+    model, samples, _ = torch_step
+    _convert("convert_hf_to_torch_dist.py", "--hf-checkpoint", str(model), "--save", str(tmp_path / "from_cpu"))
+    trainer = MegatronTrainer(str(model), CFG, dataclasses.replace(MegatronConfig(), **TE), global_batch_size=8,
+                              temperature=1.0)
+    try:
+        built = {n: t.clone() for n, t in trainer.export_weights()}
+        with torch.no_grad():
+            for p in trainer.gpt.parameters():
+                p.zero_()
+        load_model_checkpoint(trainer.gpt, str(tmp_path / "from_cpu"))
+        loaded = {n: t.clone() for n, t in trainer.export_weights()}  # views of parameters the step moves
+        trainer.train_step(samples, advantages(len(samples)))
+        trained = {n: t.cpu() for n, t in trainer.export_weights()}
+        trainer.save(str(tmp_path / "te"))
+    finally:
+        trainer.close()
+    assert set(loaded) == set(built) and all(torch.equal(loaded[n], built[n]) for n in built)
+    _convert("convert_torch_dist_to_hf.py", "--input-dir", str(tmp_path / "te" / "megatron"), "--output-dir",
+             str(tmp_path / "hf"), "--origin-hf-dir", str(model))
+    back = load_file(tmp_path / "hf" / "model.safetensors")
+    assert set(back) == set(trained)
+    assert all(torch.equal(back[n], t.to(back[n].dtype)) for n, t in trained.items())
+    print(f"\n{model.name}: CPU torch_dist -> TE trainer -> CPU HF, {len(back)} tensors equal")

@@ -26,18 +26,22 @@ pytestmark = [
 DISTRIBUTED = ["--update-weight-mode", "distributed", "--update-weight-group-backend", "gloo"]
 
 
-# megatron: BF16 training (FP32 main weights) sharing the GPU with the engine
+# megatron: BF16 training (FP32 main weights) sharing the GPU with the engine; megatron-fp8: FP8 GEMMs on top
 MEGATRON = ["--train-backend", "megatron", "--bf16"]
+FP8_TRAINING = ["--fp8-format", "e4m3", "--fp8-recipe", "tensorwise"]
 
 
 @pytest.mark.parametrize("backend, precision, mode", [
     ("torch", "bf16", "tensor"), ("torch", "block", "tensor"), ("torch", "channel", "tensor"),
     ("torch", "bf16", "distributed"), ("torch", "block", "distributed"),
     ("megatron", "bf16", "tensor"), ("megatron", "block", "tensor"), ("megatron", "bf16", "distributed"),
+    ("megatron-fp8", "block", "tensor"),
 ])
 def test_train_with_sglang_engines_runs_steps_and_logs_metrics(sglang_models, tmp_path, backend, precision, mode):
-    if backend == "megatron":
+    if backend.startswith("megatron"):
         pytest.importorskip("megatron.core", reason="the megatron cases need megatron-core")
+    if backend == "megatron-fp8":
+        pytest.importorskip("transformer_engine", reason="FP8 training needs Transformer Engine")
     model = sglang_models / "bf16"
     out = tmp_path / "run"
     cmd = [
@@ -54,7 +58,7 @@ def test_train_with_sglang_engines_runs_steps_and_logs_metrics(sglang_models, tm
         cmd += ["--rollout-quantization", "fp8", "--rollout-fp8-granularity", precision]
     if mode == "distributed":
         cmd += DISTRIBUTED
-    cmd += MEGATRON if backend == "megatron" else ["--train-backend", "torch"]
+    cmd += {"megatron": MEGATRON, "megatron-fp8": MEGATRON + FP8_TRAINING}.get(backend, ["--train-backend", "torch"])
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=500)
     assert result.returncode == 0, result.stderr[-4000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -121,5 +121,7 @@ def test_token_budget_micro_batches_group_rows_of_similar_length():
     assert micro_batch_indices(samples, 2) == [[0, 1], [2, 3], [4]]
     # lengths 14, 6, 34, 16, 7; 40 padded tokens per micro-batch, longest first; 34 alone still runs
     assert micro_batch_indices(samples, 2, max_tokens=40) == [[2], [3, 0], [4, 1]]
+    # packed back to back, a micro-batch costs the sum of its lengths: 16 + 14 + 7 fit in 40
+    assert micro_batch_indices(samples, 2, max_tokens=40, packed=True) == [[2], [3, 0, 4], [1]]
     groups = micro_batch_indices(samples, 2, max_tokens=20)
     assert sorted(i for g in groups for i in g) == list(range(5))

@@ -12,6 +12,7 @@ import torch
 from async_rl.trainer.megatron.cpu_compat import single_process_megatron
 from async_rl.trainer.megatron.hf_weights import hf_to_megatron, megatron_to_hf
 from async_rl.trainer.megatron.model import build_gpt_model
+from async_rl.trainer.megatron.model_checkpoint import load_model_checkpoint
 from async_rl.weights.hf_layout import stack_experts
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
@@ -65,14 +66,13 @@ def hf_to_torch_dist(hf_dir: str, out_dir: str) -> None:
 
 def torch_dist_to_hf(in_dir: str, out_dir: str, origin_hf_dir: str) -> None:
     """Write a HF checkpoint from `in_dir` (torch_dist), shaped and tokenized like `origin_hf_dir`."""
-    from megatron.core import dist_checkpointing
     from transformers import AutoConfig, AutoModelForCausalLM
 
     hf = read_hf_config(origin_hf_dir)
     dtype = _dtype(hf)
     with single_process_megatron():
         model = build_gpt_model(hf, params_dtype=dtype)
-        model.load_state_dict(dist_checkpointing.load(model.sharded_state_dict(), in_dir))
+        load_model_checkpoint(model, in_dir)
         hf_state = dict(megatron_to_hf(model.state_dict(), hf))
     hf_model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(origin_hf_dir), dtype=dtype)
     missing, unexpected = hf_model.load_state_dict(stack_experts(hf_state), strict=False)

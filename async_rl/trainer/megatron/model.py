@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 import torch
@@ -73,16 +74,61 @@ def rope_arguments(hf: dict[str, Any]) -> dict[str, Any]:
     return {"rotary_base": int(base), "rope_scaling": True, "rope_scaling_factor": float(params["factor"])}
 
 
-def build_gpt_model(hf: dict[str, Any], **config_overrides: Any):
-    """GPTModel with the local (non-Transformer-Engine) layer spec, RoPE as in the HF config."""
-    from megatron.core.models.gpt import GPTModel
-    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+def transformer_engine_importable() -> bool:
+    """Whether Transformer Engine's PyTorch layers import here (they need CUDA libraries)."""
+    if importlib.util.find_spec("transformer_engine") is None:
+        return False
+    try:
+        import transformer_engine.pytorch  # noqa: F401
+    except (ImportError, OSError, RuntimeError):
+        return False
+    return True
 
-    config = transformer_config(hf, **config_overrides)
-    spec = get_gpt_layer_local_spec(num_experts=config.num_moe_experts, moe_grouped_gemm=False,
-                                    qk_layernorm=config.qk_layernorm, normalization="RMSNorm")
+
+def resolve_transformer_impl(requested: str | None) -> str:
+    """`--transformer-impl`, or where unset: Transformer Engine on a GPU where it imports, the local spec otherwise."""
+    if requested:
+        return requested
+    return "transformer_engine" if torch.cuda.is_available() and transformer_engine_importable() else "local"
+
+
+# Transformer Engine's fused RoPE. (Fused weight-gradient accumulation would also need Apex for the output layer.)
+_TE_FUSIONS = dict(apply_rope_fusion=True)
+
+
+def fp8_settings(fp8_format: str | None, fp8_recipe: str | None, fp8_param_gather: bool) -> dict[str, Any]:
+    """TransformerConfig's FP8 fields for `--fp8-format/--fp8-recipe/--fp8-param-gather` (empty when FP8 is off)."""
+    if not fp8_format:
+        return {}
+    return dict(fp8=fp8_format, fp8_recipe=fp8_recipe or "delayed", fp8_param=fp8_param_gather)
+
+
+def layer_spec(config, transformer_impl: str):
+    """The transformer layer spec. Both specs write one torch_dist layout: the local spec's norms are saved under
+    the names of TE's fused norm + linear (Megatron maps them), except a MoE layer's pre-MLP norm, which TE keeps
+    separate and Megatron's local map would still rename; that mapping is dropped so MoE checkpoints match too."""
+    from megatron.core.models.gpt.gpt_layer_specs import (get_gpt_layer_local_spec,
+                                                          get_gpt_layer_with_transformer_engine_spec)
+
+    experts = config.num_moe_experts
+    if transformer_impl == "transformer_engine":
+        return get_gpt_layer_with_transformer_engine_spec(num_experts=experts, moe_grouped_gemm=config.moe_grouped_gemm,
+                                                          qk_layernorm=config.qk_layernorm)
+    spec = get_gpt_layer_local_spec(num_experts=experts, moe_grouped_gemm=False, qk_layernorm=config.qk_layernorm,
+                                    normalization="RMSNorm")
+    if experts:
+        spec.submodules.sharded_state_dict_keys_map = {"input_layernorm.": "self_attention.linear_qkv.layer_norm_"}
+    return spec
+
+
+def build_gpt_model(hf: dict[str, Any], transformer_impl: str = "local", **config_overrides: Any):
+    """GPTModel with the local or the Transformer Engine layer spec, RoPE as in the HF config."""
+    from megatron.core.models.gpt import GPTModel
+
+    fusions = _TE_FUSIONS if transformer_impl == "transformer_engine" else {}
+    config = transformer_config(hf, **(fusions | config_overrides))
     return GPTModel(
-        config, spec,
+        config, layer_spec(config, transformer_impl),
         vocab_size=hf["vocab_size"], max_sequence_length=hf.get("max_position_embeddings", 4096),
         position_embedding_type="rope", **rope_arguments(hf),
         share_embeddings_and_output_weights=bool(hf.get("tie_word_embeddings")),

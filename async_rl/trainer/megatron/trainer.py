@@ -18,13 +18,16 @@ from transformers import AutoModelForCausalLM
 
 from async_rl.config.sections import MegatronConfig, TrainConfig
 from async_rl.sample import Sample
-from async_rl.trainer.batch import PackedBatch, response_logits
+from async_rl.trainer.batch import PackedBatch, micro_batch_indices, response_logits
 from async_rl.trainer.megatron import expert_shards, tp_shards
 from async_rl.trainer.megatron.convert import read_hf_config
 from async_rl.trainer.megatron.cpu_compat import init_megatron
 from async_rl.trainer.megatron.hf_weights import hf_to_megatron, megatron_to_hf
-from async_rl.trainer.megatron.model import build_gpt_model, causal_mask
+from async_rl.trainer.megatron.model import (build_gpt_model, causal_mask, fp8_settings,
+                                             resolve_transformer_impl)
+from async_rl.trainer.megatron.model_checkpoint import load_model_checkpoint
 from async_rl.trainer.megatron.optimizer import build_optimizer
+from async_rl.trainer.megatron.param_names import local_parameters
 from async_rl.trainer.megatron.vocab_parallel import vocab_parallel_log_probs
 from async_rl.trainer.policy_trainer import PolicyTrainer, is_max_stat
 from async_rl.weights.hf_layout import num_experts
@@ -82,6 +85,11 @@ class MegatronTrainer(PolicyTrainer):
                          max_tokens_per_micro_batch=mcfg.max_tokens_per_gpu)
         self.global_batch_size_all_ranks = global_batch_size
         self.mcfg = mcfg
+        self.transformer_impl = resolve_transformer_impl(mcfg.transformer_impl)
+        # Transformer Engine's fused attention (BF16) takes sequences packed back to back (THD), as slime trains
+        self.packed = self.transformer_impl == "transformer_engine" and mcfg.bf16
+        # FP8 GEMMs need the token count to be a multiple of 16 (32 for MXFP8)
+        self.token_alignment = (32 if mcfg.fp8_recipe == "mxfp8" else 16) if mcfg.fp8_format else 1
         self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
         self.load_tokenizer(hf_checkpoint)
         self.hf = read_hf_config(hf_checkpoint)
@@ -112,15 +120,17 @@ class MegatronTrainer(PolicyTrainer):
 
         m = self.mcfg
         model = build_gpt_model(
-            self.hf, tensor_model_parallel_size=m.tensor_model_parallel_size,
+            self.hf, self.transformer_impl, tensor_model_parallel_size=m.tensor_model_parallel_size,
             params_dtype=torch.bfloat16 if m.bf16 else torch.float32, bf16=m.bf16,
             recompute_granularity=m.recompute_granularity, recompute_method=m.recompute_method,
             recompute_num_layers=m.recompute_num_layers, expert_model_parallel_size=m.expert_model_parallel_size,
+            **fp8_settings(m.fp8_format, m.fp8_recipe, m.fp8_param_gather),
+            **({"moe_grouped_gemm": m.moe_grouped_gemm} if self.local_experts else {}),
         )
         full = hf_to_megatron(hf_state, self.hf)
         tp_rank = ps.get_tensor_model_parallel_rank()
         with torch.no_grad():
-            for name, param in model.named_parameters():
+            for name, param in local_parameters(model).items():
                 source = full[expert_shards.global_name(name, self.ep_rank, self.local_experts)]
                 param.copy_(tp_shards.shard(name, source, param, tp_rank, self.tp_size))
         return model.to(self.device)
@@ -131,21 +141,51 @@ class MegatronTrainer(PolicyTrainer):
         return Float16Module(model.config, model) if self.mcfg.bf16 else model
 
     def forward_log_probs(self, model: Any, batch: PackedBatch, with_entropy: bool = False):
-        input_ids, attention_mask = self._common_shape(batch)
-        positions = torch.arange(input_ids.shape[1], device=self.device).expand_as(input_ids)
-        logits = model(input_ids, positions, attention_mask=causal_mask(attention_mask))
-        logits = logits[: batch.input_ids.shape[0], : batch.input_ids.shape[1]]
-        picked, targets = response_logits(logits, batch, self.temperature)
+        picked, targets = self._packed_logits(model, batch) if self.packed else self._padded_logits(model, batch)
         out = vocab_parallel_log_probs(picked, targets, with_entropy=with_entropy)
         if with_entropy:
             return out[0] * batch.response_mask, out[1] * batch.response_mask
         return out * batch.response_mask
 
+    def _padded_logits(self, model: Any, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows right-padded to one length. Transformer Engine's causal attention needs no mask then: a real token
+        never sees the padding after it."""
+        input_ids, attention_mask = self._common_shape(batch)
+        positions = torch.arange(input_ids.shape[1], device=self.device).expand_as(input_ids)
+        mask = None if self.transformer_impl == "transformer_engine" else causal_mask(attention_mask)
+        logits = model(input_ids, positions, attention_mask=mask)
+        return response_logits(logits[: batch.input_ids.shape[0], : batch.input_ids.shape[1]], batch, self.temperature)
+
+    def _packed_logits(self, model: Any, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows back to back in one sequence (THD) with their boundaries in `PackedSeqParams`, so attention and
+        RoPE restart at each row and no compute goes to padding. A trailing segment of padding appears only
+        where an alignment asks for it (FP8 GEMMs; the same token count over an expert-parallel group)."""
+        from megatron.core.packed_seq_params import PackedSeqParams
+
+        lengths = batch.attention_mask.sum(1)
+        tokens = batch.input_ids[batch.attention_mask.bool()]  # right padding: each row stays contiguous
+        starts = torch.nn.functional.pad(lengths.cumsum(0), (1, 0))
+        total = int(starts[-1])
+        padded = -(-total // self.token_alignment) * self.token_alignment
+        if self.ep_size > 1:
+            [padded] = self._expert_group_max([padded])
+        if padded > total:
+            tokens = torch.nn.functional.pad(tokens, (0, padded - total), value=self.pad_token_id)
+            starts = torch.cat([starts, starts.new_tensor([padded])])
+        segment_lengths = starts.diff()
+        positions = torch.arange(padded, device=self.device) - starts[:-1].repeat_interleave(segment_lengths)
+        cu_seqlens = starts.to(torch.int32)
+        longest = int(segment_lengths.max())
+        params = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu_seqlens, cu_seqlens_kv=cu_seqlens,
+                                 max_seqlen_q=longest, max_seqlen_kv=longest)
+        logits = model(tokens[None], positions[None], attention_mask=None, packed_seq_params=params)
+        return response_logits(logits[0], batch, self.temperature, row_offsets=starts[: len(lengths)])
+
     def micro_batch_groups(self, samples: list[Sample]) -> list[list[int]]:
         """Under expert parallelism every rank of the group runs as many micro-batches as the one with the most
         (tokens are exchanged in each forward pass): a rank with fewer splits its largest ones in two, which
         stays within the token budget and leaves the loss as it is (each micro-batch weighs its share)."""
-        groups = super().micro_batch_groups(samples)
+        groups = micro_batch_indices(samples, self.cfg.micro_batch_size, self.max_tokens_per_micro_batch, self.packed)
         if self.ep_size == 1:
             return groups
         [target] = self._expert_group_max([len(groups)])
@@ -268,7 +308,7 @@ class MegatronTrainer(PolicyTrainer):
         """HF (name, tensor) pairs, gathered over tensor-parallel ranks one parameter at a time."""
         from megatron.core import parallel_state as ps
 
-        params = dict(self.gpt.named_parameters())
+        params = local_parameters(self.gpt)
         group = ps.get_tensor_model_parallel_group()
         ep_group, ep_rank, local = ps.get_expert_model_parallel_group(), self.ep_rank, self.local_experts
         split_experts = self.ep_size > 1
@@ -324,7 +364,7 @@ class MegatronTrainer(PolicyTrainer):
 
         refs = [p.load.remote(path) for p in self.peers]
         src = Path(path)
-        self.gpt.load_state_dict(dist_checkpointing.load(self.gpt.sharded_state_dict(), str(src / "megatron")))
+        load_model_checkpoint(self.gpt, str(src / "megatron"))
         state = torch.load(src / "trainer_state" / f"rank_{self.rank}.pt", weights_only=False)
         if self.optimizer.sharded:
             sharded = self.optimizer.sharded_state_dict(self.gpt.sharded_state_dict(), is_loading=True)

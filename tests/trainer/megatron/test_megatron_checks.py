@@ -41,3 +41,18 @@ def test_the_distributed_optimizer_needs_gpus(tiny_model):
     check_megatron(config(tiny_model, "--use-distributed-optimizer"))
     with pytest.raises(UserInputError, match="--use-distributed-optimizer needs GPUs"):
         check_megatron(config(tiny_model, "--use-distributed-optimizer", "--actor-num-gpus-per-node", "0"))
+
+
+def test_transformer_engine_layers_need_gpus_and_transformer_engine(tiny_model, tiny_moe_model):
+    """On a CPU (as in CI) the local spec trains; what only Transformer Engine's layers do stops with one line."""
+    cpu = ("--actor-num-gpus-per-node", "0")
+    with pytest.raises(UserInputError, match="--fp8-format runs Transformer Engine's layers, which need GPUs"):
+        check_megatron(config(tiny_model, "--bf16", "--fp8-format", "e4m3", *cpu))
+    with pytest.raises(UserInputError, match="--moe-grouped-gemm runs Transformer Engine's layers"):
+        check_megatron(config(tiny_moe_model, "--moe-grouped-gemm", *cpu))
+    check_megatron(config(tiny_model, "--transformer-impl", "local", *cpu))
+
+
+def test_grouped_gemm_applies_to_moe_models_only(tiny_model):
+    with pytest.raises(UserInputError, match="--moe-grouped-gemm applies to MoE models"):
+        check_megatron(config(tiny_model, "--moe-grouped-gemm"))

@@ -134,3 +134,30 @@ def test_a_directory_without_config_is_one_clear_line(tmp_path):
     result = subprocess.run([sys.executable, "tools/convert_hf_to_torch_dist.py", "--hf-checkpoint", str(tmp_path),
                              "--save", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 1 and "no config.json" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("moe", [False, True], ids=["dense", "moe"])
+def test_the_local_spec_saves_under_transformer_engine_names(tiny_model, tiny_moe_model, moe):
+    """One torch_dist layout whichever spec writes it: the local spec's norms are saved under the keys of TE's fused
+    norm + linear, and a MoE layer's pre-MLP norm (a module of its own under TE) keeps its own key."""
+    hf_dir = tiny_moe_model if moe else tiny_model
+    hf = AutoModelForCausalLM.from_pretrained(hf_dir).config.to_dict()
+    with single_process_megatron():
+        keys = {t.key for t in build_gpt_model(hf).sharded_state_dict().values()}  # the keys written to disk
+    assert "decoder.layers.self_attention.linear_qkv.layer_norm_weight" in keys
+    assert ("decoder.layers.pre_mlp_layernorm.weight" in keys) == moe
+    assert ("decoder.layers.mlp.linear_fc1.layer_norm_weight" in keys) != moe
+    assert not any("input_layernorm" in k for k in keys)
+
+
+def test_transformer_engine_parameter_names_map_to_local_ones():
+    from async_rl.trainer.megatron.param_names import local_name
+
+    layer = "decoder.layers.3."
+    assert local_name(layer + "self_attention.linear_qkv.layer_norm_weight") == layer + "input_layernorm.weight"
+    assert local_name(layer + "mlp.linear_fc1.layer_norm_weight") == layer + "pre_mlp_layernorm.weight"
+    assert local_name(layer + "mlp.experts.linear_fc1.weight12") == layer + "mlp.experts.local_experts.12.linear_fc1.weight"
+    assert local_name(layer + "mlp.experts.linear_fc2.weight0") == layer + "mlp.experts.local_experts.0.linear_fc2.weight"
+    for same in (layer + "self_attention.linear_qkv.weight", layer + "pre_mlp_layernorm.weight",
+                 layer + "mlp.router.weight", "embedding.word_embeddings.weight"):
+        assert local_name(same) == same

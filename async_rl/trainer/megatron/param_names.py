@@ -1,0 +1,33 @@
+"""One vocabulary of parameter names for both layer specs: the local spec's.
+
+Transformer Engine fuses each RMSNorm into the linear layer after it (`linear_qkv.layer_norm_weight` is the
+local spec's `input_layernorm.weight`, `mlp.linear_fc1.layer_norm_weight` its `pre_mlp_layernorm.weight`)
+and its grouped-GEMM experts hold one weight per expert on a shared module (`mlp.experts.linear_fc1.weight3`
+is `mlp.experts.local_experts.3.linear_fc1.weight`). The Hugging Face mapping, tensor-parallel sharding and
+expert numbering are written once, against local names; `local_parameters` gives them any model.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+_RULES = [
+    (re.compile(r"(.*)\.self_attention\.linear_qkv\.layer_norm_weight$"), r"\1.input_layernorm.weight"),
+    (re.compile(r"(.*)\.mlp\.linear_fc1\.layer_norm_weight$"), r"\1.pre_mlp_layernorm.weight"),
+    (re.compile(r"(.*\.mlp\.experts)\.(linear_fc[12])\.weight(\d+)$"), r"\1.local_experts.\3.\2.weight"),
+]
+
+
+def local_name(name: str) -> str:
+    """The local spec's name of a parameter of either spec."""
+    for pattern, replacement in _RULES:
+        if pattern.match(name):
+            return pattern.sub(replacement, name)
+    return name
+
+
+def local_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """The model's parameters under local-spec names."""
+    return {local_name(name): param for name, param in model.named_parameters()}
