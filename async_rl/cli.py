@@ -13,7 +13,8 @@ def run_cli(prog: str, body: Callable[[], None]) -> None:
     try:
         body()
     except UserInputError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        for line in str(e).splitlines():
+            print(f"{prog}: error: {line}", file=sys.stderr)
         sys.exit(2)
     except TrainingAborted as e:
         print(f"{prog}: stopped: {e}", file=sys.stderr)

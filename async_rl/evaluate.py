@@ -22,7 +22,8 @@ from async_rl.cli import run_cli
 from async_rl.config import Config, parse_config
 from async_rl.evaluation import Evaluator
 from async_rl.errors import UserInputError
-from async_rl.placement import check_backends, create_engine, start_ray
+from async_rl.backend_checks import check_backends
+from async_rl.placement import create_engine, start_ray
 from async_rl.rollout.engine import SamplingParams
 from async_rl.rollout.manager import RolloutManager
 from async_rl.rollout.weight_sync import CheckpointWeights

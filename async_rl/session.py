@@ -28,9 +28,7 @@ from async_rl.errors import TrainingAborted
 from async_rl.evaluation import Evaluator, eval_sets_from_flag
 from async_rl.invariants import check_first_step, check_probe
 from async_rl.metrics_logger import MetricsLogger, WandbSettings
-from async_rl.placement import (check_backends, create_engine, create_trainer, needs_initial_weights, start_ray,
-                                start_router, trainer_bundles)
-from async_rl.placement_plan import plan_placement
+from async_rl.placement import create_engine, create_trainer, needs_initial_weights, start_ray, start_router, trainer_bundles
 from async_rl.rollout.engine import SamplingParams
 from async_rl.rollout.filters import load_group_filter
 from async_rl.rollout.manager import DynamicSampling, RolloutManager
@@ -38,6 +36,7 @@ from async_rl.rollout.metrics import group_metrics, rollout_metrics
 from async_rl.rollout.producer import AdmissionControl, RolloutProducer, sample_from_dict, sample_to_dict
 from async_rl.rollout.weight_sync import make_weight_sync
 from async_rl.sample import Sample
+from async_rl.startup_checks import check_startup, prepare_output_dir
 from rewards.deepscaler import lacks_reasoning_marker
 from rewards.grading import RewardGrader
 from rewards.registry import resolve_reward
@@ -72,10 +71,9 @@ def load_eval_sets(cfg: Config, tokenizer) -> dict[str, PromptDataset]:
 
 class TrainingSession:
     def __init__(self, cfg: Config):
-        check_backends(cfg)
-        plan_placement(cfg)  # a cluster layout that cannot be placed fails here, before Ray starts
-        # so does a missing or incomplete checkpoint
+        check_startup(cfg)  # every problem a start can find, said before Ray starts
         checkpoint = resolve_checkpoint(cfg.checkpoint.load) if cfg.checkpoint.load else None
+        prepare_output_dir(cfg)
         self.cfg = cfg
         self._save_config()
         random.seed(cfg.logging.seed)

@@ -11,8 +11,8 @@ from typing import Sequence
 
 from async_rl.cli import run_cli
 from async_rl.config import Config, parse_config
-from async_rl.placement_plan import plan_placement
 from async_rl.session import TrainingSession
+from async_rl.startup_checks import dry_run
 from async_rl.stop_signal import StopSignal
 
 logger = logging.getLogger(__name__)
@@ -51,12 +51,6 @@ def run(cfg: Config) -> None:
                 session.metrics_logger.log(cfg.rollout.num_rollout, session.evaluate())
     if stop.requested:
         raise SystemExit(128 + stop.signum)
-
-
-def dry_run(cfg: Config) -> None:
-    """What `--dry-run` prints: the configuration the run would use and where each part would run."""
-    cfg.print_resolved()
-    print(plan_placement(cfg).render(), flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

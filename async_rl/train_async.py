@@ -22,8 +22,8 @@ from async_rl.config import Config, parse_config
 from async_rl.rollout.metrics import overlap_ratio
 from async_rl.sample import Sample
 from async_rl.session import TrainingSession
+from async_rl.startup_checks import dry_run
 from async_rl.stop_signal import StopSignal
-from async_rl.train import dry_run
 
 logger = logging.getLogger(__name__)
 

@@ -34,10 +34,10 @@ class RewardSpec:
 
 
 def load_function(path: str, flag: str) -> Callable:
-    """Import `pkg.module:function`; errors name the flag and what is missing."""
-    module_name, sep, attr = path.partition(":")
+    """Import `pkg.module:function`, or slime's `pkg.module.function`; errors name the flag and what is missing."""
+    module_name, sep, attr = path.partition(":") if ":" in path else path.rpartition(".")
     if not sep or not module_name or not attr:
-        raise UserInputError(f"{flag}: expected pkg.module:function, got {path!r}")
+        raise UserInputError(f"{flag}: expected pkg.module:function or pkg.module.function, got {path!r}")
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:

@@ -22,7 +22,7 @@ CLUSTER_ARGS=(
 )
 BACKEND_ARGS=(--rollout-backend sglang --train-backend megatron)
 MEGATRON_ARGS=(
-  --tensor-model-parallel-size 2 --sequence-parallel --use-distributed-optimizer --bf16
+  --tensor-model-parallel-size 2 --use-distributed-optimizer --bf16
   --recompute-granularity full --recompute-method uniform --recompute-num-layers 1 --max-tokens-per-gpu 9216
 )
 ROLLOUT_ARGS=(

@@ -7,7 +7,8 @@ import ray
 
 from async_rl.config import parse_config
 from async_rl.errors import UserInputError
-from async_rl.placement import check_backends, engine_options, init_loopback_ray, trainer_bundles, trainer_rank_options
+from async_rl.backend_checks import check_backends
+from async_rl.placement import engine_options, init_loopback_ray, trainer_bundles, trainer_rank_options
 
 
 @ray.remote(num_cpus=0)

@@ -127,7 +127,7 @@ class RolloutConfig:
         choices=["block", "channel"],
     )
     dynamic_sampling_filter_path: str | None = flag(
-        None, "Group filter as pkg.module:function (DAPO: async_rl.rollout.filters.check_reward_nonzero_std)."
+        None, "Group filter as pkg.module:function or pkg.module.function (DAPO: async_rl.rollout.filters:check_reward_nonzero_std)."
     )
     over_sampling_batch_size: int | None = flag(
         None, "Prompts requested per sampling round while filling a filtered batch; defaults to --rollout-batch-size. "
@@ -191,7 +191,7 @@ class TrainConfig:
 @dataclass
 class RewardConfig:
     rm_type: str = flag("deepscaler", "Built-in rule reward.")
-    custom_rm_path: str | None = flag(None, "Reward plugin as pkg.module:function; replaces --rm-type.")
+    custom_rm_path: str | None = flag(None, "Reward plugin as pkg.module:function or pkg.module.function; replaces --rm-type.")
     group_rm: bool = flag(False, "The --custom-rm-path function grades a whole group: fn(samples) -> list.")
     reward_timeout: float = flag(5.0, "Seconds one reward call may take; a timeout scores --reward-default.")
     reward_num_workers: int = flag(2, "Worker processes that grade with sync reward functions.")
@@ -221,6 +221,8 @@ class CheckpointConfig:
 @dataclass
 class LoggingConfig:
     output_dir: str = flag("outputs/run", "Directory for config.yaml and metrics.jsonl.")
+    overwrite_output_dir: bool = flag(False, "Start afresh in an --output-dir that holds a run (its metrics and "
+                                      "TensorBoard scalars are removed); without it such a start is refused.")
     tensorboard_dir: str | None = flag(None, "TensorBoard directory; defaults to <output-dir>/tensorboard.")
     seed: int = flag(1234, "Seed for data order, sampling and initialisation.")
     use_wandb: bool = flag(False, "Also log to Weights & Biases (needs `pip install wandb`).")

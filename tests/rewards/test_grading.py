@@ -81,3 +81,8 @@ def test_a_reward_of_the_wrong_type_is_an_error_not_a_crash():
 def test_bad_reward_names_are_clear_errors(rm_type, path, message):
     with pytest.raises(UserInputError, match=message):
         resolve_reward(rm_type, path)
+
+
+def test_slime_dotted_paths_load_the_same_function():
+    assert resolve_reward("deepscaler", f"{PLUGINS}.returns_nonsense").fn is resolve_reward(
+        "deepscaler", f"{PLUGINS}:returns_nonsense").fn

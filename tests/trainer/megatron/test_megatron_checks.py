@@ -9,7 +9,7 @@ from async_rl.errors import UserInputError
 
 pytest.importorskip("megatron.core", reason="megatron-core is not installed (pip install -e '.[test]')")
 
-from async_rl.placement import check_megatron  # noqa: E402
+from async_rl.backend_checks import check_megatron  # noqa: E402
 
 
 def config(model, *flags):

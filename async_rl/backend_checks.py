@@ -1,0 +1,131 @@
+"""Whether the chosen backends can run here and take these flags: said before anything starts.
+
+Each check raises `UserInputError` with one line naming the flag; `startup_checks` runs them all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+
+from async_rl.config import Config
+from async_rl.errors import UserInputError
+from async_rl.weights.fp8 import checkpoint_granularity
+from async_rl.weights.hf_layout import num_experts
+
+
+def check_backends(cfg: Config) -> None:
+    """Fail before anything starts when a backend cannot run here (missing package, no GPU, bad server flag)."""
+    check_colocated_engines(cfg)
+    if cfg.backend.rollout_backend == "sglang":
+        check_sglang(cfg)
+    if cfg.backend.train_backend == "megatron":
+        check_megatron(cfg)
+
+
+def check_colocated_engines(cfg: Config) -> None:
+    if cfg.cluster.colocate and cfg.cluster.rollout_num_gpus_per_engine > 1:  # an engine shares one trainer bundle
+        raise UserInputError("--colocate with --rollout-num-gpus-per-engine > 1 is not supported yet")
+
+
+def check_sglang(cfg: Config) -> None:
+    try:
+        from sglang.srt.server_args import ServerArgs
+    except ImportError:
+        raise UserInputError("--rollout-backend sglang needs SGLang: pip install 'async_rl[gpu]'") from None
+    if cfg.cluster.actor_num_gpus_per_node == 0:
+        raise UserInputError("--rollout-backend sglang runs on GPUs: set --actor-num-gpus-per-node")
+    if cfg.num_rollout_engines < 1:
+        raise UserInputError("--rollout-backend sglang needs at least one engine: set --rollout-num-gpus or --colocate")
+    known = {f.name for f in dataclasses.fields(ServerArgs)}
+    for name in cfg.sglang:
+        if name not in known:
+            raise UserInputError(f"--sglang-{name.replace('_', '-')}: SGLang has no server argument {name!r}")
+    check_fp8_rollout(cfg)
+
+
+def check_megatron(cfg: Config) -> None:
+    try:
+        import megatron.core  # noqa: F401
+    except ImportError:
+        raise UserInputError("--train-backend megatron needs megatron-core: pip install 'async_rl[gpu]'") from None
+    from async_rl.trainer.megatron.convert import read_hf_config
+    from async_rl.trainer.megatron.model import SUPPORTED, moe_config, rope_arguments
+
+    hf = read_hf_config(cfg.model.hf_checkpoint)
+    model_type = hf.get("model_type")
+    if model_type not in SUPPORTED:
+        raise UserInputError(f"--hf-checkpoint {cfg.model.hf_checkpoint}: model_type {model_type!r} is not supported by "
+                             f"--train-backend megatron yet (supported: {', '.join(SUPPORTED)})")
+    try:  # what the model builder would refuse, said before anything starts
+        rope_arguments(hf)
+        if model_type == "qwen3_moe":
+            moe_config(hf)
+    except ValueError as e:
+        raise UserInputError(f"--hf-checkpoint {cfg.model.hf_checkpoint}: {e}") from None
+    m = cfg.megatron
+    if m.moe_grouped_gemm and model_type != "qwen3_moe":
+        raise UserInputError(f"--moe-grouped-gemm applies to MoE models, not {model_type!r}")
+    unsupported = {  # not driven by this backend yet; docs/megatron.md says why for each
+        "--pipeline-model-parallel-size": m.pipeline_model_parallel_size > 1,
+        "--context-parallel-size": m.context_parallel_size > 1,
+        "--sequence-parallel": m.sequence_parallel,
+    }
+    for flag, used in unsupported.items():
+        if used:
+            raise UserInputError(f"{flag} is not supported by --train-backend megatron yet")
+    check_transformer_engine(cfg)
+    if m.use_distributed_optimizer and cfg.cluster.actor_num_gpus_per_node == 0:
+        raise UserInputError("--use-distributed-optimizer needs GPUs: on a CPU the megatron backend steps with torch's "
+                             "AdamW, which expects whole gradients")
+    if m.recompute_granularity and cfg.cluster.actor_num_gpus_per_node == 0:
+        raise UserInputError("--recompute-granularity needs GPUs: Megatron's recomputation saves and restores the CUDA "
+                             "RNG state")
+    if model_type == "qwen3_moe" and m.tensor_model_parallel_size > 1:
+        # Megatron trains MoE layers under TP only with sequence parallelism, which needs TE or Apex norms
+        raise UserInputError("--tensor-model-parallel-size > 1 with a MoE model needs --sequence-parallel, which "
+                             "--train-backend megatron does not support yet: use --tensor-model-parallel-size 1")
+    ep = m.expert_model_parallel_size
+    if ep > 1:
+        experts = num_experts(hf)
+        if not experts or experts % ep:
+            raise UserInputError(f"--expert-model-parallel-size {ep} must divide the model's experts ({experts or 'none'})")
+    dp = cfg.trainer_world_size // m.tensor_model_parallel_size
+    if cfg.global_batch_size % dp:
+        raise UserInputError(f"--global-batch-size {cfg.global_batch_size} must split over {dp} data-parallel ranks")
+
+
+def check_transformer_engine(cfg: Config) -> None:
+    """What needs Transformer Engine's layers has GPUs and TE; an FP8 recipe this GPU cannot run is refused."""
+    from async_rl.trainer.megatron.model import transformer_engine_importable
+
+    m = cfg.megatron
+    wanted = {"--transformer-impl transformer_engine": m.transformer_impl == "transformer_engine",
+              "--fp8-format": m.fp8_format is not None, "--moe-grouped-gemm": m.moe_grouped_gemm}
+    for flag, used in wanted.items():
+        if not used:
+            continue
+        if cfg.cluster.actor_num_gpus_per_node == 0:
+            raise UserInputError(f"{flag} runs Transformer Engine's layers, which need GPUs: set --actor-num-gpus-per-node")
+        if not transformer_engine_importable():
+            raise UserInputError(f"{flag} needs Transformer Engine: pip install 'async_rl[gpu]'")
+    if m.fp8_recipe == "mxfp8" and torch.cuda.is_available() and torch.cuda.get_device_capability() < (10, 0):
+        raise UserInputError(f"--fp8-recipe mxfp8 needs a Blackwell GPU (compute capability 10+), not "
+                             f"{torch.cuda.get_device_name()}: use tensorwise or delayed")
+
+
+def check_fp8_rollout(cfg: Config) -> None:
+    """The FP8 layout must be the one an FP8 checkpoint holds, and one the engine can take weight pushes in."""
+    config = json.loads((Path(cfg.model.hf_checkpoint) / "config.json").read_text())
+    stored = checkpoint_granularity(config)
+    if stored is not None and cfg.rollout.fp8_layout != stored:
+        raise UserInputError(f"--hf-checkpoint {cfg.model.hf_checkpoint} holds {stored}-wise FP8 weights: run with "
+                             f"--rollout-quantization fp8 --rollout-fp8-granularity {stored}")
+    if cfg.rollout.fp8_layout == "channel" and num_experts(config):
+        # SGLang's channel-FP8 MoE method rebuilds its expert parameters without their loaders after loading,
+        # and our push loader only restores those of linear layers
+        raise UserInputError("--rollout-fp8-granularity channel does not take weight pushes into MoE experts yet: "
+                             "use --rollout-fp8-granularity block")

@@ -1,0 +1,157 @@
+"""Everything a start can find wrong before anything is launched, run by a real start and by `--dry-run` alike.
+
+Each check names the flag at fault in one line. A real start stops at the first problems; `--dry-run` prints
+the plan, then every problem, and exits 2 if there is one, so a recipe that passes its dry run also starts.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from async_rl.backend_checks import check_colocated_engines, check_megatron, check_sglang
+from async_rl.checkpoint import resolve_checkpoint
+from async_rl.config import Config
+from async_rl.errors import UserInputError
+from async_rl.evaluation import eval_sets_from_flag
+from async_rl.placement_plan import plan_placement
+from async_rl.rollout.filters import load_group_filter
+from rewards.registry import resolve_reward
+
+# Directories a launcher builds before the start (the embedded script's tiny model): their files may be missing
+BUILT_BEFORE_START = "ASYNC_RL_BUILT_BEFORE_START"
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+class StartupCheckFailed(UserInputError):
+    """One or more problems, one line each."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _built_before_start(path: str) -> bool:
+    pending = [Path(p).resolve() for p in os.environ.get(BUILT_BEFORE_START, "").split(os.pathsep) if p]
+    target = Path(path).resolve()
+    return any(target == p or p in target.parents for p in pending)
+
+
+def check_model(cfg: Config) -> None:
+    path = cfg.model.hf_checkpoint
+    if path is None or _built_before_start(path):
+        return
+    p = Path(path)
+    if not p.is_dir():
+        raise UserInputError(f"--hf-checkpoint {path}: no such directory")
+    if not (p / "config.json").is_file():
+        raise UserInputError(f"--hf-checkpoint {path}: no config.json (not a Hugging Face checkpoint directory)")
+    if not any((p / name).is_file() for name in _TOKENIZER_FILES):
+        raise UserInputError(f"--hf-checkpoint {path}: no tokenizer ({' or '.join(_TOKENIZER_FILES)})")
+
+
+def check_data(cfg: Config) -> None:
+    files = {"--prompt-data": [cfg.data.prompt_data] if cfg.data.prompt_data else []}
+    files["--eval-prompt-data"] = list(eval_sets_from_flag(cfg.eval.eval_prompt_data).values())
+    for flag, paths in files.items():
+        for path in paths:
+            if not _built_before_start(path) and not Path(path).is_file():
+                raise UserInputError(f"{flag} {path}: file not found")
+
+
+def _check_writable(flag: str, path: str) -> None:
+    existing = Path(path).resolve()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserInputError(f"{flag} {path}: cannot write there ({existing} is not a writable directory)")
+
+
+def check_outputs(cfg: Config) -> None:
+    lg = cfg.logging
+    for flag, path in (("--output-dir", lg.output_dir), ("--tensorboard-dir", lg.tensorboard_dir),
+                       ("--save", cfg.checkpoint.save)):
+        if path:
+            _check_writable(flag, path)
+    if (Path(lg.output_dir) / "metrics.jsonl").is_file() and not cfg.checkpoint.load and not lg.overwrite_output_dir:
+        raise UserInputError(f"--output-dir {lg.output_dir} holds a run already: resume it with --load, choose another "
+                             f"--output-dir, or pass --overwrite-output-dir")
+
+
+def check_plugins(cfg: Config) -> None:
+    from async_rl.session import plugin_args
+
+    resolve_reward(cfg.reward.rm_type, cfg.reward.custom_rm_path, cfg.reward.group_rm)
+    if cfg.rollout.dynamic_sampling_filter_path:
+        load_group_filter(cfg.rollout.dynamic_sampling_filter_path, plugin_args(cfg))
+
+
+def _model_config_readable(cfg: Config) -> bool:
+    """The backend checks read the model's config.json; without one, check_model has said so already."""
+    path = cfg.model.hf_checkpoint
+    return bool(path) and not _built_before_start(path) and (Path(path) / "config.json").is_file()
+
+
+def check_rollout_backend(cfg: Config) -> None:
+    check_colocated_engines(cfg)
+    if cfg.backend.rollout_backend == "sglang" and _model_config_readable(cfg):
+        check_sglang(cfg)
+
+
+def check_trainer_backend(cfg: Config) -> None:
+    if cfg.backend.train_backend == "megatron" and _model_config_readable(cfg):
+        check_megatron(cfg)
+
+
+def check_load(cfg: Config) -> None:
+    if cfg.checkpoint.load:
+        resolve_checkpoint(cfg.checkpoint.load)
+
+
+CHECKS: list[Callable[[Config], None]] = [
+    check_model, check_data, check_outputs, check_plugins, check_rollout_backend, check_trainer_backend,
+    plan_placement, check_load,
+]
+
+
+def startup_problems(cfg: Config) -> list[str]:
+    """One line per problem, in the order a start meets them."""
+    problems = []
+    for check in CHECKS:
+        try:
+            check(cfg)
+        except UserInputError as e:
+            problems.append(str(e))
+    return problems
+
+
+def check_startup(cfg: Config) -> None:
+    problems = startup_problems(cfg)
+    if problems:
+        raise StartupCheckFailed(problems)
+
+
+def prepare_output_dir(cfg: Config) -> None:
+    """With --overwrite-output-dir, the earlier run's metrics and TensorBoard scalars go (its checkpoints stay)."""
+    lg = cfg.logging
+    out = Path(lg.output_dir)
+    if not lg.overwrite_output_dir or cfg.checkpoint.load or not (out / "metrics.jsonl").is_file():
+        return
+    (out / "metrics.jsonl").unlink()
+    shutil.rmtree(lg.tensorboard_dir or out / "tensorboard", ignore_errors=True)
+
+
+def dry_run(cfg: Config) -> None:
+    """`--dry-run`: the configuration, where each part would run, then every start-up check."""
+    cfg.print_resolved()
+    try:
+        print(plan_placement(cfg).render(), flush=True)
+    except UserInputError:
+        pass  # reported with the other problems below
+    pending = os.environ.get(BUILT_BEFORE_START)
+    if pending:
+        print(f"built before the start: {pending} (checks of files in it are skipped)", flush=True)
+    check_startup(cfg)
+    print("start-up checks passed", flush=True)
