@@ -47,7 +47,8 @@ def evaluate(cfg: Config) -> dict[str, float]:
         manager = RolloutManager(lambda rank: create_engine(cfg, rank), cfg.num_rollout_engines, grader,
                                  CheckpointWeights())
         e = cfg.eval
-        params = SamplingParams(e.eval_temperature, cfg.rollout.rollout_top_p, e.eval_max_response_len)
+        params = SamplingParams(e.eval_temperature, cfg.rollout.rollout_top_p, e.eval_max_response_len,
+                                cfg.rollout.rollout_max_context_len)
         metrics = Evaluator(manager, eval_sets, e.n_samples_per_eval_prompt, params).evaluate()
     finally:
         grader.close()

@@ -112,7 +112,7 @@ def create_trainer(cfg: Config, bundles: PlacementGroup) -> Any:
             rank_options=[trainer_rank_options(cfg, bundles, rank) for rank in range(cfg.trainer_world_size)],
             global_batch_size=cfg.global_batch_size,
             temperature=cfg.rollout.rollout_temperature, seed=cfg.logging.seed, num_threads=_threads_per_process(cfg),
-            single_machine=cfg.cluster.ray_address is None,
+            single_machine=cfg.cluster.ray_address is None, total_optimizer_steps=cfg.total_optimizer_steps,
         )
     from async_rl.trainer.torch_trainer import TorchTrainer
 
@@ -122,6 +122,7 @@ def create_trainer(cfg: Config, bundles: PlacementGroup) -> Any:
         cfg.model.hf_checkpoint, cfg.train, global_batch_size=cfg.global_batch_size,
         temperature=cfg.rollout.rollout_temperature, seed=cfg.logging.seed,
         num_threads=_threads_per_process(cfg), device="cuda" if options["num_gpus"] else "cpu",
+        total_optimizer_steps=cfg.total_optimizer_steps,
     )
 
 

@@ -60,11 +60,18 @@ def make_grader(cfg: Config) -> RewardGrader:
     )
 
 
+def max_prompt_tokens(cfg: Config) -> int | None:
+    """Prompts longer than this leave no room for a response within --rollout-max-context-len."""
+    context = cfg.rollout.rollout_max_context_len
+    return None if context is None else context - 1
+
+
 def load_eval_sets(cfg: Config, tokenizer) -> dict[str, PromptDataset]:
     d = cfg.data
     return {
         name: PromptDataset(path, tokenizer, input_key=d.input_key, label_key=d.label_key,
-                            apply_chat_template=d.apply_chat_template, skip_bad_rows=d.skip_bad_rows)
+                            apply_chat_template=d.apply_chat_template, skip_bad_rows=d.skip_bad_rows,
+                            max_prompt_tokens=max_prompt_tokens(cfg))
         for name, path in eval_sets_from_flag(cfg.eval.eval_prompt_data).items()
     }
 
@@ -93,7 +100,7 @@ class TrainingSession:
         self.dataset = PromptDataset(
             data.prompt_data, tokenizer, input_key=data.input_key, label_key=data.label_key,
             apply_chat_template=data.apply_chat_template, shuffle=data.rollout_shuffle, seed=cfg.logging.seed,
-            skip_bad_rows=data.skip_bad_rows,
+            skip_bad_rows=data.skip_bad_rows, max_prompt_tokens=max_prompt_tokens(cfg),
         )
         self.eval_sets = load_eval_sets(cfg, tokenizer)
 
@@ -122,12 +129,13 @@ class TrainingSession:
             self._stop_router()
             ray.shutdown()
             raise
+        context = cfg.rollout.rollout_max_context_len
         self.rollout_params = SamplingParams(
-            cfg.rollout.rollout_temperature, cfg.rollout.rollout_top_p, cfg.rollout.rollout_max_response_len
+            cfg.rollout.rollout_temperature, cfg.rollout.rollout_top_p, cfg.rollout.rollout_max_response_len, context
         )
         self.evaluator = Evaluator(
             self.rollout, self.eval_sets, cfg.eval.n_samples_per_eval_prompt,
-            SamplingParams(cfg.eval.eval_temperature, cfg.rollout.rollout_top_p, cfg.eval.eval_max_response_len),
+            SamplingParams(cfg.eval.eval_temperature, cfg.rollout.rollout_top_p, cfg.eval.eval_max_response_len, context),
         )
         self.skipped_steps = 0
 

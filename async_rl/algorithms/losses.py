@@ -130,15 +130,17 @@ def policy_loss(
 
 
 def kl_penalty(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, kind: str = "k3") -> torch.Tensor:
-    """Per-token estimate of KL(pi || pi_ref) from samples of pi (Schulman's k1/k2/k3)."""
+    """Per-token estimate of KL(pi || pi_ref) from samples of pi (Schulman's k1/k2/k3; low_var_kl, as slime and
+    verl name it, is k3 clamped to [-10, 10])."""
     log_ratio = log_probs - ref_log_probs
     if kind == "k1":
         return log_ratio
     if kind == "k2":
         return 0.5 * log_ratio.square()
-    if kind == "k3":
-        return torch.exp(-log_ratio) + log_ratio - 1
-    raise ValueError(f"unknown KL estimator {kind!r}; choose k1, k2 or k3")
+    if kind in ("k3", "low_var_kl"):
+        k3 = torch.exp(-log_ratio) + log_ratio - 1
+        return k3.clamp(-10, 10) if kind == "low_var_kl" else k3
+    raise ValueError(f"unknown KL estimator {kind!r}; choose k1, k2, k3 or low_var_kl")
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:

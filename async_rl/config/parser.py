@@ -1,6 +1,7 @@
 """One argparse parser for every entry point, built from the typed sections.
 
-Precedence: built-in defaults < `--config file.yaml` < flags on the command line. Unknown flags, unknown
+Precedence: built-in defaults < `--config a.yaml b.yaml ...` (in order, later files win) < flags on the command
+line. Unknown flags, unknown
 YAML keys and contradictory settings stop the run with one line naming the culprit (exit code 2).
 """
 
@@ -52,10 +53,19 @@ class Config:
     checkpoint: CheckpointConfig
     logging: LoggingConfig
     sglang: dict[str, Any] = field(default_factory=dict)  # SGLang ServerArgs from --sglang-* flags
+    async_mode: bool = False  # the loop: recorded so that a saved config.yaml replays the run as it ran
 
     @property
     def global_batch_size(self) -> int:
-        return self.train.global_batch_size or self.rollout.rollout_batch_size * self.rollout.n_samples_per_prompt
+        """--global-batch-size, or the rollout's samples over --num-steps-per-rollout (one step by default)."""
+        samples = self.rollout.rollout_batch_size * self.rollout.n_samples_per_prompt
+        return self.train.global_batch_size or samples // (self.train.num_steps_per_rollout or 1)
+
+    @property
+    def total_optimizer_steps(self) -> int:
+        """Optimizer steps of the whole run when every rollout fills its batch (the default end of the LR decay)."""
+        samples = self.rollout.rollout_batch_size * self.rollout.n_samples_per_prompt
+        return self.rollout.num_rollout * max(1, samples // self.global_batch_size)
 
     @property
     def trainer_world_size(self) -> int:
@@ -88,7 +98,7 @@ class Config:
     def to_flat_dict(self) -> dict[str, Any]:
         """Flag-name keys (underscored), the form `--config` reads back."""
         flat = {f.name: getattr(getattr(self, s), f.name) for s, cls in SECTIONS.items() for f in fields(cls)}
-        return flat | {SGLANG_PREFIX + k: v for k, v in sorted(self.sglang.items())}
+        return flat | {ASYNC_KEY: self.async_mode} | {SGLANG_PREFIX + k: v for k, v in sorted(self.sglang.items())}
 
     def to_yaml(self) -> str:
         return OmegaConf.to_yaml(OmegaConf.create(self.to_flat_dict()))
@@ -101,6 +111,7 @@ class Config:
 
 
 SGLANG_PREFIX = "sglang_"
+ASYNC_KEY = "async_mode"  # --async, as a --config key
 
 
 def split_sglang_args(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
@@ -167,7 +178,10 @@ def build_parser(prog: str = "async_rl", *, suppress_defaults: bool = False) -> 
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     run = parser.add_argument_group("run")
-    run.add_argument("--config", help="omegaconf YAML whose keys are flag names with underscores.")
+    run.add_argument("--config", nargs="+", action="extend",
+                     help="omegaconf YAML files whose keys are flag names with underscores (async_mode for --async); "
+                          "several files, or several --config, layer in order: later files win, the command line "
+                          "over all.")
     run.add_argument("--async", dest="async_mode", action="store_true", help="Run the asynchronous loop.")
     run.add_argument("--dry-run", action="store_true",
                      help="Print the resolved configuration and the placement plan, then exit without starting anything.")
@@ -221,6 +235,9 @@ def load_yaml_defaults(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
         if dest.startswith(SGLANG_PREFIX):
             server_args[dest[len(SGLANG_PREFIX):]] = value
             continue
+        if dest == ASYNC_KEY:
+            defaults[dest] = _coerce_yaml_value(str(key), value, bool, path)
+            continue
         if dest not in specs:
             raise ConfigError(f"{path}: unknown key '{key}' (no flag {_flag_name(dest)})")
         defaults[dest] = _coerce_yaml_value(str(key), value, specs[dest][1], path)
@@ -246,6 +263,13 @@ def _validate(cfg: Config, explicit: set[str], async_mode: bool, evaluate_only: 
     if not 0 < r.rollout_top_p <= 1:
         raise ConfigError(f"--rollout-top-p must be in (0, 1], got {r.rollout_top_p}")
     samples = r.rollout_batch_size * r.n_samples_per_prompt
+    steps = t.num_steps_per_rollout
+    if steps is not None and (steps < 1 or samples % steps):
+        raise ConfigError(f"--num-steps-per-rollout {steps} must divide --rollout-batch-size x --n-samples-per-prompt "
+                          f"= {samples}")
+    if steps is not None and t.global_batch_size is not None and t.global_batch_size * steps != samples:
+        raise ConfigError(f"--num-steps-per-rollout {steps} and --global-batch-size {t.global_batch_size} disagree "
+                          f"({samples} samples per rollout): set one of them")
     if samples % cfg.global_batch_size:
         raise ConfigError(
             f"--global-batch-size {cfg.global_batch_size} must divide --rollout-batch-size x "
@@ -268,8 +292,14 @@ def _validate(cfg: Config, explicit: set[str], async_mode: bool, evaluate_only: 
         raise ConfigError(f"--tis-clip-low {t.tis_clip_low} must be in [0, --tis-clip {t.tis_clip})")
     if t.eps_clip_c is not None and t.eps_clip_c <= 1:
         raise ConfigError(f"--eps-clip-c must be > 1, got {t.eps_clip_c}")
-    if t.use_kl_loss and t.kl_coef <= 0:
-        raise ConfigError("--use-kl-loss needs --kl-coef > 0")
+    if t.kl_loss_coef and not t.use_kl_loss:
+        raise ConfigError("--kl-loss-coef weighs the KL loss: add --use-kl-loss")
+    if t.lr_warmup_iters < 0 or (t.lr_decay_iters is not None and t.lr_decay_iters < 1):
+        raise ConfigError("--lr-warmup-iters must be >= 0 and --lr-decay-iters >= 1")
+    if not 0 <= t.min_lr <= t.lr:
+        raise ConfigError(f"--min-lr {t.min_lr} must be in [0, --lr {t.lr}]")
+    if r.rollout_max_context_len is not None and r.rollout_max_context_len < 2:
+        raise ConfigError(f"--rollout-max-context-len must be >= 2, got {r.rollout_max_context_len}")
     if t.advantage_estimator == "dr_grpo" and t.loss_aggregation != "seq_mean_token_sum":
         raise ConfigError("--advantage-estimator dr_grpo drops length normalisation: set --loss-aggregation seq_mean_token_sum")
     rw = cfg.reward
@@ -373,7 +403,7 @@ def _validate_megatron(cfg: Config, explicit: set[str]) -> None:
 
 @dataclass(frozen=True)
 class Launch:
-    """How to run the parsed configuration (not part of it: a saved config.yaml does not carry these)."""
+    """How to run the parsed configuration; the loop mode is also recorded in the configuration itself."""
 
     async_mode: bool = False
     dry_run: bool = False
@@ -390,18 +420,19 @@ def parse_config(argv: Sequence[str] | None = None, *, prog: str = "async_rl", a
     try:
         given = vars(build_parser(prog, suppress_defaults=True).parse_args(argv))
         explicit = set(given)
-        config_path = given.get("config")
-        if config_path:
-            yaml_defaults, yaml_server_args = load_yaml_defaults(config_path)
-            server_args = yaml_server_args | server_args
+        yaml_server_args: dict[str, Any] = {}
+        for config_path in given.get("config") or []:  # later files win
+            yaml_defaults, file_server_args = load_yaml_defaults(config_path)
+            yaml_server_args |= file_server_args
             # A file that restates a built-in default (as a saved config.yaml does) asks for nothing.
             explicit |= {k for k, v in yaml_defaults.items() if v != parser.get_default(k)}
             parser.set_defaults(**yaml_defaults)
+        server_args = yaml_server_args | server_args
         args = vars(parser.parse_args(argv))
         launch = Launch(async_mode=async_mode or args.pop("async_mode"), dry_run=args.pop("dry_run"))
         args.pop("config")
         cfg = Config(**{s: cls(**{f.name: args[f.name] for f in fields(cls)}) for s, cls in SECTIONS.items()},
-                     sglang=server_args)
+                     sglang=server_args, async_mode=launch.async_mode)
         _validate(cfg, explicit, launch.async_mode, evaluate_only)
     except ConfigError as e:
         parser.error(str(e))

@@ -88,6 +88,9 @@ class RolloutConfig:
     rollout_batch_size: int = flag(8, "Prompts per rollout step.")
     n_samples_per_prompt: int = flag(4, "Responses sampled per prompt (the group size).")
     rollout_max_response_len: int = flag(64, "Maximum new tokens per response.")
+    rollout_max_context_len: int | None = flag(
+        None, "Maximum prompt + response tokens: responses stop there, and prompts that leave no room are "
+        "dropped from the dataset (counted and logged).")
     rollout_temperature: float = flag(1.0, "Sampling temperature.")
     rollout_top_p: float = flag(1.0, "Nucleus sampling threshold.")
     max_staleness: int = flag(
@@ -146,8 +149,19 @@ class TrainConfig:
     global_batch_size: int | None = flag(
         None, "Samples per optimizer step; unset means one step per rollout (rollout-batch-size x n-samples)."
     )
+    num_steps_per_rollout: int | None = flag(
+        None, "Optimizer steps per rollout; sets the global batch size to the rollout's samples over this.")
     micro_batch_size: int = flag(8, "Samples per forward/backward pass (gradient accumulation).")
-    lr: float = flag(1e-6, "AdamW learning rate.")
+    balance_data: bool = flag(False, "Megatron backend: give data-parallel ranks samples of about equal token counts "
+                              "(the same number of samples each).")
+    optimizer: str = flag("adam", "Optimizer (Adam with decoupled weight decay).", choices=["adam"])
+    lr: float = flag(1e-6, "Peak learning rate.")
+    lr_decay_style: str = flag("constant", "Learning-rate schedule after the warm-up.",
+                               choices=["constant", "linear", "cosine"])
+    lr_warmup_iters: int = flag(0, "Optimizer steps of linear warm-up from 0 to --lr.")
+    lr_decay_iters: int | None = flag(None, "Optimizer steps over which the rate decays to --min-lr (default: the "
+                                      "whole run).")
+    min_lr: float = flag(0.0, "Learning rate at the end of the decay.")
     weight_decay: float = flag(0.0, "AdamW weight decay.")
     adam_beta1: float = flag(0.9, "AdamW beta1.")
     adam_beta2: float = flag(0.999, "AdamW beta2.")
@@ -160,9 +174,13 @@ class TrainConfig:
     eps_clip: float = flag(0.2, "PPO clip range below 1.")
     eps_clip_high: float | None = flag(None, "PPO clip range above 1 (DAPO clip-higher); defaults to --eps-clip.")
     eps_clip_c: float | None = flag(None, "Dual-clip bound for negative advantages (DAPO uses 10); must be > 1.")
-    kl_coef: float = flag(0.0, "Weight of the KL penalty to the reference (initial) policy; > 0 loads the reference.")
-    use_kl_loss: bool = flag(False, "Add the KL to the loss; without it the KL (k1) is subtracted from the token advantages.")
-    kl_loss_type: str = flag("k3", "KL estimator in the loss.", choices=["k1", "k2", "k3"])
+    kl_coef: float = flag(0.0, "KL in the reward: each token's advantage pays this times its (k1) divergence from "
+                          "the reference (initial) policy; > 0 loads the reference.")
+    use_kl_loss: bool = flag(False, "Add a KL term to the loss (weight --kl-loss-coef; logged even at 0); loads the "
+                             "reference policy.")
+    kl_loss_coef: float = flag(0.0, "Weight of the KL term in the loss (with --use-kl-loss).")
+    kl_loss_type: str = flag("k3", "KL estimator in the loss; low_var_kl is k3 clamped to [-10, 10].",
+                             choices=["k1", "k2", "k3", "low_var_kl"])
     entropy_coef: float = flag(0.0, "Weight of the entropy bonus.")
     loss_aggregation: str = flag(
         "token_mean", "How per-token losses become one number.",

@@ -74,6 +74,7 @@ class PromptDataset:
         shuffle: bool = False,
         seed: int = 0,
         skip_bad_rows: bool = False,
+        max_prompt_tokens: int | None = None,
     ):
         self.path = path
         self.shuffle = shuffle
@@ -88,6 +89,12 @@ class PromptDataset:
                 skipped.append(str(e))
         if skipped:
             logger.warning("%s: skipped %d row(s) without the expected fields, first: %s", path, len(skipped), skipped[0])
+        if max_prompt_tokens is not None:
+            kept = [r for r in self.rows if len(r.prompt_tokens) <= max_prompt_tokens]
+            if len(kept) < len(self.rows):
+                logger.warning("%s: dropped %d of %d prompts longer than %d tokens (--rollout-max-context-len leaves "
+                               "no room for a response)", path, len(self.rows) - len(kept), len(self.rows), max_prompt_tokens)
+            self.rows = kept
         if not self.rows:
             raise DatasetError(f"{path}: no rows")
         self.epoch = 0

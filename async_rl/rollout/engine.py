@@ -20,6 +20,14 @@ class SamplingParams:
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 64
+    max_context_len: int | None = None  # prompt + response tokens (--rollout-max-context-len)
+
+    def remaining_tokens(self, sample: Sample) -> int:
+        """New tokens `sample` may still generate: its response budget, within the context length."""
+        limit = self.max_new_tokens
+        if self.max_context_len is not None:
+            limit = min(limit, self.max_context_len - len(sample.prompt_tokens))
+        return max(0, limit - sample.response_length)
 
 
 class RolloutEngine(Protocol):

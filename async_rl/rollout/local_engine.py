@@ -80,7 +80,7 @@ class LocalEngine(WeightVersionMixin):
         batch = len(samples)
         contexts = [s.prompt_tokens + s.response_tokens for s in samples]
         # finished samples of a continued chunk stay as they are
-        budget = [0 if s.status in FINISHED_STATUSES else params.max_new_tokens - s.response_length for s in samples]
+        budget = [0 if s.status in FINISHED_STATUSES else params.remaining_tokens(s) for s in samples]
         prompt_len = max(len(c) for c in contexts)
         input_ids = torch.full((batch, prompt_len), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((batch, prompt_len), dtype=torch.long)

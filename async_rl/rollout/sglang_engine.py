@@ -96,7 +96,7 @@ class SGLangEngine(WeightVersionMixin):
             "rid": rid, "input_ids": s.prompt_tokens + s.response_tokens, "return_logprob": True,
             "sampling_params": {
                 "temperature": params.temperature, "top_p": params.top_p,
-                "max_new_tokens": params.max_new_tokens - s.response_length,
+                "max_new_tokens": params.remaining_tokens(s),
                 "stop_token_ids": [self.eos_token_id] if self.eos_token_id is not None else None,
                 "skip_special_tokens": False, "no_stop_trim": True,
             },

@@ -20,8 +20,14 @@ from async_rl.config.sections import TrainConfig
 from async_rl.net import node_address
 from async_rl.sample import Sample
 from async_rl.trainer.batch import PackedBatch, micro_batch_indices, pack
+from async_rl.trainer.lr_schedule import learning_rate
 from async_rl.weights.broadcast import WeightBroadcaster
 from async_rl.weights.sync import NamedTensors, to_transport, weight_buckets
+
+
+def needs_reference(cfg: TrainConfig) -> bool:
+    """A KL in the reward or in the loss needs the reference (initial) policy's log-probs."""
+    return cfg.kl_coef > 0 or cfg.use_kl_loss
 
 
 def is_max_stat(stat: str) -> bool:
@@ -47,8 +53,10 @@ class PolicyTrainer:
     device: torch.device
 
     def __init__(self, cfg: TrainConfig, *, global_batch_size: int, temperature: float,
-                 max_tokens_per_micro_batch: int | None = None):
+                 max_tokens_per_micro_batch: int | None = None, total_optimizer_steps: int = 1):
         self.cfg = cfg
+        self.total_optimizer_steps = total_optimizer_steps  # where the learning-rate decay ends by default
+        self.optimizer_steps = 0  # applied steps: the learning-rate schedule's clock, checkpointed
         self.global_batch_size = global_batch_size
         self.temperature = temperature
         self.max_tokens_per_micro_batch = max_tokens_per_micro_batch
@@ -82,6 +90,9 @@ class PolicyTrainer:
         raise NotImplementedError
 
     def learning_rate(self) -> float:
+        raise NotImplementedError
+
+    def set_learning_rate(self, lr: float) -> None:
         raise NotImplementedError
 
     def set_train_mode(self) -> None:
@@ -132,7 +143,7 @@ class PolicyTrainer:
         cfg, batch = self.cfg, mb.batch
         log_probs, entropy = self.forward_log_probs(self.model, batch, with_entropy=True)
         token_advantages = mb.advantages[:, None].expand_as(log_probs)
-        if mb.ref is not None and not cfg.use_kl_loss:
+        if mb.ref is not None and cfg.kl_coef:
             # KL in the reward: each token's advantage pays for its (k1) divergence from the reference
             token_advantages = token_advantages - cfg.kl_coef * (mb.old - mb.ref)
         loss, stats = policy_loss(
@@ -149,7 +160,7 @@ class PolicyTrainer:
             kl = aggregate(kl_penalty(log_probs, mb.ref, cfg.kl_loss_type), batch.loss_mask, cfg.loss_aggregation)
             stats["kl_ref"] = kl.detach()
             if cfg.use_kl_loss:
-                loss = loss + cfg.kl_coef * kl
+                loss = loss + cfg.kl_loss_coef * kl
         return loss, stats
 
     def _weights(self, step: list[MicroBatch]) -> list[float]:
@@ -187,7 +198,9 @@ class PolicyTrainer:
             sums = self.all_reduce_stats(self._accumulate(step))
             if n == 0:  # the weights have not moved yet: new and old log-probs are the same policy
                 first_ratio_dev = sums.get("ratio_max_abs_dev", 0.0)
+            self.set_learning_rate(learning_rate(self.optimizer_steps, self.cfg, self.total_optimizer_steps))
             grad_norm, applied = self.optimizer_step()
+            self.optimizer_steps += applied
             sums["grad_norm"] = grad_norm
             skipped += not applied
             for k, v in sums.items():

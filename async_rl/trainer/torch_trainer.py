@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from async_rl.config.sections import TrainConfig
 from async_rl.trainer.batch import PackedBatch, response_log_probs
-from async_rl.trainer.policy_trainer import PolicyTrainer
+from async_rl.trainer.policy_trainer import PolicyTrainer, needs_reference
 from async_rl.weights.hf_layout import unstack_experts
 
 
@@ -27,16 +27,17 @@ class TorchTrainer(PolicyTrainer):
         num_threads: int | None = None,
         device: str = "cpu",
         max_tokens_per_micro_batch: int | None = None,
+        total_optimizer_steps: int = 1,
     ):
         super().__init__(cfg, global_batch_size=global_batch_size, temperature=temperature,
-                         max_tokens_per_micro_batch=max_tokens_per_micro_batch)
+                         max_tokens_per_micro_batch=max_tokens_per_micro_batch, total_optimizer_steps=total_optimizer_steps)
         if num_threads:
             torch.set_num_threads(num_threads)
         torch.manual_seed(seed)
         self.device = torch.device(device)
         self.load_tokenizer(hf_checkpoint)
         self.model = AutoModelForCausalLM.from_pretrained(hf_checkpoint, dtype=torch.float32).to(self.device)
-        self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
+        self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False) if needs_reference(cfg) else None
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay
         )
@@ -64,6 +65,10 @@ class TorchTrainer(PolicyTrainer):
     def learning_rate(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
+    def set_learning_rate(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
     def export_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Checkpoint-layout names (MoE experts one by one), as engines load them."""
         return unstack_experts((name, p.detach()) for name, p in self.model.named_parameters())
@@ -74,7 +79,8 @@ class TorchTrainer(PolicyTrainer):
         self.model.save_pretrained(out / "model", safe_serialization=True)
         self.tokenizer.save_pretrained(out / "model")
         torch.save(
-            {"optimizer": self.optimizer.state_dict(), "version": self.version, "torch_rng": torch.get_rng_state()},
+            {"optimizer": self.optimizer.state_dict(), "version": self.version, "optimizer_steps": self.optimizer_steps,
+             "torch_rng": torch.get_rng_state()},
             out / "trainer_state.pt",
         )
 
@@ -84,5 +90,5 @@ class TorchTrainer(PolicyTrainer):
         self.model.load_state_dict(loaded.state_dict())
         state = torch.load(src / "trainer_state.pt", weights_only=False)
         self.optimizer.load_state_dict(state["optimizer"])
-        self.version = state["version"]
+        self.version, self.optimizer_steps = state["version"], state["optimizer_steps"]
         torch.set_rng_state(state["torch_rng"])

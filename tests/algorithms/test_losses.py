@@ -55,6 +55,9 @@ def test_kl_estimators():
     assert math.isclose(kl_penalty(logp, ref, "k1").item(), 0.5)
     assert math.isclose(kl_penalty(logp, ref, "k2").item(), 0.125)
     assert math.isclose(kl_penalty(logp, ref, "k3").item(), math.exp(-0.5) + 0.5 - 1)
+    assert math.isclose(kl_penalty(logp, ref, "low_var_kl").item(), math.exp(-0.5) + 0.5 - 1)
+    far = kl_penalty(t([-20.0]), t([0.0]), "low_var_kl")  # k3 = e^20 - 21, clamped
+    assert far.item() == 10.0
 
 
 def test_dual_clip_bounds_negative_advantage_tokens():

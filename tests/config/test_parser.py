@@ -41,6 +41,35 @@ def test_yaml_sets_defaults_and_command_line_wins(tmp_path):
     assert parse("--config", path, "--no-use-tis").train.use_tis is False
 
 
+def test_config_files_layer_in_order_under_the_command_line(tmp_path):
+    """The embedded script passes its own YAML; a user's --config after it changes only what it sets."""
+    base = tmp_path / "base.yaml"
+    base.write_text("lr: 3.0e-5\nrollout_batch_size: 4\nuse_tis: true\n")
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("lr: 1.0e-4\n")
+    for argv in (["--config", str(base), "--config", str(mine)], ["--config", str(base), str(mine)]):
+        cfg = parse(*argv, "--rollout-batch-size", "2")
+        assert (cfg.train.lr, cfg.rollout.rollout_batch_size, cfg.train.use_tis) == (1e-4, 2, True)
+
+
+def test_a_saved_config_replays_the_loop_it_ran_with(tmp_path):
+    cfg, launch = parse_config([*REQUIRED, "--async"])
+    assert launch.async_mode and cfg.async_mode
+    path = tmp_path / "config.yaml"
+    path.write_text(cfg.to_yaml())
+    replayed, launch = parse_config(["--config", str(path)])
+    assert launch.async_mode and replayed == cfg
+
+
+def test_slime_flag_meanings():
+    """--kl-coef is the reward KL and --kl-loss-coef the loss KL, as in slime; low_var_kl is accepted."""
+    cfg = parse("--use-kl-loss", "--kl-loss-coef", "0.01", "--kl-loss-type", "low_var_kl")
+    assert (cfg.train.kl_coef, cfg.train.kl_loss_coef, cfg.train.kl_loss_type) == (0.0, 0.01, "low_var_kl")
+    cfg = parse("--rollout-batch-size", "8", "--n-samples-per-prompt", "4", "--num-steps-per-rollout", "4")
+    assert cfg.global_batch_size == 8 and cfg.total_optimizer_steps == 4 * cfg.rollout.num_rollout
+    assert parse("--optimizer", "adam", "--lr-decay-style", "cosine", "--min-lr", "0").train.lr_decay_style == "cosine"
+
+
 def test_tis_imp_ratio_cap_is_an_alias_of_tis_clip():
     assert parse("--use-tis", "--tis-imp-ratio-cap", "3.5").train.tis_clip == 3.5
 
@@ -75,7 +104,11 @@ def test_async_flag_selects_async_mode():
         (["--tis-mode", "mask"], "--tis-mode"),
         (["--use-tis", "--tis-clip-low", "0.5"], "--tis-clip-low"),
         (["--eps-clip-c", "0.5"], "--eps-clip-c"),
-        (["--use-kl-loss"], "--use-kl-loss"),
+        (["--kl-loss-coef", "0.01"], "--kl-loss-coef weighs the KL loss: add --use-kl-loss"),
+        (["--num-steps-per-rollout", "3"], "--num-steps-per-rollout 3 must divide"),
+        (["--num-steps-per-rollout", "2", "--global-batch-size", "32"], "disagree"),
+        (["--min-lr", "1"], "--min-lr"),
+        (["--rollout-max-context-len", "1"], "--rollout-max-context-len"),
         (["--advantage-estimator", "dr_grpo"], "--advantage-estimator"),
         (["--overlong-buffer-len", "100"], "--overlong-buffer-len"),
         (["--overlong-penalty-factor", "2"], "--overlong-penalty-factor"),

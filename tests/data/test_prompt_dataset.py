@@ -47,6 +47,14 @@ def test_skip_bad_rows_counts_and_logs_instead_of_stopping(tokenizer, tmp_path, 
     assert "skipped 1 row(s) without the expected fields" in caplog.text
 
 
+def test_prompts_without_room_for_a_response_are_counted_and_logged(tokenizer, tmp_path, caplog):
+    path = tmp_path / "lengths.jsonl"
+    path.write_text('{"prompt": "1+1=", "label": "2"}\n{"prompt": "' + "12+34=" * 20 + '", "label": "0"}\n')
+    ds = PromptDataset(str(path), tokenizer, max_prompt_tokens=10)
+    assert [r.label for r in ds.rows] == ["2"]
+    assert "dropped 1 of 2 prompts longer than 10 tokens" in caplog.text
+
+
 def test_missing_keys_name_the_row(tokenizer, tmp_path):
     path = tmp_path / "rows.jsonl"
     path.write_text('{"prompt": "1+1=", "label": "2"}\n{"question": "2+2=", "label": "4"}\n')

@@ -39,6 +39,11 @@ def test_responses_stop_at_eos_or_length(tiny_model, tokenizer):
         assert s.response.startswith("<think>") and "</think>\\boxed{" in s.response
     short = engine.generate(prompts(tokenizer, TEXTS), SamplingParams(max_new_tokens=3))
     assert all(s.status == SampleStatus.TRUNCATED and s.response_length == 3 for s in short)
+    # --rollout-max-context-len: prompt + response stop at the context length, below the response budget
+    context = max(len(s.prompt_tokens) for s in arithmetic) + 2
+    capped = engine.generate(prompts(tokenizer, TEXTS[:3]), SamplingParams(temperature=0.01, max_new_tokens=48,
+                                                                           max_context_len=context))
+    assert all(len(s.prompt_tokens) + s.response_length == context and s.status == SampleStatus.TRUNCATED for s in capped)
 
 
 def test_weight_update_changes_version_and_outputs(tiny_model, tokenizer):

@@ -89,7 +89,7 @@ def test_kl_to_the_reference_and_entropy_bonus_enter_the_update(tiny_model, toke
     runs = {}
     for name, cfg in {
         "plain": TrainConfig(lr=1e-3, micro_batch_size=8),
-        "kl_loss": TrainConfig(lr=1e-3, micro_batch_size=8, kl_coef=0.5, use_kl_loss=True),
+        "kl_loss": TrainConfig(lr=1e-3, micro_batch_size=8, kl_loss_coef=0.5, use_kl_loss=True),
         "kl_reward": TrainConfig(lr=1e-3, micro_batch_size=8, kl_coef=0.5),
         "entropy": TrainConfig(lr=1e-3, micro_batch_size=8, entropy_coef=0.1),
     }.items():

@@ -22,6 +22,7 @@ def _rendezvous_address(single_machine: bool) -> tuple[str, int]:
 def create_megatron_group(
     hf_checkpoint: str, train: TrainConfig, mcfg: MegatronConfig, *, rank_options: list[dict[str, Any]],
     global_batch_size: int, temperature: float, seed: int, num_threads: int | None, single_machine: bool = True,
+    total_optimizer_steps: int = 1,
 ) -> Any:
     """Start one MegatronTrainer actor per entry of `rank_options` (Ray options: resources and bundle); returns
     rank 0, already connected to the others."""
@@ -34,6 +35,7 @@ def create_megatron_group(
         ray.remote(MegatronTrainer).options(**rank_options[rank]).remote(
             hf_checkpoint, train, mcfg, global_batch_size=global_batch_size, temperature=temperature, seed=seed,
             rank=rank, world_size=world_size, master_addr=addr, master_port=port, num_threads=num_threads,
+            total_optimizer_steps=total_optimizer_steps,
         )
         for rank in range(world_size)
     ]

@@ -27,6 +27,10 @@ class _Wrapped:
     def lr(self) -> float:
         return self.inner.param_groups[0]["lr"]
 
+    def set_lr(self, lr: float) -> None:
+        for group in self.inner.param_groups:
+            group["lr"] = lr
+
     def state_dict(self) -> dict[str, Any]:
         return self.inner.state_dict()
 

@@ -29,7 +29,7 @@ from async_rl.trainer.megatron.model_checkpoint import load_model_checkpoint
 from async_rl.trainer.megatron.optimizer import build_optimizer
 from async_rl.trainer.megatron.param_names import local_parameters
 from async_rl.trainer.megatron.vocab_parallel import vocab_parallel_log_probs
-from async_rl.trainer.policy_trainer import PolicyTrainer, is_max_stat
+from async_rl.trainer.policy_trainer import PolicyTrainer, is_max_stat, needs_reference
 from async_rl.weights.hf_layout import num_experts
 
 
@@ -42,13 +42,22 @@ def _wait(refs: list) -> list:
     return ray.get(refs)
 
 
-def data_parallel_shards(n: int, global_batch_size: int, dp: int) -> list[list[int]]:
-    """Sample indices of each data-parallel rank: every global batch is cut into `dp` contiguous parts."""
+def data_parallel_shards(n: int, global_batch_size: int, dp: int, lengths: list[int] | None = None) -> list[list[int]]:
+    """Sample indices of each data-parallel rank: every global batch is cut into `dp` contiguous parts, or, given
+    the samples' `lengths` (`--balance-data`), dealt longest first in a snake order (0..dp-1, dp-1..0, ...),
+    so that each rank gets as many samples as with contiguous parts and about the same number of tokens."""
     shards: list[list[int]] = [[] for _ in range(dp)]
     for start in range(0, n, global_batch_size):
         chunk = list(range(start, min(start + global_batch_size, n)))
-        for d, part in enumerate(torch.tensor(chunk, dtype=torch.long).tensor_split(dp) if chunk else []):
-            shards[d].extend(part.tolist())
+        if lengths is None:
+            parts = [p.tolist() for p in torch.tensor(chunk, dtype=torch.long).tensor_split(dp)] if chunk else []
+        else:
+            parts = [[] for _ in range(dp)]
+            for turn, i in enumerate(sorted(chunk, key=lambda i: -lengths[i])):
+                lap, seat = divmod(turn, dp)
+                parts[seat if lap % 2 == 0 else dp - 1 - seat].append(i)
+        for d, part in enumerate(parts):
+            shards[d].extend(sorted(part))
     return shards
 
 
@@ -67,6 +76,7 @@ class MegatronTrainer(PolicyTrainer):
         master_addr: str = "127.0.0.1",
         master_port: int = 29500,
         num_threads: int | None = None,
+        total_optimizer_steps: int = 1,
     ):
         from megatron.core import parallel_state as ps
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
@@ -82,7 +92,7 @@ class MegatronTrainer(PolicyTrainer):
         self.tp_size = ps.get_tensor_model_parallel_world_size()
         self.ep_size, self.ep_rank = ps.get_expert_model_parallel_world_size(), ps.get_expert_model_parallel_rank()
         super().__init__(cfg, global_batch_size=global_batch_size // self.dp_size, temperature=temperature,
-                         max_tokens_per_micro_batch=mcfg.max_tokens_per_gpu)
+                         max_tokens_per_micro_batch=mcfg.max_tokens_per_gpu, total_optimizer_steps=total_optimizer_steps)
         self.global_batch_size_all_ranks = global_batch_size
         self.mcfg = mcfg
         self.transformer_impl = resolve_transformer_impl(mcfg.transformer_impl)
@@ -101,7 +111,7 @@ class MegatronTrainer(PolicyTrainer):
                                                            use_distributed_optimizer=mcfg.use_distributed_optimizer),
             self._precision(self.gpt),
         )
-        self.ref_model = self._precision(self._build(hf_state)).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
+        self.ref_model = self._precision(self._build(hf_state)).eval().requires_grad_(False) if needs_reference(cfg) else None
         self.optimizer = build_optimizer(self.model, cfg, mcfg)
         self.peers: list[Any] = []
         self.peer_dp_ranks: list[int] = []
@@ -236,6 +246,9 @@ class MegatronTrainer(PolicyTrainer):
     def learning_rate(self) -> float:
         return self.optimizer.lr
 
+    def set_learning_rate(self, lr: float) -> None:
+        self.optimizer.set_lr(lr)
+
     def gradient_scale(self) -> float:
         return float(self.dp_size)  # Megatron's DDP averages over data-parallel ranks; the loss is a global sum
 
@@ -268,7 +281,8 @@ class MegatronTrainer(PolicyTrainer):
 
         Returns the results by data-parallel rank and the sample indices each of them got."""
         local = getattr(PolicyTrainer, method)
-        shards = data_parallel_shards(len(samples), self.global_batch_size_all_ranks, self.dp_size)
+        lengths = [len(s.prompt_tokens) + s.response_length for s in samples] if self.cfg.balance_data else None
+        shards = data_parallel_shards(len(samples), self.global_batch_size_all_ranks, self.dp_size, lengths)
         if self.ep_size > 1 and len({len(rows) for rows in shards}) > 1:
             # every rank of an expert-parallel group must run the same number of forward passes
             raise ValueError(f"{len(samples)} samples do not split evenly over {self.dp_size} data-parallel ranks, "
@@ -351,7 +365,7 @@ class MegatronTrainer(PolicyTrainer):
         for part in ("megatron", "trainer_state", *(("optimizer",) if self.optimizer.sharded else ())):
             (out / part).mkdir(parents=True, exist_ok=True)
         dist_checkpointing.save(self.gpt.sharded_state_dict(), str(out / "megatron"))
-        state = {"version": self.version, "torch_rng": torch.get_rng_state()}
+        state = {"version": self.version, "optimizer_steps": self.optimizer_steps, "torch_rng": torch.get_rng_state()}
         if self.optimizer.sharded:
             dist_checkpointing.save(self.optimizer.sharded_state_dict(self.gpt.sharded_state_dict()), str(out / "optimizer"))
         else:
@@ -371,6 +385,6 @@ class MegatronTrainer(PolicyTrainer):
             self.optimizer.load_state_dict(dist_checkpointing.load(sharded, str(src / "optimizer")))
         else:
             self.optimizer.load_state_dict(state["optimizer"])
-        self.version = state["version"]
+        self.version, self.optimizer_steps = state["version"], state["optimizer_steps"]
         torch.set_rng_state(state["torch_rng"])
         _wait(refs)

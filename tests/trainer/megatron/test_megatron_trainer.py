@@ -98,6 +98,17 @@ def test_data_parallel_shards_cut_each_global_batch():
     assert data_parallel_shards(6, 6, 1) == [[0, 1, 2, 3, 4, 5]]
 
 
+def test_balanced_shards_even_out_tokens_and_keep_sample_counts():
+    """--balance-data: one rank would otherwise get the four long samples of the batch."""
+    lengths = [100, 90, 80, 70, 5, 4, 3, 2]
+    contiguous = data_parallel_shards(8, 8, 2)
+    balanced = data_parallel_shards(8, 8, 2, lengths)
+    assert [len(s) for s in balanced] == [len(s) for s in contiguous] == [4, 4]
+    assert sorted(i for s in balanced for i in s) == list(range(8))
+    tokens = [sum(lengths[i] for i in s) for s in balanced]
+    assert tokens == [100 + 70 + 5 + 2, 90 + 80 + 4 + 3] and max(tokens) - min(tokens) < 10
+
+
 @pytest.fixture
 def local_ray():
     """A Ray of its own per test: shutting it down ends the group's actors and frees its placement group."""
