@@ -26,12 +26,13 @@ setup(
         "pylatexenc>=2.10",
         "math-verify>=0.7",
         "matplotlib>=3.7",  # tools/plot_run.py
+        "psutil>=5.9",  # megatron-core's checkpoint writer needs it wherever megatron-core is installed
     ],
     extras_require={
         # SGLang: the rollout engine is verified with 0.5.17 (tests/gpu, docs/gpu-testing.md)
         "gpu": ["sglang>=0.5.17,<0.6", "sglang-router>=0.3", "megatron-core>=0.13", "transformer-engine>=2.0"],
-        # megatron-core runs on the CPU for checkpoint conversion and its tests (psutil: its checkpoint writer)
-        "test": ["pytest>=8", "megatron-core>=0.13", "psutil"],
+        # megatron-core runs on the CPU for checkpoint conversion and its tests
+        "test": ["pytest>=8", "megatron-core>=0.13"],
         "wandb": ["wandb>=0.17"],
     },
     entry_points={

@@ -38,26 +38,41 @@ def test_one_training_step_changes_the_weights(tiny_model, tokenizer):
     assert metrics["train/clip_frac"] == 0.0
 
 
+# A key bias adds the same q.b_k to every logit of a query's softmax, which ignores it: its exact gradient is zero,
+# so what it gets is rounding noise, which Adam's g / sqrt(v) scales into full-size steps that differ between CPUs
+NOISE_ONLY = ("self_attn.k_proj.bias",)
+
+
 def assert_same_update(got: torch.Tensor, ref: torch.Tensor, name: str, *, atol: float, rtol: float, max_step: float):
-    """Equal within atol/rtol but for at most 0.1% of the elements, and none further apart than `max_step`: Adam's
-    g / sqrt(v) turns last-bit differences of noise-level gradients (which differ between CPUs' kernels) into up
-    to ~lr per step."""
+    """Weights after the same Adam steps: within `max_step` everywhere; within atol/rtol but for at most 0.1% of
+    the elements (noise-level gradients of a few elements also become ~lr steps), except where the exact
+    gradient is zero (`NOISE_ONLY`), which only the bound covers."""
     diff = (got - ref).abs()
     assert diff.max() <= max_step, name
-    assert (diff > atol + rtol * ref.abs()).float().mean() < 1e-3, name
+    if not name.endswith(NOISE_ONLY):
+        assert (diff > atol + rtol * ref.abs()).float().mean() < 1e-3, name
 
 
-def test_micro_batching_gives_the_same_update_as_one_batch(tiny_model, tokenizer):
-    """token_mean normalises by the whole global batch's tokens, not by each micro-batch's."""
+def accumulated_gradients(trainer: TorchTrainer, samples, advantages_: list[float]) -> dict[str, torch.Tensor]:
+    """The gradient one global batch accumulates, before any optimizer step."""
+    trainer.set_train_mode()
+    [step] = trainer._split(samples, advantages_)
+    trainer._fill_old_and_ref([step])
+    trainer._accumulate(step)
+    return {n: p.grad.clone() for n, p in trainer.model.named_parameters()}
+
+
+def test_micro_batching_accumulates_the_gradient_of_one_batch(tiny_model, tokenizer):
+    """token_mean normalises by the whole global batch's tokens, not by each micro-batch's: the accumulated
+    gradients are equal (to float rounding of the summation order; no optimizer step amplifies it)."""
     samples = rollout(tiny_model, tokenizer)
     cfg = TrainConfig(lr=1e-3, micro_batch_size=8, use_tis=True)
     whole = TorchTrainer(str(tiny_model), cfg, global_batch_size=8, temperature=1.0)
     split = TorchTrainer(str(tiny_model), dataclasses.replace(cfg, micro_batch_size=2), global_batch_size=8, temperature=1.0)
-    whole.train_step(samples, advantages(8))
-    split.train_step(samples, advantages(8))
-    a, b = params_of(whole), params_of(split)
+    a, b = accumulated_gradients(whole, samples, advantages(8)), accumulated_gradients(split, samples, advantages(8))
+    scale = max(g.abs().max() for g in a.values())
     for name in a:
-        assert_same_update(a[name], b[name], name, atol=1e-6, rtol=1e-5, max_step=cfg.lr)
+        torch.testing.assert_close(b[name], a[name], atol=1e-6 * scale, rtol=1e-4, msg=name)
 
 
 def test_exported_weights_carry_hugging_face_names_the_engine_accepts(tiny_model):

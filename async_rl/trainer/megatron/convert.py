@@ -13,6 +13,7 @@ from async_rl.trainer.megatron.cpu_compat import single_process_megatron
 from async_rl.trainer.megatron.hf_weights import hf_to_megatron, megatron_to_hf
 from async_rl.trainer.megatron.model import build_gpt_model
 from async_rl.trainer.megatron.model_checkpoint import load_model_checkpoint
+from async_rl.trainer.megatron.writer_watchdog import watch_writer
 from async_rl.weights.hf_layout import stack_experts
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
@@ -60,7 +61,8 @@ def hf_to_torch_dist(hf_dir: str, out_dir: str) -> None:
         missing = [k for k in missing if not k.endswith("_extra_state")]
         if missing or unexpected:
             raise ValueError(f"{hf_dir}: weights do not match the model (missing {missing}, unexpected {unexpected})")
-        dist_checkpointing.save(model.sharded_state_dict(), str(staging), sharded_strategy=_save_strategy())
+        with watch_writer("convert_hf_to_torch_dist", str(staging)):
+            dist_checkpointing.save(model.sharded_state_dict(), str(staging), sharded_strategy=_save_strategy())
     _replace_dir(staging, final)
 
 

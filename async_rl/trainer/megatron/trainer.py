@@ -29,6 +29,7 @@ from async_rl.trainer.megatron.model_checkpoint import load_model_checkpoint
 from async_rl.trainer.megatron.optimizer import build_optimizer
 from async_rl.trainer.megatron.param_names import local_parameters
 from async_rl.trainer.megatron.vocab_parallel import vocab_parallel_log_probs
+from async_rl.trainer.megatron.writer_watchdog import watch_writer
 from async_rl.trainer.policy_trainer import PolicyTrainer, is_max_stat, needs_reference
 from async_rl.weights.hf_layout import num_experts
 
@@ -364,11 +365,13 @@ class MegatronTrainer(PolicyTrainer):
         out = Path(path)
         for part in ("megatron", "trainer_state", *(("optimizer",) if self.optimizer.sharded else ())):
             (out / part).mkdir(parents=True, exist_ok=True)
-        dist_checkpointing.save(self.gpt.sharded_state_dict(), str(out / "megatron"))
         state = {"version": self.version, "optimizer_steps": self.optimizer_steps, "torch_rng": torch.get_rng_state()}
-        if self.optimizer.sharded:
-            dist_checkpointing.save(self.optimizer.sharded_state_dict(self.gpt.sharded_state_dict()), str(out / "optimizer"))
-        else:
+        with watch_writer(f"megatron trainer rank {self.rank}", str(out)):
+            dist_checkpointing.save(self.gpt.sharded_state_dict(), str(out / "megatron"))
+            if self.optimizer.sharded:
+                dist_checkpointing.save(self.optimizer.sharded_state_dict(self.gpt.sharded_state_dict()),
+                                        str(out / "optimizer"))
+        if not self.optimizer.sharded:
             state["optimizer"] = self.optimizer.state_dict()
         torch.save(state, out / "trainer_state" / f"rank_{self.rank}.pt")
         _wait(refs)

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -161,3 +162,33 @@ def test_transformer_engine_parameter_names_map_to_local_ones():
     for same in (layer + "self_attention.linear_qkv.weight", layer + "pre_mlp_layernorm.weight",
                  layer + "mlp.router.weight", "embedding.word_embeddings.weight"):
         assert local_name(same) == same
+
+
+def test_a_converter_whose_writer_dies_exits_with_one_line_and_leaves_no_process(tiny_model, tmp_path):
+    """megatron-core waits for its writer processes without a timeout; a dead one must not hang the converter."""
+    import os
+
+    import psutil
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "tests" / "plugins" / "broken_psutil"), str(REPO)]))
+    proc = subprocess.Popen([sys.executable, "tools/convert_hf_to_torch_dist.py", "--hf-checkpoint", str(tiny_model),
+                             "--save", str(tmp_path / "out")], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    children = set()
+    try:
+        while proc.poll() is None:  # record every process it starts, to look for them afterwards
+            try:
+                children |= {c.pid for c in psutil.Process(proc.pid).children(recursive=True)}
+            except psutil.NoSuchProcess:
+                pass
+            time.sleep(0.05)
+        stderr = proc.communicate(timeout=120)[1]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+    assert proc.returncode == 1
+    assert stderr.strip().splitlines()[-1].startswith("convert_hf_to_torch_dist: error: a checkpoint writer process died")
+    assert not (tmp_path / "out").exists()
+    time.sleep(1)  # a resource tracker ends once its pipe closes
+    alive = [pid for pid in children if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    assert alive == [], [psutil.Process(pid).cmdline() for pid in alive]
