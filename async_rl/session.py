@@ -138,6 +138,7 @@ class TrainingSession:
             SamplingParams(cfg.eval.eval_temperature, cfg.rollout.rollout_top_p, cfg.eval.eval_max_response_len, context),
         )
         self.skipped_steps = 0
+        self.last_checkpoint: Path | None = None
 
     def _save_config(self) -> None:
         text = self.cfg.print_resolved()
@@ -281,7 +282,7 @@ class TrainingSession:
                 if content is not None:
                     (Path(path) / name).write_text(json.dumps(content))
 
-        save_checkpoint(self.cfg.checkpoint.save, step, driver_state, write)
+        self.last_checkpoint = save_checkpoint(self.cfg.checkpoint.save, step, driver_state, write)
 
     def _load(self, checkpoint: Path) -> None:
         state = read_driver_state(checkpoint)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from pathlib import Path
 
 
 class StopSignal:
@@ -32,3 +33,11 @@ class StopSignal:
     @property
     def requested(self) -> bool:
         return self.signum is not None
+
+    def exit(self, step: int, checkpoint: Path | None) -> None:
+        """End a stopped run with one line saying what was kept, and the signal's exit status."""
+        name = signal.Signals(self.signum).name
+        kept = (f"checkpoint of step {step} saved at {checkpoint} (resume with --load {checkpoint.parent})"
+                if checkpoint is not None else "no checkpoint written (set --save to keep the state)")
+        print(f"stopped by {name} after step {step}: {kept}", flush=True)
+        raise SystemExit(128 + self.signum)

@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 
 def run(cfg: Config) -> None:
     with TrainingSession(cfg) as session, StopSignal() as stop:
+        completed = session.start_step
         if session.resumed_rollout_state:
             state = session.resumed_rollout_state
             logger.warning("the checkpoint comes from an async run: the sync loop does not train its %d buffered "
@@ -41,6 +42,7 @@ def run(cfg: Config) -> None:
             metrics["perf/update_weights_time_s"] = time.perf_counter() - push_start
             metrics["perf/step_time_s"] = time.perf_counter() - step_start
             session.metrics_logger.log(step, metrics)
+            completed = step + 1
 
             if session.should_save(step + 1, stopping=stop.requested):
                 session.save(step + 1, session.dataset.state_dict())
@@ -50,7 +52,7 @@ def run(cfg: Config) -> None:
             if session.should_evaluate(cfg.rollout.num_rollout):
                 session.metrics_logger.log(cfg.rollout.num_rollout, session.evaluate())
     if stop.requested:
-        raise SystemExit(128 + stop.signum)
+        stop.exit(completed, session.last_checkpoint)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

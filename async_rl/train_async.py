@@ -50,6 +50,7 @@ def run(cfg: Config) -> None:
         )
     r = cfg.rollout
     with TrainingSession(cfg) as session, StopSignal() as stop:
+        completed = session.start_step
         producer = session.start_producer()
         pushed: list[ray.ObjectRef] = []
         try:
@@ -74,6 +75,7 @@ def run(cfg: Config) -> None:
                 metrics["perf/update_weights_time_s"] = time.perf_counter() - push_start
                 metrics["perf/step_time_s"] = time.perf_counter() - step_start
                 session.metrics_logger.log(step, metrics)
+                completed = step + 1
 
                 if session.should_save(step + 1, stopping=stop.requested):
                     state = producer.snapshot()
@@ -87,7 +89,7 @@ def run(cfg: Config) -> None:
         finally:
             producer.stop()
     if stop.requested:
-        raise SystemExit(128 + stop.signum)
+        stop.exit(completed, session.last_checkpoint)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

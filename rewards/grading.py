@@ -52,6 +52,12 @@ def _call_each_with_alarm(fn, calls: list[tuple], timeout: float) -> list[tuple[
     return [_call_with_alarm(fn, call_args, timeout) for call_args in calls]
 
 
+def _leave_stopping_to_the_driver() -> None:
+    """Ctrl-C reaches every process of the terminal's group: a worker ignores it (the driver finishes its step,
+    saves and closes the pool) instead of dying with a traceback and breaking the pool mid-grading."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class RewardGrader:
     def __init__(self, spec: RewardSpec, *, args: argparse.Namespace, num_workers: int = 2,
                  timeout: float = 5.0, default: float = 0.0):
@@ -70,7 +76,8 @@ class RewardGrader:
 
     def _workers(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.num_workers, mp_context=multiprocessing.get_context("forkserver"))
+            self._pool = ProcessPoolExecutor(self.num_workers, mp_context=multiprocessing.get_context("forkserver"),
+                                             initializer=_leave_stopping_to_the_driver)
         return self._pool
 
     def _replace_pool(self) -> None:

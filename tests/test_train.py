@@ -149,29 +149,42 @@ def test_non_finite_steps_are_skipped_counted_and_bounded(tiny_model, tmp_path):
     assert row["train/skipped_steps"] == 1
 
 
-def test_sigterm_stops_after_the_step_saves_and_shuts_ray_down(tiny_model, tmp_path):
+@pytest.mark.parametrize("signal_name, loop", [("SIGTERM", "sync"), ("SIGINT", "async")])
+def test_a_stop_signal_ends_after_the_step_saves_and_says_where(tiny_model, tmp_path, signal_name, loop):
+    """SIGTERM to the driver (a scheduler), or Ctrl-C, which a terminal sends to every process of its group:
+    the run finishes its step, saves, and says so in one line; no worker prints a traceback."""
+    import os
     import signal
     import time
 
+    signum = getattr(signal, signal_name)
     out, ckpt = tmp_path / "run", tmp_path / "ckpt"
-    cmd = [sys.executable, "-m", "async_rl.train",
+    cmd = [sys.executable, "-m", "async_rl.train", *(["--async"] if loop == "async" else []),
            *run_flags(tiny_model, out, "--num-rollout", "500", "--save", str(ckpt), evaluate=False)]
-    process = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
     try:
         deadline = time.time() + 120
         while not ((out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text().strip()):
             assert time.time() < deadline and process.poll() is None, process.stderr.read() if process.poll() else "no step"
             time.sleep(0.5)
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=120)
+        if signum == signal.SIGINT:
+            os.killpg(process.pid, signum)
+        else:
+            process.send_signal(signum)
+        stdout, stderr = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
-            process.kill()
-    assert process.returncode == 128 + signal.SIGTERM, stderr
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 128 + signum, stderr
     steps = [r["step"] for r in metrics_of(out)]
     assert len(steps) < 500
-    assert (ckpt / "latest").read_text() == f"step_{steps[-1] + 1:06d}"
-    assert (ckpt / f"step_{steps[-1] + 1:06d}" / "model" / "model.safetensors").is_file()
+    saved = ckpt / f"step_{steps[-1] + 1:06d}"
+    assert (ckpt / "latest").read_text() == saved.name and (saved / "model" / "model.safetensors").is_file()
+    assert f"stopped by {signal_name} after step {steps[-1] + 1}: checkpoint of step {steps[-1] + 1} saved at {saved} " \
+           f"(resume with --load {ckpt})" in stdout
+    for noise in ("Traceback", "KeyboardInterrupt", "BrokenProcessPool"):
+        assert noise not in stderr, stderr[-3000:]
 
 
 def test_use_wandb_without_the_package_is_one_line_and_exit_code_2(tiny_model, tmp_path):
