@@ -187,6 +187,18 @@ def test_a_stop_signal_ends_after_the_step_saves_and_says_where(tiny_model, tmp_
         assert noise not in stderr, stderr[-3000:]
 
 
+def test_an_output_dir_that_holds_a_run_is_refused_unless_resumed_or_overwritten(tiny_model, tmp_path):
+    out = tmp_path / "run"
+    train.main(run_flags(tiny_model, out, "--num-rollout", "2", evaluate=False))
+    again = run_cli(*run_flags(tiny_model, out, "--num-rollout", "1", evaluate=False))
+    assert again.returncode == 2 and "Traceback" not in again.stderr
+    assert f"--output-dir {out} holds a run already: resume it with --load" in again.stderr
+    assert [r["step"] for r in metrics_of(out)] == [0, 1]  # untouched
+    train.main(run_flags(tiny_model, out, "--num-rollout", "1", "--overwrite-output-dir", evaluate=False))
+    assert [r["step"] for r in metrics_of(out)] == [0]
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1
+
+
 def test_use_wandb_without_the_package_is_one_line_and_exit_code_2(tiny_model, tmp_path):
     if importlib.util.find_spec("wandb") is not None:
         pytest.skip("wandb is installed here; this test checks the message shown when it is not")

@@ -31,6 +31,9 @@ def read_metrics(path: Path) -> list[dict]:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
                 raise SystemExit(f"plot_run: {path}:{number}: not JSON ({e.msg})") from None
+            if len(rows) > 1 and rows[-1].get("step", 0) < rows[-2].get("step", 0):
+                print(f"plot_run: warning: {path}:{number}: step {rows[-1]['step']} follows step {rows[-2]['step']} "
+                      f"(two runs written into one file?)", file=sys.stderr)
     return rows
 
 
