@@ -80,10 +80,13 @@ def check_outputs(cfg: Config) -> None:
                              f"--output-dir, or pass --overwrite-output-dir")
 
 
-def check_plugins(cfg: Config) -> None:
+def check_reward(cfg: Config) -> None:
+    resolve_reward(cfg.reward.rm_type, cfg.reward.custom_rm_path, cfg.reward.group_rm)
+
+
+def check_filter(cfg: Config) -> None:
     from async_rl.session import plugin_args
 
-    resolve_reward(cfg.reward.rm_type, cfg.reward.custom_rm_path, cfg.reward.group_rm)
     if cfg.rollout.dynamic_sampling_filter_path:
         load_group_filter(cfg.rollout.dynamic_sampling_filter_path, plugin_args(cfg))
 
@@ -111,7 +114,7 @@ def check_load(cfg: Config) -> None:
 
 
 CHECKS: list[Callable[[Config], None]] = [
-    check_model, check_data, check_outputs, check_plugins, check_rollout_backend, check_trainer_backend,
+    check_model, check_data, check_outputs, check_reward, check_filter, check_rollout_backend, check_trainer_backend,
     plan_placement, check_load,
 ]
 
