@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 
@@ -185,6 +186,17 @@ def test_a_stop_signal_ends_after_the_step_saves_and_says_where(tiny_model, tmp_
            f"(resume with --load {ckpt})" in stdout
     for noise in ("Traceback", "KeyboardInterrupt", "BrokenProcessPool"):
         assert noise not in stderr, stderr[-3000:]
+
+
+@pytest.mark.parametrize("estimator", ["gspo", "cispo"])
+def test_gspo_and_cispo_train_through_the_flag(tiny_model, tmp_path, estimator):
+    out = tmp_path / "run"
+    train.main(run_flags(tiny_model, out, "--num-rollout", "2", "--advantage-estimator", estimator,
+                         "--loss-aggregation", "seq_mean_token_mean", "--check-invariants", evaluate=False))
+    rows = metrics_of(out)
+    assert [r["step"] for r in rows] == [0, 1]
+    assert all(math.isfinite(r["train/loss"]) and r["train/skipped_steps"] == 0 for r in rows)
+    assert rows[0]["train/first_step_ratio_max_abs_dev"] < 1e-5  # the first step is on-policy for either loss
 
 
 def test_an_output_dir_that_holds_a_run_is_refused_unless_resumed_or_overwritten(tiny_model, tmp_path):

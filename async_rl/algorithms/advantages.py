@@ -74,8 +74,9 @@ ESTIMATORS: dict[str, Callable[..., torch.Tensor]] = {
 
 
 def compute_advantages(estimator: str, rewards: torch.Tensor, group_size: int, *, normalize_std: bool = True) -> torch.Tensor:
-    """Dispatch on `--advantage-estimator`; `normalize_std` applies to GRPO only."""
-    if estimator == "grpo":
+    """Dispatch on `--advantage-estimator`; `normalize_std` applies to GRPO only. `gspo` and `cispo` (slime's names
+    for their losses) use GRPO's advantages."""
+    if estimator in ("grpo", "gspo", "cispo"):
         return grpo_advantages(rewards, group_size, normalize_std=normalize_std)
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown advantage estimator {estimator!r}; choose from {', '.join(ESTIMATORS)}")

@@ -1,4 +1,5 @@
-"""PPO-clip policy loss with importance-sampling correction for the rollout policy, and the KL penalty.
+"""Policy losses (PPO-clip, GSPO, CISPO) with importance-sampling correction for the rollout policy, and the KL
+penalty.
 
 All per-token tensors are [batch, tokens]; `loss_mask` selects the response tokens that train.
 """
@@ -10,6 +11,7 @@ import math
 import torch
 
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum")
+POLICY_LOSSES = ("ppo", "gspo", "cispo")
 TIS_LEVELS = ("token", "sequence", "geometric")
 TIS_MODES = ("truncate", "mask")
 
@@ -93,25 +95,45 @@ def policy_loss(
     tis_level: str = "token",
     tis_mode: str = "truncate",
     tis_lower: float | None = None,
+    kind: str = "ppo",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """PPO-clip with asymmetric bounds [1 - eps_clip, 1 + eps_clip_high], optional dual-clip and TIS.
+    """A policy-gradient loss with bounds [1 - eps_clip, 1 + eps_clip_high], optional dual-clip and TIS.
 
-    Per token: loss = max(-A r, -A clip(r)), r = exp(log_probs - old_log_probs); with `eps_clip_c` set,
-    tokens with A < 0 are further bounded by -A * eps_clip_c (dual-clip); with `tis_cap` set, the loss
-    is multiplied by the detached importance weights of `importance_weights`.
+    `kind` (r = exp(log_probs - old_log_probs) per token, A the advantage):
+    - `ppo`: per token max(-A r, -A clip(r)).
+    - `gspo` (Zheng et al., 2025): the same clipped objective on each sequence's length-normalised ratio
+      s = exp(mean over its tokens of log r), which every token of the sequence carries (its gradient reaches
+      each token as s / length); with `seq_mean_token_mean` aggregation this is the paper's sequence mean.
+    - `cispo` (MiniMax-M1): REINFORCE weighted by the detached ratio clipped from above only,
+      -A sg(min(r, 1 + eps_clip_high)) log_probs, so no token loses its gradient to clipping.
+    With `eps_clip_c` set (PPO), tokens with A < 0 are further bounded by -A * eps_clip_c (dual-clip); with
+    `tis_cap` set, the loss is multiplied by the detached importance weights of `importance_weights`.
     """
+    if kind not in POLICY_LOSSES:
+        raise ValueError(f"unknown policy loss {kind!r}; choose from {POLICY_LOSSES}")
     eps_clip_high = eps_clip if eps_clip_high is None else eps_clip_high
     mask = loss_mask.to(log_probs.dtype)
 
     log_ratio = log_probs - old_log_probs
-    ratio = torch.exp(log_ratio)
-    unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1 - eps_clip, 1 + eps_clip_high)
-    per_token = torch.maximum(unclipped, clipped)
+    token_ratio = torch.exp(log_ratio)
+    if kind == "cispo":
+        weight = token_ratio.detach().clamp(max=1 + eps_clip_high)
+        per_token = -advantages * weight * log_probs
+        clipped_tokens = token_ratio.detach() > 1 + eps_clip_high
+    else:
+        if kind == "gspo":
+            lengths = mask.sum(dim=1, keepdim=True).clamp(min=1)
+            ratio = torch.exp((log_ratio * mask).sum(dim=1, keepdim=True) / lengths).expand_as(log_ratio)
+        else:
+            ratio = token_ratio
+        unclipped = -advantages * ratio
+        clipped = -advantages * ratio.clamp(1 - eps_clip, 1 + eps_clip_high)
+        per_token = torch.maximum(unclipped, clipped)
+        clipped_tokens = clipped > unclipped
     stats = {
-        "clip_frac": _masked_mean((clipped > unclipped).to(mask.dtype), mask),
+        "clip_frac": _masked_mean(clipped_tokens.to(mask.dtype), mask),
         "approx_kl": _masked_mean(-log_ratio.detach(), mask),
-        "ratio_max_abs_dev": torch.where(mask > 0, (ratio.detach() - 1).abs(), torch.zeros_like(ratio)).max(),
+        "ratio_max_abs_dev": torch.where(mask > 0, (token_ratio.detach() - 1).abs(), torch.zeros_like(token_ratio)).max(),
     }
     if eps_clip_c is not None:
         bound = -advantages * eps_clip_c

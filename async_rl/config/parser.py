@@ -279,7 +279,9 @@ def _validate(cfg: Config, explicit: set[str], async_mode: bool, evaluate_only: 
         raise ConfigError(f"--micro-batch-size {t.micro_batch_size} must divide the global batch size {cfg.global_batch_size}")
     if t.eps_clip_high is not None and t.eps_clip_high < t.eps_clip:
         raise ConfigError(f"--eps-clip-high {t.eps_clip_high} is below --eps-clip {t.eps_clip}")
-    if t.advantage_estimator in ("grpo", "dr_grpo", "rloo") and r.n_samples_per_prompt < 2:
+    if t.eps_clip_c is not None and t.advantage_estimator in ("gspo", "cispo"):
+        raise ConfigError(f"--eps-clip-c is PPO's dual clip; --advantage-estimator {t.advantage_estimator} has its own loss")
+    if t.advantage_estimator in ("grpo", "dr_grpo", "rloo", "gspo", "cispo") and r.n_samples_per_prompt < 2:
         raise ConfigError(
             f"--advantage-estimator {t.advantage_estimator} needs --n-samples-per-prompt >= 2 (a group of one has no baseline)"
         )

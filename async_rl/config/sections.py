@@ -167,8 +167,9 @@ class TrainConfig:
     adam_beta2: float = flag(0.999, "AdamW beta2.")
     clip_grad: float = flag(1.0, "Gradient-norm clip; 0 disables.")
     advantage_estimator: str = flag(
-        "grpo", "How advantages are computed.",
-        choices=["grpo", "dr_grpo", "rloo", "reinforce_plus_plus", "reinforce_plus_plus_baseline"],
+        "grpo", "How advantages are computed; gspo and cispo (slime's names) take GRPO's advantages and their own "
+        "policy loss.",
+        choices=["grpo", "dr_grpo", "rloo", "reinforce_plus_plus", "reinforce_plus_plus_baseline", "gspo", "cispo"],
     )
     normalize_advantages_std: bool = flag(True, "GRPO: divide by the group's standard deviation.")
     eps_clip: float = flag(0.2, "PPO clip range below 1.")

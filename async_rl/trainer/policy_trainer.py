@@ -151,6 +151,7 @@ class PolicyTrainer:
             rollout_log_probs=batch.rollout_log_probs, eps_clip=cfg.eps_clip, eps_clip_high=cfg.eps_clip_high,
             tis_cap=cfg.tis_clip if cfg.use_tis else None, aggregation=cfg.loss_aggregation,
             eps_clip_c=cfg.eps_clip_c, tis_level=cfg.tis_level, tis_mode=cfg.tis_mode, tis_lower=cfg.tis_clip_low,
+            kind=cfg.advantage_estimator if cfg.advantage_estimator in ("gspo", "cispo") else "ppo",
         )
         entropy_mean = aggregate(entropy, batch.loss_mask, cfg.loss_aggregation)
         stats["entropy"] = entropy_mean.detach()

@@ -124,3 +124,41 @@ def test_token_mean_over_micro_batches_matches_the_whole_batch_gradient():
 
 def test_entropy_of_uniform_logits_is_log_vocab():
     assert math.isclose(entropy_from_logits(torch.zeros(1, 8)).item(), math.log(8), rel_tol=1e-6)
+
+
+def test_gspo_clips_the_length_normalised_sequence_ratio_by_hand():
+    # sequence 1: token log-ratios 0.1 and 0.3, s = e^0.2 = 1.2214 (inside [0.8, 1.28]), A = +1 -> loss -s
+    # sequence 2: one token, log-ratio 0.5, s = e^0.5 = 1.6487, A = -1 -> max(1.6487, 1.28) = 1.6487 (unclipped)
+    logp = t([[0.1, 0.3], [0.5, 0.0]]).requires_grad_()
+    adv, mask = t([[1.0, 1.0], [-1.0, -1.0]]), t([[1, 1], [1, 0]])
+    loss, stats = policy_loss(logp, t([[0.0, 0.0], [0.0, 0.0]]), adv, mask, eps_clip=0.2, eps_clip_high=0.28,
+                              aggregation="seq_mean_token_mean", kind="gspo")
+    assert math.isclose(loss.item(), (-math.exp(0.2) + math.exp(0.5)) / 2, rel_tol=1e-12)
+    loss.backward()
+    # d/dlogp_t of the mean over 2 sequences of -A s: -A s / length / 2 for each of the sequence's tokens
+    expected = t([[-math.exp(0.2) / 4, -math.exp(0.2) / 4], [math.exp(0.5) / 2, 0.0]])
+    torch.testing.assert_close(logp.grad, expected)
+    assert stats["clip_frac"].item() == 0.0
+
+
+def test_gspo_past_the_bound_has_no_gradient():
+    logp = t([[0.4, 0.4]]).requires_grad_()  # s = e^0.4 = 1.49 > 1.28 with A > 0: clipped
+    loss, stats = policy_loss(logp, t([[0.0, 0.0]]), t([[1.0, 1.0]]), t([[1, 1]]), eps_clip_high=0.28, kind="gspo")
+    loss.backward()
+    assert math.isclose(loss.item(), -1.28) and stats["clip_frac"].item() == 1.0
+    assert torch.equal(logp.grad, torch.zeros_like(logp))
+
+
+def test_cispo_weighs_reinforce_by_the_detached_ratio_clipped_from_above():
+    # ratios e^0.1 = 1.1052 (kept) and e^0.5 = 1.6487 (capped at 1.28); advantages +1, +1
+    logp = t([[0.1, 0.5]]).requires_grad_()
+    loss, stats = policy_loss(logp, t([[0.0, 0.0]]), t([[1.0, 1.0]]), t([[1, 1]]), eps_clip=0.2, eps_clip_high=0.28,
+                              kind="cispo")
+    assert math.isclose(loss.item(), -(math.exp(0.1) * 0.1 + 1.28 * 0.5) / 2, rel_tol=1e-12)
+    loss.backward()
+    # the clipped token keeps its gradient (PPO would give it none): -A w / 2
+    torch.testing.assert_close(logp.grad, t([[-math.exp(0.1) / 2, -1.28 / 2]]))
+    assert stats["clip_frac"].item() == 0.5
+    # a ratio below 1 is not clipped from below
+    low, _ = policy_loss(t([[-1.0]]), t([[0.0]]), t([[1.0]]), t([[1]]), kind="cispo")
+    assert math.isclose(low.item(), math.exp(-1.0) * 1.0, rel_tol=1e-12)
