@@ -29,6 +29,7 @@ from async_rl.evaluation import Evaluator, eval_sets_from_flag
 from async_rl.invariants import check_first_step, check_probe
 from async_rl.metrics_logger import MetricsLogger, WandbSettings
 from async_rl.placement import create_engine, create_trainer, needs_initial_weights, start_ray, start_router, trainer_bundles
+from async_rl.rollout.debug_data import load_rollout, save_rollout
 from async_rl.rollout.engine import SamplingParams
 from async_rl.rollout.filters import load_group_filter
 from async_rl.rollout.manager import DynamicSampling, RolloutManager
@@ -150,8 +151,12 @@ class TrainingSession:
     def n_samples(self) -> int:
         return self.cfg.rollout.n_samples_per_prompt
 
-    def produce_rollout(self) -> tuple[list[Sample], dict[str, float]]:
-        """One training batch of graded groups (filtered and over-sampled when dynamic sampling is on)."""
+    def produce_rollout(self, step: int) -> tuple[list[Sample], dict[str, float]]:
+        """One training batch of graded groups (filtered and over-sampled when dynamic sampling is on), or the batch
+        saved for this step by --save-debug-rollout-data."""
+        if self.cfg.debug.load_debug_rollout_data:
+            samples = load_rollout(self.cfg.debug.load_debug_rollout_data, step)
+            return samples, self.batch_metrics(samples)
         samples, metrics = self.rollout.generate_batch(
             self.dataset.next_batch, self.cfg.rollout.rollout_batch_size, self.n_samples, self.rollout_params, self.sampling
         )
@@ -223,6 +228,8 @@ class TrainingSession:
         advantages = compute_advantages(
             cfg.train.advantage_estimator, rewards, self.n_samples, normalize_std=cfg.train.normalize_advantages_std
         )
+        if cfg.debug.save_debug_rollout_data:
+            save_rollout(cfg.debug.save_debug_rollout_data, step, samples)
         metrics |= ray.get(self.trainer.train_step.remote(samples, advantages.tolist()))
         metrics["perf/train_time_s"] = time.perf_counter() - start
         self._last_batch = (samples, advantages.tolist())

@@ -17,6 +17,7 @@ from async_rl.config import Config
 from async_rl.errors import UserInputError
 from async_rl.evaluation import eval_sets_from_flag
 from async_rl.placement_plan import plan_placement
+from async_rl.rollout.debug_data import debug_data_file
 from async_rl.rollout.filters import load_group_filter
 from rewards.registry import resolve_reward
 
@@ -113,9 +114,21 @@ def check_load(cfg: Config) -> None:
         resolve_checkpoint(cfg.checkpoint.load)
 
 
+def check_debug_data(cfg: Config) -> None:
+    """The first batch --load-debug-rollout-data replays exists; --save-debug-rollout-data can be written."""
+    d = cfg.debug
+    if d.load_debug_rollout_data:
+        first = debug_data_file(d.load_debug_rollout_data, 0)
+        if not first.is_file():
+            raise UserInputError(f"--load-debug-rollout-data {d.load_debug_rollout_data}: no rollout data for step 0 "
+                                 f"({first})")
+    if d.save_debug_rollout_data:
+        _check_writable("--save-debug-rollout-data", str(debug_data_file(d.save_debug_rollout_data, 0).parent))
+
+
 CHECKS: list[Callable[[Config], None]] = [
     check_model, check_data, check_outputs, check_reward, check_filter, check_rollout_backend, check_trainer_backend,
-    plan_placement, check_load,
+    plan_placement, check_load, check_debug_data,
 ]
 
 

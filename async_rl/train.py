@@ -30,7 +30,7 @@ def run(cfg: Config) -> None:
             metrics = session.evaluate() if session.should_evaluate(step) else {}
             step_start = time.perf_counter()
 
-            samples, rollout_metrics = session.produce_rollout()
+            samples, rollout_metrics = session.produce_rollout(step)
             metrics |= rollout_metrics
 
             with session.rollout_memory_released() as memory_metrics:

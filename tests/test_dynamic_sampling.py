@@ -15,7 +15,7 @@ def test_over_sampling_fills_the_batch_with_informative_groups(tiny_model, tmp_p
         "--rollout-batch-size", "3", "--micro-batch-size", "4",
     ))
     with TrainingSession(cfg) as session:
-        samples, metrics = session.produce_rollout()
+        samples, metrics = session.produce_rollout(0)
     groups = [samples[i : i + 4] for i in range(0, len(samples), 4)]
     assert len(groups) == 3 and metrics["rollout/groups_kept"] == 3
     assert all(len({s.score for s in g}) > 1 for g in groups)
@@ -31,7 +31,7 @@ def test_a_batch_that_cannot_be_filled_warns_and_trains_on_what_passed(tiny_mode
         "--max-sampling-rounds", "2", "--num-rollout", "1",
     ))
     with TrainingSession(cfg) as session, caplog.at_level(logging.WARNING):
-        samples, metrics = session.produce_rollout()
+        samples, metrics = session.produce_rollout(0)
     assert samples == []
     assert metrics["rollout/filter_drop_filtered"] == 8 and metrics["rollout/sampling_rounds"] == 2
     assert "filled only 0 of 4 groups in 2 rounds" in caplog.text

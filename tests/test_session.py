@@ -20,7 +20,7 @@ def test_pushed_weights_reach_every_engine(tiny_model, tmp_path, quantization, t
                                     "--rollout-quantization", quantization, "--update-weight-buffer-size", "65536",
                                     evaluate=False))
     with TrainingSession(cfg) as session:
-        samples, _ = session.produce_rollout()
+        samples, _ = session.produce_rollout(0)
         assert {s.weight_version for s in samples} == {0}
         engines = session.rollout.engines
         probe = [Sample(prompt=s.prompt, prompt_tokens=s.prompt_tokens, group_id=s.group_id) for s in samples[:8]]

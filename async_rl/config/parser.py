@@ -26,6 +26,7 @@ from async_rl.config.sections import (
     ClusterConfig,
     DataConfig,
     EvalConfig,
+    DebugConfig,
     LoggingConfig,
     MegatronConfig,
     ModelConfig,
@@ -52,6 +53,7 @@ class Config:
     eval: EvalConfig
     checkpoint: CheckpointConfig
     logging: LoggingConfig
+    debug: DebugConfig
     sglang: dict[str, Any] = field(default_factory=dict)  # SGLang ServerArgs from --sglang-* flags
     async_mode: bool = False  # the loop: recorded so that a saved config.yaml replays the run as it ran
 
@@ -341,6 +343,8 @@ def _validate(cfg: Config, explicit: set[str], async_mode: bool, evaluate_only: 
         raise ConfigError("--eval-prompt-data takes one PATH or NAME PATH pairs")
     if r.max_staleness < 0:
         raise ConfigError(f"--max-staleness must be >= 0, got {r.max_staleness}")
+    if cfg.debug.load_debug_rollout_data and async_mode:
+        raise ConfigError("--load-debug-rollout-data replays saved batches in the sync loop: drop --async")
     if r.partial_rollout and not async_mode:
         raise ConfigError("--partial-rollout applies to the async loop; add --async")
     _validate_megatron(cfg, explicit)

@@ -83,6 +83,16 @@ class DataConfig:
 
 
 @dataclass
+class DebugConfig:
+    save_debug_rollout_data: str | None = flag(
+        None, "Save every trained batch's samples (tokens, log-probs, rewards, versions) to PATH: a directory, or a "
+        "file template with {rollout_id}.")
+    load_debug_rollout_data: str | None = flag(
+        None, "Train on the batches saved by --save-debug-rollout-data instead of generating (sync loop); "
+        "reproduces the saved run's steps.")
+
+
+@dataclass
 class RolloutConfig:
     num_rollout: int = flag(10, "Rollout steps to run (each is generate, reward, train, push weights).")
     rollout_batch_size: int = flag(8, "Prompts per rollout step.")
@@ -262,4 +272,5 @@ SECTIONS: dict[str, type] = {
     "eval": EvalConfig,
     "checkpoint": CheckpointConfig,
     "logging": LoggingConfig,
+    "debug": DebugConfig,
 }

@@ -35,7 +35,7 @@ def test_a_dead_server_is_replaced_and_the_batch_is_still_full(sglang_models, tm
     ]
     cfg, _ = parse_config(flags)
     with TrainingSession(cfg) as session:
-        samples, _ = session.produce_rollout()
+        samples, _ = session.produce_rollout(0)
         session.train(0, samples)
         session.rollout.wait_weights(session.push_weights(version=1))
         victim = session.rollout.engines[0]
