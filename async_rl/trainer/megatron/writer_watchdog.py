@@ -17,10 +17,15 @@ import threading
 from typing import Iterator
 
 
-def _dead_child() -> int | None:
-    """The exit code of a child that ended with an error, if any. Read from multiprocessing's own registry of
-    children, which still holds finished ones until someone joins them (`active_children()` would reap them)."""
-    for child in list(multiprocessing.process._children):
+def _children() -> set:
+    """multiprocessing's own registry of this process's children, which still holds finished ones until someone
+    joins them (`active_children()` would reap them and lose their exit codes)."""
+    return set(multiprocessing.process._children)
+
+
+def _dead_child(earlier: set) -> int | None:
+    """The exit code of a child started during the save that ended with an error, if any."""
+    for child in _children() - earlier:
         code = child.exitcode
         if code not in (None, 0):
             return code
@@ -30,10 +35,11 @@ def _dead_child() -> int | None:
 @contextlib.contextmanager
 def watch_writer(prog: str, destination: str, poll_s: float = 0.2) -> Iterator[None]:
     stop = threading.Event()
+    earlier = _children()  # what this process ran before the save is not the writer
 
     def watch() -> None:
         while not stop.wait(poll_s):
-            code = _dead_child()
+            code = _dead_child(earlier)
             if code is not None:
                 print(f"{prog}: error: a checkpoint writer process died (exit code {code}, its error is above); "
                       f"{destination} is incomplete", file=sys.stderr, flush=True)
