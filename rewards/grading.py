@@ -15,6 +15,7 @@ import math
 import multiprocessing
 import pickle
 import signal
+import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, wait
 from typing import Any
@@ -75,9 +76,12 @@ class RewardGrader:
                                  f"(define it at module level): {e}") from None
 
     def _workers(self) -> ProcessPoolExecutor:
+        """The pool, with every worker started and ignoring Ctrl-C before it gets work: the pool would otherwise
+        start workers on demand, and one still starting when Ctrl-C arrives dies and breaks the pool."""
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self.num_workers, mp_context=multiprocessing.get_context("forkserver"),
                                              initializer=_leave_stopping_to_the_driver)
+            wait([self._pool.submit(time.sleep, 0.05) for _ in range(self.num_workers)])  # one per worker
         return self._pool
 
     def _replace_pool(self) -> None:
