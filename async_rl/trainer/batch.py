@@ -50,10 +50,13 @@ def micro_batch_indices(samples: list[Sample], micro_batch_size: int, max_tokens
     if max_tokens is None:
         return [list(range(i, min(i + micro_batch_size, len(samples)))) for i in range(0, len(samples), micro_batch_size)]
     lengths = [len(s.prompt_tokens) + s.response_length for s in samples]
+
+    def cost(group: list[int]) -> int:  # rows sorted longest first: the group's first row is its longest
+        return sum(lengths[j] for j in group) if packed else len(group) * lengths[group[0]]
+
     groups: list[list[int]] = []
     for i in sorted(range(len(samples)), key=lambda i: -lengths[i]):
-        cost = sum(lengths[j] for j in groups[-1]) + lengths[i] if packed and groups else None
-        if groups and (cost if packed else (len(groups[-1]) + 1) * lengths[groups[-1][0]]) <= max_tokens:
+        if groups and cost(groups[-1] + [i]) <= max_tokens:
             groups[-1].append(i)
         else:
             groups.append([i])
