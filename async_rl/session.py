@@ -113,6 +113,8 @@ class TrainingSession:
         try:  # a failure past this point must not leave Ray and its actors running
             bundles = trainer_bundles(cfg)
             self.trainer = create_trainer(cfg, bundles)
+            if cfg.offloads_trainer:  # before the engines start, so that their KV cache can take this memory
+                ray.get(self.trainer.offload.remote(weights=False))
             self.router = start_router(cfg)
             if self.router is not None:
                 print(f"sglang-router for the {cfg.num_rollout_engines} rollout engines: {self.router.url}", flush=True)
@@ -126,6 +128,7 @@ class TrainingSession:
                 self._load(checkpoint)
             elif needs_initial_weights(cfg):
                 self.rollout.wait_weights(self.push_weights(version=0))
+            self.offload_trainer_weights()
         except BaseException:
             self._stop_router()
             ray.shutdown()
@@ -192,22 +195,36 @@ class TrainingSession:
         ).start()
 
     @contextmanager
-    def rollout_memory_released(self) -> Iterator[dict[str, float]]:
-        """Colocated sync runs: the engines hand their GPU memory to the trainer for the step, then take it
-        back (the weight push that follows refills it); the metrics dict gets the time both moves took."""
+    def training_turn(self) -> Iterator[dict[str, float]]:
+        """The GPU goes to the trainer for a step (colocated sync runs): the engines release their memory and an
+        offloaded trainer comes back; after it the trainer's gradients and optimizer state leave, and the engines
+        take their memory back (the weight push that follows refills it). The metrics dict gets the time each
+        move took and the GiB the trainer moved."""
         metrics: dict[str, float] = {}
-        if not self.cfg.cluster.colocate:
-            yield metrics
-            return
-        start = time.perf_counter()
-        self.rollout.release_memory()
-        metrics["perf/release_memory_time_s"] = time.perf_counter() - start
+        release = self.cfg.cluster.colocate and not self.cfg.async_mode
+        if release:
+            start = time.perf_counter()
+            self.rollout.release_memory()
+            metrics["perf/release_memory_time_s"] = time.perf_counter() - start
+        if self.cfg.offloads_trainer:
+            metrics |= ray.get(self.trainer.onload.remote())
         try:
             yield metrics
         finally:
-            start = time.perf_counter()
-            self.rollout.resume_memory()
-            metrics["perf/resume_memory_time_s"] = time.perf_counter() - start
+            if self.cfg.offloads_trainer:
+                metrics |= ray.get(self.trainer.offload.remote(weights=False))
+            if release:
+                start = time.perf_counter()
+                self.rollout.resume_memory()
+                metrics["perf/resume_memory_time_s"] = time.perf_counter() - start
+
+    def offload_trainer_weights(self) -> dict[str, float]:
+        """After the weight push: the trainer's weights leave the GPU too, until the next training turn."""
+        if not self.cfg.offloads_trainer:
+            return {}
+        moved = ray.get(self.trainer.offload.remote(weights=True))
+        return {"perf/train_offload_weights_time_s": moved["perf/train_offload_time_s"],
+                "memory/train_offload_weights_gib": moved["memory/train_offload_gib"]}
 
     def train(self, step: int, samples: list[Sample]) -> dict[str, float]:
         """Advantages from the (shaped) rewards, then the trainer's optimizer step(s); timed as `perf/train_time_s`."""
@@ -293,7 +310,13 @@ class TrainingSession:
 
     def _load(self, checkpoint: Path) -> None:
         state = read_driver_state(checkpoint)
-        ray.get(self.trainer.load.remote(str(checkpoint)))
+        with self.training_turn():
+            ray.get(self.trainer.load.remote(str(checkpoint)))
+            if self.cfg.train.check_invariants and (checkpoint / PROBE).is_file():
+                probe = json.loads((checkpoint / PROBE).read_text())
+                samples = [sample_from_dict(d) for d in probe["samples"]]
+                check_probe(probe["result"], ray.get(self.trainer.probe.remote(samples, probe["advantages"])), str(checkpoint))
+                print(f"invariant holds after --load: probe loss and grad norm equal ({probe['result']})", flush=True)
         engine_rng = torch.load(checkpoint / ENGINE_RNG)
         if len(engine_rng) == len(self.rollout.engines):  # same engine count: continue their sampling streams
             ray.get([e.load_rng_state.remote(s) for e, s in zip(self.rollout.engines, engine_rng) if s is not None])
@@ -301,11 +324,6 @@ class TrainingSession:
         self.start_step = int(state["step"])
         if (checkpoint / ROLLOUT_BUFFER).is_file():
             self.resumed_rollout_state = json.loads((checkpoint / ROLLOUT_BUFFER).read_text())
-        if self.cfg.train.check_invariants and (checkpoint / PROBE).is_file():
-            probe = json.loads((checkpoint / PROBE).read_text())
-            samples = [sample_from_dict(d) for d in probe["samples"]]
-            check_probe(probe["result"], ray.get(self.trainer.probe.remote(samples, probe["advantages"])), str(checkpoint))
-            print(f"invariant holds after --load: probe loss and grad norm equal ({probe['result']})", flush=True)
         self.rollout.wait_weights(self.push_weights(self.start_step))
         print(f"resumed from {checkpoint} at step {self.start_step}", flush=True)
 

@@ -33,20 +33,21 @@ def run(cfg: Config) -> None:
             samples, rollout_metrics = session.produce_rollout(step)
             metrics |= rollout_metrics
 
-            with session.rollout_memory_released() as memory_metrics:
+            with session.training_turn() as memory_metrics:
                 metrics |= session.train(step, samples)
+                stopping = stop.requested  # read once: a stop signal that comes later ends the next step
+                if session.should_save(step + 1, stopping=stopping):  # while the trainer holds the GPU
+                    session.save(step + 1, session.dataset.state_dict())
             metrics |= memory_metrics
 
             push_start = time.perf_counter()
             session.rollout.wait_weights(session.push_weights(version=step + 1))
             metrics["perf/update_weights_time_s"] = time.perf_counter() - push_start
+            metrics |= session.offload_trainer_weights()
             metrics["perf/step_time_s"] = time.perf_counter() - step_start
             session.metrics_logger.log(step, metrics)
             completed = step + 1
-
-            if session.should_save(step + 1, stopping=stop.requested):
-                session.save(step + 1, session.dataset.state_dict())
-            if stop.requested:
+            if stopping:
                 break
         else:
             if session.should_evaluate(cfg.rollout.num_rollout):

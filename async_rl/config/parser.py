@@ -87,6 +87,14 @@ class Config:
         return gpus // c.rollout_num_gpus_per_engine
 
     @property
+    def offloads_trainer(self) -> bool:
+        """--offload-train, or its default: on for the sync loop colocated on GPUs."""
+        c = self.cluster
+        if c.offload_train is not None:
+            return c.offload_train
+        return c.colocate and bool(c.actor_num_gpus_per_node) and not self.async_mode
+
+    @property
     def weight_update_mode(self) -> str:
         """`--update-weight-mode`, or its default: a broadcast group where engines have GPUs of their own and
         load plain or block-FP8 buckets; CUDA IPC when colocated or channel FP8 (whose loader only IPC reaches)."""
@@ -324,6 +332,11 @@ def _validate(cfg: Config, explicit: set[str], async_mode: bool, evaluate_only: 
         raise ConfigError(f"--max-sampling-rounds must be >= 1, got {r.max_sampling_rounds}")
     if t.use_tis and t.tis_clip <= 0:
         raise ConfigError(f"--tis-clip must be > 0, got {t.tis_clip}")
+    if c.offload_train and not (c.colocate and c.actor_num_gpus_per_node and not async_mode):
+        raise ConfigError("--offload-train frees the trainer's GPU memory for colocated engines in the sync loop: it "
+                          "needs --colocate and --actor-num-gpus-per-node, without --async")
+    if c.offload_train and cfg.megatron.fp8_param_gather:
+        raise ConfigError("--offload-train does not move FP8 parameters (--fp8-param-gather): drop one of them")
     if c.colocate and c.rollout_num_gpus is not None:
         raise ConfigError("--colocate puts rollout on the trainer's GPUs; drop --rollout-num-gpus")
     if c.rollout_num_gpus is not None and c.rollout_num_gpus % c.rollout_num_gpus_per_engine:

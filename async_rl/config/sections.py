@@ -28,6 +28,10 @@ class ClusterConfig:
     num_gpus_per_node: int = flag(8, "GPUs on each node of the cluster; rollout engines fill the GPUs the trainer leaves.")
     colocate: bool = flag(False, "Trainer and rollout engines share the same GPUs; the sync loop has the engines release "
                           "their GPU memory for each train step.")
+    offload_train: bool | None = flag(
+        None, "Colocated sync runs: move the trainer's weights, gradients and optimizer state to the host while the "
+        "engines generate, so that their KV cache can take that memory. Unset: on when colocated on GPUs in the "
+        "sync loop (the async loop keeps both resident: they run at the same time).")
     ray_address: str | None = flag(None, "Address of a running Ray cluster; a local Ray starts when unset.")
 
 

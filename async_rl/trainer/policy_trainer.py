@@ -9,8 +9,9 @@ of the global batch, so the accumulated gradient is that of the loss over the wh
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 
 import torch
 from transformers import AutoTokenizer
@@ -35,6 +36,16 @@ def is_max_stat(stat: str) -> bool:
     return "_max" in stat
 
 
+class Offloader(Protocol):
+    """Moves a trainer's GPU state to the host and back (`--offload-train`)."""
+
+    def offload_optimizer(self) -> None: ...
+
+    def offload_weights(self) -> None: ...
+
+    def onload(self) -> None: ...
+
+
 @dataclass
 class MicroBatch:
     rows: list[int]  # positions of its samples in the step's sample list
@@ -51,6 +62,7 @@ class PolicyTrainer:
     ref_model: Any = None
     pad_token_id: int
     device: torch.device
+    offloader: Offloader | None = None
 
     def __init__(self, cfg: TrainConfig, *, global_batch_size: int, temperature: float,
                  max_tokens_per_micro_batch: int | None = None, total_optimizer_steps: int = 1):
@@ -109,6 +121,31 @@ class PolicyTrainer:
     def micro_batch_groups(self, samples: list[Sample]) -> list[list[int]]:
         """One global batch cut into micro-batches (index lists), by sample count or by token budget."""
         return micro_batch_indices(samples, self.cfg.micro_batch_size, self.max_tokens_per_micro_batch)
+
+    # ---- GPU memory for a colocated engine -------------------------------------------------------------
+    def offload(self, weights: bool) -> dict[str, float]:
+        """Free this rank's GPU memory for the engines: gradients and optimizer state after a step (the weight push
+        still reads the weights), the weights too once pushed. Returns the time and the GiB given back."""
+        return self._timed_move("offload", lambda: self._offloader().offload_weights() if weights
+                                else self._offloader().offload_optimizer())
+
+    def onload(self) -> dict[str, float]:
+        """Everything back on the GPU before a step."""
+        return self._timed_move("onload", lambda: self._offloader().onload())
+
+    def _offloader(self) -> Offloader:
+        if self.offloader is None:
+            self.offloader = self.make_offloader()
+        return self.offloader
+
+    def make_offloader(self) -> Offloader:
+        raise NotImplementedError
+
+    def _timed_move(self, direction: str, move) -> dict[str, float]:
+        start, reserved = time.perf_counter(), torch.cuda.memory_reserved()
+        move()
+        moved = abs(torch.cuda.memory_reserved() - reserved) / 2**30
+        return {f"perf/train_{direction}_time_s": time.perf_counter() - start, f"memory/train_{direction}_gib": moved}
 
     # ---- shared RL step -------------------------------------------------------------------------------
     def _split(self, samples: list[Sample], advantages: list[float] | None = None) -> list[list[MicroBatch]]:

@@ -15,6 +15,36 @@ from async_rl.trainer.policy_trainer import PolicyTrainer, needs_reference
 from async_rl.weights.hf_layout import unstack_experts
 
 
+class TorchOffloader:
+    """The model (and reference model) and AdamW's state moved between the GPU and the host."""
+
+    def __init__(self, models: list[torch.nn.Module], optimizer: torch.optim.Optimizer, device: torch.device):
+        self.models, self.optimizer, self.device = models, optimizer, device
+
+    def _move_state(self, device: torch.device | str) -> None:
+        for state in self.optimizer.state.values():
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor) and key != "step":
+                    state[key] = value.to(device)
+
+    def offload_optimizer(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self._move_state("cpu")
+        torch.cuda.empty_cache()
+
+    def offload_weights(self) -> None:
+        self.offload_optimizer()
+        for model in self.models:
+            model.to("cpu")
+        torch.cuda.empty_cache()
+
+    def onload(self) -> None:
+        for model in self.models:
+            model.to(self.device)
+        self._move_state(self.device)
+        torch.cuda.synchronize()
+
+
 class TorchTrainer(PolicyTrainer):
     def __init__(
         self,
@@ -41,6 +71,9 @@ class TorchTrainer(PolicyTrainer):
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay
         )
+
+    def make_offloader(self) -> TorchOffloader:
+        return TorchOffloader([m for m in (self.model, self.ref_model) if m is not None], self.optimizer, self.device)
 
     def forward_log_probs(self, model: torch.nn.Module, batch: PackedBatch, with_entropy: bool = False):
         return response_log_probs(model, batch, self.temperature, with_entropy=with_entropy)

@@ -208,3 +208,18 @@ def test_weight_update_mode_defaults_to_a_broadcast_for_engines_on_their_own_gpu
 ])
 def test_weight_update_modes_that_cannot_work_are_refused(capsys, argv, named):
     assert named in error_of(capsys, *REQUIRED, *argv)
+
+
+def test_the_trainer_offloads_by_default_only_where_an_engine_waits_for_its_memory():
+    gpus = ["--actor-num-gpus-per-node", "1", "--rollout-backend", "sglang"]
+    assert parse(*gpus, "--colocate").offloads_trainer  # sync, colocated on a GPU
+    assert not parse_config([*REQUIRED, *gpus, "--colocate", "--async"])[0].offloads_trainer  # both run at once
+    assert not parse(*gpus, "--colocate", "--no-offload-train").offloads_trainer
+    assert not parse("--colocate").offloads_trainer  # a CPU run has no GPU memory to free
+
+
+@pytest.mark.parametrize("argv", [[], ["--actor-num-gpus-per-node", "1", "--rollout-num-gpus", "1"],
+                                  ["--actor-num-gpus-per-node", "1", "--colocate", "--async"]])
+def test_offload_train_where_nothing_waits_for_the_memory_is_one_clear_line(capsys, argv):
+    err = error_of(capsys, *REQUIRED, "--offload-train", *argv)
+    assert "--offload-train" in err and "--colocate" in err

@@ -218,3 +218,39 @@ def test_one_checkpoint_layout_for_both_layer_specs(torch_step, tmp_path):
     assert set(back) == set(trained)
     assert all(torch.equal(back[n], t.to(back[n].dtype)) for n, t in trained.items())
     print(f"\n{model.name}: CPU torch_dist -> TE trainer -> CPU HF, {len(back)} tensors equal")
+
+
+@pytest.mark.parametrize("impl", ["local", pytest.param("transformer_engine", marks=needs_te)])
+@pytest.mark.parametrize("distributed_optimizer", [False, True], ids=["adam", "distributed-adam"])
+def test_offloading_between_steps_frees_the_gpu_and_changes_no_step(torch_step, distributed_optimizer, impl):
+    """`--offload-train`: gradients, optimizer state and weights leave the GPU between two steps and come back; the
+    second step equals the one of a trainer that kept everything on the GPU."""
+    from async_rl.trainer.megatron.trainer import MegatronTrainer
+
+    model, samples, _ = torch_step
+    mcfg = dataclasses.replace(MegatronConfig(), bf16=True, use_distributed_optimizer=distributed_optimizer,
+                               transformer_impl=impl)
+    results = []
+    for offload in (False, True):
+        trainer = MegatronTrainer(str(model), CFG, mcfg, global_batch_size=8, temperature=1.0)
+        try:
+            trainer.train_step(samples, advantages(len(samples)))
+            if offload:
+                torch.cuda.synchronize()
+                params = sum(p.numel() for p in trainer.gpt.parameters())
+                resident = torch.cuda.memory_allocated()
+                moved = trainer.offload(weights=False) | {"weights": trainer.offload(weights=True)}
+                offloaded = torch.cuda.memory_allocated()
+                moved["back"] = trainer.onload()
+            second = trainer.train_step(samples, advantages(len(samples)))
+            results.append((second, {n: t.float().cpu() for n, t in trainer.export_weights()}))
+        finally:
+            trainer.close()
+    (kept, kept_weights), (moved_step, moved_weights) = results
+    print(f"\n{model.name} {impl} offload: {resident / 2**20:.1f} MiB allocated -> {offloaded / 2**20:.1f} MiB "
+          f"({params / 1e6:.2f}M parameters); {moved}")
+    # BF16 weights + FP32 main weights + two Adam moments + the FP32 gradient buffer: 18 bytes per parameter
+    assert resident - offloaded >= 0.9 * 18 * params
+    assert moved_step["train/loss"] == kept["train/loss"] and moved_step["train/grad_norm"] == kept["train/grad_norm"]
+    for name, tensor in kept_weights.items():
+        assert torch.equal(moved_weights[name], tensor), name

@@ -26,6 +26,7 @@ from async_rl.trainer.megatron.hf_weights import hf_to_megatron, megatron_to_hf
 from async_rl.trainer.megatron.model import (build_gpt_model, causal_mask, fp8_settings,
                                              resolve_transformer_impl)
 from async_rl.trainer.megatron.model_checkpoint import load_model_checkpoint
+from async_rl.trainer.megatron.offload import MegatronOffloader
 from async_rl.trainer.megatron.optimizer import build_optimizer
 from async_rl.trainer.megatron.param_names import local_parameters
 from async_rl.trainer.megatron.vocab_parallel import vocab_parallel_log_probs
@@ -266,6 +267,22 @@ class MegatronTrainer(PolicyTrainer):
         dist.all_reduce(peaks, op=dist.ReduceOp.MAX, group=group)
         values = iter(means.tolist()), iter(peaks.tolist())
         return {k: next(values[is_max_stat(k)]) for k in keys}
+
+    # ---- GPU memory for a colocated engine -------------------------------------------------------------
+    def make_offloader(self) -> MegatronOffloader:
+        return MegatronOffloader(self.model, self.optimizer.inner, [self.ref_model] if self.ref_model is not None else [])
+
+    def offload(self, weights: bool) -> dict[str, float]:
+        refs = [p.offload.remote(weights) for p in self.peers]
+        metrics = super().offload(weights)
+        _wait(refs)
+        return metrics
+
+    def onload(self) -> dict[str, float]:
+        refs = [p.onload.remote() for p in self.peers]
+        metrics = super().onload()
+        _wait(refs)
+        return metrics
 
     # ---- the Ray group: rank 0 speaks for all ----------------------------------------------------------
     def connect(self, peers: list[Any]) -> None:
