@@ -174,7 +174,7 @@ def _create_sglang_engine(cfg: Config, rank: int, router_url: str | None, option
     from async_rl.rollout.sglang_engine import SGLangEngine
 
     server_args = dict(cfg.sglang)
-    if cfg.cluster.colocate:  # the engines release their memory during training steps
+    if cfg.cluster.colocate and not cfg.async_mode:  # the sync loop's engines release their memory for each step
         server_args.setdefault("enable_memory_saver", True)
     if needs_initial_weights(cfg):
         # SGLang's online --quantization fp8 cannot take weight updates: build FP8 parameters of the chosen

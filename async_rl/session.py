@@ -249,6 +249,8 @@ class TrainingSession:
             save_rollout(cfg.debug.save_debug_rollout_data, step, samples)
         metrics |= ray.get(self.trainer.train_step.remote(samples, advantages.tolist()))
         metrics["perf/train_time_s"] = time.perf_counter() - start
+        tokens = sum(len(s.prompt_tokens) + s.response_length for s in samples)
+        metrics["perf/train_tokens_per_s"] = tokens / metrics["perf/train_time_s"]
         self._last_batch = (samples, advantages.tolist())
         if cfg.train.check_invariants and step == self.start_step:
             checked = check_first_step(step, samples, metrics, quantized_rollout=cfg.rollout.rollout_quantization != "none",

@@ -47,28 +47,28 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def worked_solution(a: int, b: int, slip_column: int | None = None, slip: int = 0) -> str:
-    """Column addition from the ones digit up, as reasoning, then the boxed sum.
+def worked_solution(a: int, b: int, digits: int = 2, slip_column: int | None = None, slip: int = 0) -> str:
+    """Column addition of two `digits`-digit numbers from the ones digit up, as reasoning, then the boxed sum.
 
     `slip` is added to one column's sum to imitate a careless teacher; the carries and the boxed answer
     follow from the slipped column, so the solution stays self-consistent but wrong.
     """
-    steps, digits, carry = [], [], 0
-    for column, (x, y) in enumerate(zip(reversed(f"{a:02d}"), reversed(f"{b:02d}"))):
+    steps, out_digits, carry = [], [], 0
+    for column, (x, y) in enumerate(zip(reversed(f"{a:0{digits}d}"), reversed(f"{b:0{digits}d}"))):
         total = int(x) + int(y) + carry
         if column == slip_column:
             total = max(0, total + slip)
         steps.append(f"{x}+{y}{f'+{carry}' if carry else ''}={total}")
-        digits.append(str(total % 10))
+        out_digits.append(str(total % 10))
         carry = total // 10
-    answer = (str(carry) if carry else "") + "".join(reversed(digits))
+    answer = (str(carry) if carry else "") + "".join(reversed(out_digits))
     return f"<think>{' '.join(steps)}</think>\\boxed{{{answer}}}"
 
 
-def teacher_solution(a: int, b: int, error_rate: float, rng: random.Random) -> str:
+def teacher_solution(a: int, b: int, digits: int, error_rate: float, rng: random.Random) -> str:
     if rng.random() >= error_rate:
-        return worked_solution(a, b)
-    return worked_solution(a, b, slip_column=rng.randrange(2), slip=rng.choice([-2, -1, 1, 2]))
+        return worked_solution(a, b, digits)
+    return worked_solution(a, b, digits, slip_column=rng.randrange(digits), slip=rng.choice([-2, -1, 1, 2]))
 
 
 def write_prompts(path: Path, problems: list[tuple[str, str]]) -> None:
@@ -78,14 +78,21 @@ def write_prompts(path: Path, problems: list[tuple[str, str]]) -> None:
             f.write(json.dumps({"prompt": prompt, "label": label}) + "\n")
 
 
-def split_problems(seed: int, n_eval: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """All a+b problems, split into disjoint train and eval sets."""
-    problems = [(f"{a}+{b}=", str(a + b)) for a in range(10, 100) for b in range(10, 100)]
+def split_problems(seed: int, n_eval: int, digits: int = 2) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """All a+b problems of two `digits`-digit numbers, split into disjoint train and eval sets."""
+    numbers = range(10 ** (digits - 1), 10**digits)
+    problems = [(f"{a}+{b}=", str(a + b)) for a in numbers for b in numbers]
     random.Random(seed).shuffle(problems)
     return problems[n_eval:], problems[:n_eval]
 
 
-def sft(model, tokenizer, train_problems, *, steps: int, batch_size: int, lr: float, error_rate: float, seed: int) -> None:
+def operands(prompt: str) -> tuple[int, int]:
+    a, b = prompt.rstrip("=").split("+")
+    return int(a), int(b)
+
+
+def sft(model, tokenizer, train_problems, *, steps: int, batch_size: int, lr: float, error_rate: float, seed: int,
+        digits: int, device: torch.device) -> None:
     """Teacher-forced next-token loss on the response tokens of a teacher that slips at `error_rate`."""
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -96,15 +103,15 @@ def sft(model, tokenizer, train_problems, *, steps: int, batch_size: int, lr: fl
     for _ in bar:
         rows, targets = [], []
         for prompt, _ in rng.sample(train_problems, batch_size):
-            a, b = map(int, prompt.rstrip("=").split("+"))
             p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            r = tokenizer(teacher_solution(a, b, error_rate, rng), add_special_tokens=False)["input_ids"] + [eos]
-            rows.append(p + r)
-            targets.append([-100] * len(p) + r)
+            r = tokenizer(teacher_solution(*operands(prompt), digits, error_rate, rng), add_special_tokens=False)["input_ids"]
+            rows.append(p + r + [eos])
+            targets.append([-100] * len(p) + r + [eos])
         width = max(map(len, rows))
-        input_ids = torch.tensor([r + [eos] * (width - len(r)) for r in rows])
-        labels = torch.tensor([t + [-100] * (width - len(t)) for t in targets])
-        loss = model(input_ids=input_ids, labels=labels).loss
+        input_ids = torch.tensor([r + [eos] * (width - len(r)) for r in rows], device=device)
+        labels = torch.tensor([t + [-100] * (width - len(t)) for t in targets], device=device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = model(input_ids=input_ids, labels=labels).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -112,9 +119,29 @@ def sft(model, tokenizer, train_problems, *, steps: int, batch_size: int, lr: fl
         bar.set_postfix(loss=f"{loss.item():.3f}")
 
 
+@torch.no_grad()
+def answer_accuracy(model, tokenizer, problems: list[tuple[str, str]], *, greedy: bool, max_new_tokens: int,
+                    seed: int = 0) -> float:
+    """Share of `problems` whose boxed answer is right, decoding greedily or sampling at temperature 1."""
+    torch.manual_seed(seed)
+    model.eval()
+    device = next(model.parameters()).device
+    prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p, _ in problems]
+    width = max(map(len, prompts))
+    eos = tokenizer.eos_token_id
+    input_ids = torch.tensor([[eos] * (width - len(p)) + p for p in prompts], device=device)  # left padding
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=not greedy,
+                         temperature=None if greedy else 1.0, top_p=None, top_k=None, pad_token_id=eos)
+    texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    return sum(text.endswith(f"\\boxed{{{label}}}") for text, (_, label) in zip(texts, problems)) / len(problems)
+
+
 def build(
-    output_dir: str, *, sft_steps: int, error_rate: float, seed: int, hidden_size: int, num_layers: int, n_eval: int
-) -> None:
+    output_dir: str, *, sft_steps: int, error_rate: float, seed: int, hidden_size: int, num_layers: int, n_eval: int,
+    digits: int = 2, batch_size: int = 64, lr: float = 3e-3, device: str = "cpu",
+) -> dict[str, float]:
+    """Build, SFT and save the model with its train/eval prompts; returns its greedy and sampled eval accuracy."""
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
     config = Qwen2Config(
@@ -123,21 +150,30 @@ def build(
         tie_word_embeddings=True, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.eos_token_id, rope_theta=10000.0,
     )
-    model = Qwen2ForCausalLM(config)
-    train_problems, eval_problems = split_problems(seed, n_eval)
+    model = Qwen2ForCausalLM(config).to(device)
+    print(f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, {digits}-digit sums")
+    train_problems, eval_problems = split_problems(seed, n_eval, digits)
     start = time.time()
-    sft(model, tokenizer, train_problems, steps=sft_steps, batch_size=64, lr=3e-3, error_rate=error_rate, seed=seed)
+    sft(model, tokenizer, train_problems, steps=sft_steps, batch_size=batch_size, lr=lr, error_rate=error_rate,
+        seed=seed, digits=digits, device=torch.device(device))
     print(f"SFT: {sft_steps} steps in {time.time() - start:.0f}s")
+    probe = eval_problems[:200]
+    max_new_tokens = len(tokenizer(worked_solution(10**digits - 1, 10**digits - 1, digits))["input_ids"]) + 8
+    accuracy = {mode: answer_accuracy(model, tokenizer, probe, greedy=mode == "greedy", max_new_tokens=max_new_tokens)
+                for mode in ("greedy", "sampled")}
+    print(f"eval accuracy after SFT ({len(probe)} prompts): greedy {accuracy['greedy']:.2f}, "
+          f"sampled at temperature 1 {accuracy['sampled']:.2f}")
 
     out = Path(output_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=out.name + ".tmp", dir=out.parent))
-    model.save_pretrained(staging, safe_serialization=True)
+    model.to("cpu").save_pretrained(staging, safe_serialization=True)
     tokenizer.save_pretrained(staging)
     write_prompts(staging / "data" / "train.jsonl", train_problems)
     write_prompts(staging / "data" / "eval.jsonl", eval_problems)
     os.replace(staging, out)  # a half-built model never sits at the output path
     print(f"tiny model, tokenizer and prompts written to {out}")
+    return accuracy
 
 
 def main() -> None:
@@ -149,6 +185,10 @@ def main() -> None:
     parser.add_argument("--hidden-size", type=int, default=64)
     parser.add_argument("--num-layers", type=int, default=2)
     parser.add_argument("--n-eval", type=int, default=200)
+    parser.add_argument("--digits", type=int, default=2, help="Digits of each operand.")
+    parser.add_argument("--batch-size", type=int, default=64, help="SFT batch size.")
+    parser.add_argument("--lr", type=float, default=3e-3, help="SFT peak learning rate.")
+    parser.add_argument("--device", default="cpu", help="Where to SFT (cpu, cuda).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-threads", type=int, default=1,
                         help="PyTorch threads. One by default: on 2 cores, 800 SFT steps take 50 s with one and 46 s "
@@ -158,7 +198,8 @@ def main() -> None:
     if Path(args.output_dir).exists():
         parser.error(f"--output-dir {args.output_dir} already exists; remove it to rebuild")
     build(args.output_dir, sft_steps=args.sft_steps, error_rate=args.teacher_error_rate, seed=args.seed, hidden_size=args.hidden_size,
-          num_layers=args.num_layers, n_eval=args.n_eval)
+          num_layers=args.num_layers, n_eval=args.n_eval, digits=args.digits, batch_size=args.batch_size, lr=args.lr,
+          device=args.device)
 
 
 if __name__ == "__main__":

@@ -26,8 +26,9 @@ class ClusterConfig:
     rollout_num_gpus_per_engine: int = flag(1, "GPUs per rollout engine (its tensor-parallel size).")
     rollout_num_engines: int = flag(1, "Rollout engines when they run on the CPU (local backend without GPUs).")
     num_gpus_per_node: int = flag(8, "GPUs on each node of the cluster; rollout engines fill the GPUs the trainer leaves.")
-    colocate: bool = flag(False, "Trainer and rollout engines share the same GPUs; the sync loop has the engines release "
-                          "their GPU memory for each train step.")
+    colocate: bool = flag(False, "Trainer and rollout engines share the same GPUs. The sync loop takes turns (the "
+                          "engines release their memory for each train step); with --async both stay resident and "
+                          "run at the same time, each in its share of the memory (--sglang-mem-fraction-static).")
     offload_train: bool | None = flag(
         None, "Colocated sync runs: move the trainer's weights, gradients and optimizer state to the host while the "
         "engines generate, so that their KV cache can take that memory. Unset: on when colocated on GPUs in the "

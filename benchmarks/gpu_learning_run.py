@@ -1,0 +1,223 @@
+"""Does the real stack learn? SGLang FP8 rollouts feeding the Megatron trainer, sync and async, on one GPU.
+
+Builds a model of tens of millions of parameters for 3-digit column addition (`tools/make_tiny_model.py`, SFT'd
+on the GPU against a teacher that slips, so that greedy answers are mostly right and sampled ones right only
+some of the time), then trains it with deepscaler rewards on `<think>...</think>\\boxed{}` answers, DAPO dynamic
+sampling and a held-out eval set, in five arms of the same number of steps:
+
+    1 bf16-sync           BF16 rollouts, synchronous loop (engine and trainer take turns on the GPU)
+    2 fp8-tis-async       blockwise-FP8 rollouts + TIS, async (engine and trainer resident side by side)
+    3 fp8-async-no-tis    arm 2 without TIS
+    4 fp8-tis-async-fp8   arm 2 with FP8 training (Transformer Engine, delayed scaling)
+    5 fp8-tis-async-partial  arm 2 with --partial-rollout (generation aborted at each push, continued after it)
+
+    python benchmarks/gpu_learning_run.py --output-dir outputs/learning_run             # GPU
+    python benchmarks/gpu_learning_run.py --output-dir /tmp/lr --cpu --num-rollout 2    # CPU: local backends, tiny
+
+Arms whose metrics are complete are not run again, so the arms can be spread over several invocations
+(`--arms`); `--parallel` runs the selected arms at once (for curves only: they share the GPU, so compare step
+times only between arms that ran alone). It ends with a table per arm (from the runs' own metrics.jsonl), where the step time goes, and
+`runs.png` (tools/plot_run.py) with the arms' curves overlaid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))
+
+from make_tiny_model import build  # noqa: E402
+from plot_run import plot_runs, read_metrics  # noqa: E402
+
+FP8 = ["--rollout-quantization", "fp8", "--rollout-fp8-granularity", "block"]
+ARMS = {
+    "bf16-sync": ["--use-tis"],
+    "fp8-tis-async": [*FP8, "--use-tis", "--async"],
+    "fp8-async-no-tis": [*FP8, "--no-use-tis", "--async"],
+    "fp8-tis-async-fp8": [*FP8, "--use-tis", "--async", "--fp8-format", "e4m3", "--fp8-recipe", "delayed"],
+    "fp8-tis-async-partial": [*FP8, "--use-tis", "--async", "--partial-rollout"],
+}
+BASELINE = "bf16-sync"
+# GPU: a 25M-parameter model (hidden 512, 6 layers); CPU: the embedded model's size, enough to run every arm
+MODEL = {
+    "gpu": dict(hidden_size=512, num_layers=6, digits=3, sft_steps=2000, batch_size=256, lr=6e-4, n_eval=500,
+                error_rate=0.6, device="cuda"),
+    "cpu": dict(hidden_size=64, num_layers=2, digits=2, sft_steps=300, batch_size=64, lr=3e-3, n_eval=32,
+                error_rate=0.6, device="cpu"),
+}
+BACKENDS = {
+    "gpu": ["--rollout-backend", "sglang", "--train-backend", "megatron", "--bf16", "--actor-num-gpus-per-node", "1",
+            "--colocate", "--sglang-mem-fraction-static", "0.2", "--sglang-attention-backend", "triton",
+            "--sglang-sampling-backend", "pytorch", "--sglang-disable-cuda-graph", "--sglang-context-length", "256"],
+    "cpu": ["--rollout-backend", "local", "--train-backend", "torch"],
+}
+
+
+def needs_transformer_engine(arm: str) -> bool:
+    return "--fp8-format" in ARMS[arm]
+
+
+def run_flags(model: Path, out: Path, args) -> list[str]:
+    """What every arm shares: data, rewards, dynamic sampling, eval, sizes."""
+    return [
+        "--hf-checkpoint", str(model), "--prompt-data", str(model / "data" / "train.jsonl"),
+        "--eval-prompt-data", "arithmetic", str(model / "data" / "eval.jsonl"), "--output-dir", str(out),
+        "--num-rollout", str(args.num_rollout), "--rollout-batch-size", str(args.rollout_batch_size),
+        "--n-samples-per-prompt", "8", "--rollout-max-response-len", "64", "--rollout-temperature", "1.0",
+        "--rm-type", "deepscaler",
+        "--dynamic-sampling-filter-path", "async_rl.rollout.filters.check_reward_nonzero_std",
+        "--over-sampling-batch-size", str(args.rollout_batch_size * 3 // 2),
+        "--eval-interval", str(args.eval_interval), "--n-samples-per-eval-prompt", "2", "--eval-temperature", "1.0",
+        "--eval-max-response-len", "64", "--lr", str(args.lr), "--eps-clip", "0.2", "--eps-clip-high", "0.28",
+        "--micro-batch-size", str(min(64, args.rollout_batch_size * 8)), "--seed", str(args.seed),
+        *BACKENDS["cpu" if args.cpu else "gpu"],
+    ]
+
+
+def complete(out: Path, num_rollout: int) -> bool:
+    """The run reached its last step and its final evaluation."""
+    path = out / "metrics.jsonl"
+    if not path.is_file():
+        return False
+    rows = read_metrics(path)
+    return any(r.get("step") == num_rollout and "eval/reward_mean" in r for r in rows)
+
+
+def run_arms(arms: list[str], model: Path, root: Path, args, extra: list[str]) -> list[str]:
+    """Train the arms, one after another or (`--parallel`) all at once, each in its own process with its own Ray;
+    returns those that failed. A half-finished earlier run of an arm is removed first; the wall time of each is
+    written beside its metrics."""
+    pending, failed = list(arms), []
+    while pending:
+        batch, pending = (pending, []) if args.parallel else (pending[:1], pending[1:])
+        running = {}
+        for arm in batch:
+            out = root / arm
+            shutil.rmtree(out, ignore_errors=True)
+            cmd = [sys.executable, "-m", "async_rl.train", *run_flags(model, out, args), *ARMS[arm], *extra]
+            print(f"[{arm}] {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+            log = (root / f"{arm}.log").open("w")
+            running[arm] = (subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT), time.perf_counter(), log)
+        for arm, (process, start, log) in running.items():
+            code = process.wait()
+            wall = time.perf_counter() - start
+            log.close()
+            if code:
+                tail = "\n".join((root / f"{arm}.log").read_text().splitlines()[-30:])
+                print(f"[{arm}] failed (exit {code}); the end of {root / f'{arm}.log'}:\n{tail}", file=sys.stderr)
+                failed.append(arm)
+                continue
+            (root / arm / "wall_time_s").write_text(f"{wall:.1f}\n")
+            print(f"[{arm}] done in {wall:.0f} s", file=sys.stderr, flush=True)
+    return failed
+
+
+def mean(rows: list[dict], key: str) -> float | None:
+    values = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+    return statistics.fmean(values) if values else None
+
+
+def summarize(out: Path) -> dict[str, float | None]:
+    """An arm's numbers, all from its own metrics.jsonl (and the wall time the script measured)."""
+    rows = read_metrics(out / "metrics.jsonl")
+    evals = [(r["step"], r["eval/reward_mean"]) for r in rows if "eval/reward_mean" in r]
+    steps = [r for r in rows if "perf/step_time_s" in r]
+    generated = sum(r.get("rollout/samples", 0) * r.get("rollout/response_len_mean", 0) for r in steps)
+    rollout_time = sum(r.get("perf/rollout_time_s", 0) for r in steps)
+    wall = out / "wall_time_s"
+    return {
+        "eval_start": evals[0][1], "eval_final": evals[-1][1], "eval_curve": evals, "steps": len(steps),
+        "wall_s": float(wall.read_text()) if wall.is_file() else None,
+        "rollout_tok_s": generated / rollout_time if rollout_time else None,
+        "train_tok_s": mean(steps, "perf/train_tokens_per_s"), "step_s": mean(steps, "perf/step_time_s"),
+        "overlap": mean(steps, "perf/overlap_ratio"), "mismatch": mean(steps, "train/rollout_logprob_abs_diff"),
+        "rollout_s": mean(steps, "perf/rollout_time_s"),
+        "rollout_wait_s": mean(steps, "perf/rollout_wait_s") or mean(steps, "perf/rollout_time_s"),  # sync: all
+        "train_s": mean(steps, "perf/train_time_s"), "push_s": mean(steps, "perf/update_weights_time_s"),
+        "memory_s": sum(mean(steps, k) or 0.0 for k in ("perf/release_memory_time_s", "perf/resume_memory_time_s",
+                                                         "perf/train_onload_time_s", "perf/train_offload_time_s",
+                                                         "perf/train_offload_weights_time_s")),
+    }
+
+
+def fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_tables(results: dict[str, dict]) -> None:
+    base = results.get(BASELINE)
+    print("| arm | eval start | eval final | gain | final / bf16-sync | steps | wall s | rollout out tok/s | "
+          "trainer tok/s | step s | vs sync | overlap | mismatch/token |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for arm, r in results.items():
+        vs_final = r["eval_final"] / base["eval_final"] if base else None
+        vs_step = r["step_s"] / base["step_s"] if base else None
+        print(f"| {arm} | {r['eval_start']:.3f} | {r['eval_final']:.3f} | {r['eval_final'] - r['eval_start']:+.3f} | "
+              f"{fmt(vs_final, '.3f')} | {r['steps']} | {fmt(r['wall_s'], '.0f')} | {fmt(r['rollout_tok_s'], ',.0f')} | "
+              f"{fmt(r['train_tok_s'], ',.0f')} | {r['step_s']:.2f} | {fmt(vs_step, '.2f')} | {fmt(r['overlap'], '.2f')} | "
+              f"{fmt(r['mismatch'], '.4f')} |")
+    print("\nwhere a step's time goes (means per step, seconds; sync waits for all of its rollout, async only for "
+          "what training did not hide):\n")
+    print("| arm | step | rollout (generation span) | waited for rollout | train | weight push | memory moves |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for arm, r in results.items():
+        print(f"| {arm} | {r['step_s']:.2f} | {fmt(r['rollout_s'], '.2f')} | {fmt(r['rollout_wait_s'], '.2f')} | "
+              f"{fmt(r['train_s'], '.2f')} | {fmt(r['push_s'], '.2f')} | {r['memory_s']:.2f} |")
+    print("\neval reward by step:\n")
+    for arm, r in results.items():
+        print(f"- {arm}: " + ", ".join(f"{step}: {value:.3f}" for step, value in r["eval_curve"]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output-dir", type=Path, required=True)
+    parser.add_argument("--cpu", action="store_true", help="Local engine and torch trainer on the CPU, a tiny model.")
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    parser.add_argument("--num-rollout", type=int, default=30)
+    parser.add_argument("--rollout-batch-size", type=int, default=32)
+    parser.add_argument("--eval-interval", type=int, default=10)
+    parser.add_argument("--lr", type=float, default=7e-5)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--parallel", action="store_true",
+                        help="Run the arms at the same time (they share the GPU, so their step times are not comparable).")
+    args, extra = parser.parse_known_args()  # the rest goes to every arm's train.py
+    kind = "cpu" if args.cpu else "gpu"
+    model = args.output_dir / "model"
+    if not model.is_dir():
+        accuracy = build(str(model), seed=args.seed, **MODEL[kind])
+        (args.output_dir / "sft_accuracy.json").write_text(json.dumps(accuracy))
+    print(f"SFT accuracy on held-out prompts: {(args.output_dir / 'sft_accuracy.json').read_text().strip()}", flush=True)
+    te = importlib.util.find_spec("transformer_engine") is not None and not args.cpu
+    to_run = []
+    for arm in args.arms:
+        out = args.output_dir / arm
+        if needs_transformer_engine(arm) and not te:
+            print(f"[{arm}] skipped: FP8 training needs Transformer Engine on a GPU", file=sys.stderr)
+        elif complete(out, args.num_rollout):
+            print(f"[{arm}] already complete in {out}", file=sys.stderr)
+        else:
+            to_run.append(arm)
+    failed = run_arms(to_run, model, args.output_dir, args, extra)
+    done = {arm: args.output_dir / arm for arm in ARMS if complete(args.output_dir / arm, args.num_rollout)}
+    if not done:
+        raise SystemExit(f"no arm has finished in {args.output_dir}: {', '.join(failed)} failed")
+    results = {arm: summarize(out) for arm, out in done.items()}
+    print_tables(results)
+    png = args.output_dir / "runs.png"
+    plot_runs({arm: read_metrics(out / "metrics.jsonl") for arm, out in done.items()}, png, "learning run")
+    print(f"\nwrote {png}")
+    if failed:
+        raise SystemExit(f"failed arms: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()

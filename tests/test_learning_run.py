@@ -1,0 +1,24 @@
+"""benchmarks/gpu_learning_run.py on the CPU (local engine, torch trainer, tiny model, two steps): every arm that
+runs without a GPU trains, and the table and the overlaid plot come from the runs' own metrics."""
+
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def test_the_learning_run_trains_every_arm_and_reports_them(tmp_path):
+    out = tmp_path / "learning_run"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "gpu_learning_run.py"), "--output-dir", str(out), "--cpu",
+           "--num-rollout", "2", "--eval-interval", "1", "--rollout-batch-size", "4"]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = [line for line in result.stdout.splitlines() if line.startswith("| ") and " | eval start" not in line]
+    arms = ["bf16-sync", "fp8-tis-async", "fp8-async-no-tis", "fp8-tis-async-partial"]
+    assert [line.split(" | ")[0][2:] for line in table[: len(arms)]] == arms
+    assert "[fp8-tis-async-fp8] skipped: FP8 training needs Transformer Engine" in result.stderr
+    assert (out / "runs.png").stat().st_size > 10_000
+    for arm in arms:
+        assert (out / arm / "metrics.jsonl").is_file()
+    again = subprocess.run(cmd + ["--arms", "bf16-sync"], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert again.returncode == 0 and f"[bf16-sync] already complete in {out / 'bf16-sync'}" in again.stderr
