@@ -49,8 +49,8 @@ ARMS = {
 BASELINE = "bf16-sync"
 # GPU: a 25M-parameter model (hidden 512, 6 layers); CPU: the embedded model's size, enough to run every arm
 MODEL = {
-    "gpu": dict(hidden_size=512, num_layers=6, digits=3, sft_steps=2000, batch_size=256, lr=6e-4, n_eval=500,
-                error_rate=0.6, device="cuda"),
+    "gpu": dict(hidden_size=512, num_layers=6, digits=3, sft_steps=1200, batch_size=256, lr=6e-4, n_eval=500,
+                error_rate=0.7, device="cuda"),
     "cpu": dict(hidden_size=64, num_layers=2, digits=2, sft_steps=300, batch_size=64, lr=3e-3, n_eval=32,
                 error_rate=0.6, device="cpu"),
 }
@@ -182,9 +182,9 @@ def main() -> None:
     parser.add_argument("--output-dir", type=Path, required=True)
     parser.add_argument("--cpu", action="store_true", help="Local engine and torch trainer on the CPU, a tiny model.")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
-    parser.add_argument("--num-rollout", type=int, default=30)
+    parser.add_argument("--num-rollout", type=int, default=24)
     parser.add_argument("--rollout-batch-size", type=int, default=32)
-    parser.add_argument("--eval-interval", type=int, default=10)
+    parser.add_argument("--eval-interval", type=int, default=8)
     parser.add_argument("--lr", type=float, default=7e-5)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--parallel", action="store_true",
