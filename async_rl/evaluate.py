@@ -45,7 +45,7 @@ def evaluate(cfg: Config) -> dict[str, float]:
     start_ray(cfg)
     try:
         manager = RolloutManager(lambda rank: create_engine(cfg, rank), cfg.num_rollout_engines, grader,
-                                 CheckpointWeights())
+                                 CheckpointWeights(), custom_generate=cfg.rollout.custom_generate_function_path)
         e = cfg.eval
         params = SamplingParams(e.eval_temperature, cfg.rollout.rollout_top_p, e.eval_max_response_len,
                                 cfg.rollout.rollout_max_context_len)

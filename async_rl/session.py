@@ -120,7 +120,8 @@ class TrainingSession:
                 print(f"sglang-router for the {cfg.num_rollout_engines} rollout engines: {self.router.url}", flush=True)
             router_url = self.router.url if self.router is not None else None
             self.rollout = RolloutManager(lambda rank: create_engine(cfg, rank, router_url, bundles), cfg.num_rollout_engines,
-                                          grader, make_weight_sync(cfg, self.trainer))
+                                          grader, make_weight_sync(cfg, self.trainer),
+                                          custom_generate=cfg.rollout.custom_generate_function_path)
             self.start_step = 0
             self.resumed_rollout_state: dict[str, Any] | None = None
             self._last_batch: tuple[list[Sample], list[float]] | None = None

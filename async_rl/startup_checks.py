@@ -17,6 +17,7 @@ from async_rl.config import Config
 from async_rl.errors import UserInputError
 from async_rl.evaluation import eval_sets_from_flag
 from async_rl.placement_plan import plan_placement
+from async_rl.rollout.custom_generate import load_generate_function
 from async_rl.rollout.debug_data import debug_data_file
 from async_rl.rollout.filters import load_group_filter
 from rewards.registry import resolve_reward
@@ -85,6 +86,11 @@ def check_reward(cfg: Config) -> None:
     resolve_reward(cfg.reward.rm_type, cfg.reward.custom_rm_path, cfg.reward.group_rm)
 
 
+def check_generate_function(cfg: Config) -> None:
+    if cfg.rollout.custom_generate_function_path:
+        load_generate_function(cfg.rollout.custom_generate_function_path)
+
+
 def check_filter(cfg: Config) -> None:
     from async_rl.session import plugin_args
 
@@ -127,7 +133,7 @@ def check_debug_data(cfg: Config) -> None:
 
 
 CHECKS: list[Callable[[Config], None]] = [
-    check_model, check_data, check_outputs, check_reward, check_filter, check_rollout_backend, check_trainer_backend,
+    check_model, check_data, check_outputs, check_reward, check_filter, check_generate_function, check_rollout_backend, check_trainer_backend,
     plan_placement, check_load, check_debug_data,
 ]
 

@@ -182,9 +182,9 @@ def main() -> None:
     parser.add_argument("--output-dir", type=Path, required=True)
     parser.add_argument("--cpu", action="store_true", help="Local engine and torch trainer on the CPU, a tiny model.")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
-    parser.add_argument("--num-rollout", type=int, default=24)
+    parser.add_argument("--num-rollout", type=int, default=16)
     parser.add_argument("--rollout-batch-size", type=int, default=32)
-    parser.add_argument("--eval-interval", type=int, default=8)
+    parser.add_argument("--eval-interval", type=int, default=4)
     parser.add_argument("--lr", type=float, default=7e-5)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--parallel", action="store_true",

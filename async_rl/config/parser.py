@@ -360,6 +360,9 @@ def _validate(cfg: Config, explicit: set[str], async_mode: bool, evaluate_only: 
         raise ConfigError("--load-debug-rollout-data replays saved batches in the sync loop: drop --async")
     if r.partial_rollout and not async_mode:
         raise ConfigError("--partial-rollout applies to the async loop; add --async")
+    if r.partial_rollout and r.custom_generate_function_path:
+        raise ConfigError("--partial-rollout cannot continue an interrupted --custom-generate-function-path rollout "
+                          "(its function's state is gone): drop one of them")
     _validate_megatron(cfg, explicit)
     if r.update_weight_mode == "distributed":
         if cfg.backend.rollout_backend != "sglang":

@@ -116,6 +116,10 @@ class RolloutConfig:
         False, "Async mode: a weight push interrupts running generation, which then continues with the new "
         "weights, keeping the tokens (and log-probs) generated so far."
     )
+    custom_generate_function_path: str | None = flag(
+        None, "Rollout plugin as pkg.module:function: `async def fn(client, sample, params) -> Sample` runs in the "
+        "engine for every sample and may take several policy turns with tool output between them (see "
+        "docs/rollouts.md).")
     rollout_max_concurrency: int = flag(
         256, "SGLang backend: generation requests in flight per engine at once (the rest wait in the engine actor)."
     )

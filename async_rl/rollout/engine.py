@@ -21,6 +21,7 @@ class SamplingParams:
     top_p: float = 1.0
     max_new_tokens: int = 64
     max_context_len: int | None = None  # prompt + response tokens (--rollout-max-context-len)
+    stop_token_ids: tuple[int, ...] = ()  # besides EOS: a turn of a custom generate function may end at a tool call
 
     def remaining_tokens(self, sample: Sample) -> int:
         """New tokens `sample` may still generate: its response budget, within the context length."""

@@ -16,6 +16,10 @@ from typing import Any, Coroutine, Sequence
 import aiohttp
 
 _CONTROL_CONNECTIONS = 8
+# uvicorn (SGLang's HTTP server) closes a connection idle for 5 s. A client that keeps idle connections longer
+# (aiohttp's default: 15 s) may send a request on one just as the server closes it, and the request fails with
+# "Server disconnected" (seen on the first weight push after a training step): close idle connections first.
+IDLE_CONNECTION_S = 3.0
 
 
 class HttpError(RuntimeError):
@@ -23,15 +27,17 @@ class HttpError(RuntimeError):
 
 
 class HttpClient:
-    def __init__(self, base_url: str, max_concurrency: int):
+    def __init__(self, base_url: str, max_concurrency: int, idle_connection_s: float = IDLE_CONNECTION_S):
         self.base_url = base_url
+        self.idle_connection_s = idle_connection_s
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"http {base_url}", daemon=True)
         self._thread.start()
         self._slots, self._session = self._run(self._open(max_concurrency))
 
     async def _open(self, max_concurrency: int) -> tuple[asyncio.Semaphore, aiohttp.ClientSession]:
-        connector = aiohttp.TCPConnector(limit=max_concurrency + _CONTROL_CONNECTIONS)
+        connector = aiohttp.TCPConnector(limit=max_concurrency + _CONTROL_CONNECTIONS,
+                                         keepalive_timeout=self.idle_connection_s)
         session = aiohttp.ClientSession(self.base_url, connector=connector, timeout=aiohttp.ClientTimeout(total=None))
         return asyncio.Semaphore(max_concurrency), session
 

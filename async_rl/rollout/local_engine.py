@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
+from async_rl.rollout.custom_generate import CustomGenerateMixin
 from async_rl.rollout.engine import FINISHED_AT, SamplingParams, WeightVersionMixin
 from async_rl.rollout.sampling import sample_tokens
 from async_rl.sample import FINISHED_STATUSES, Sample, SampleStatus
@@ -23,7 +24,7 @@ from async_rl.weights.hf_layout import destination
 from async_rl.weights.sync import from_transport
 
 
-class LocalEngine(WeightVersionMixin):
+class LocalEngine(WeightVersionMixin, CustomGenerateMixin):
     """One engine process holding the policy weights; Ray runs each instance as its own actor."""
 
     def __init__(
@@ -99,6 +100,8 @@ class LocalEngine(WeightVersionMixin):
         tokens = [list(s.response_tokens) for s in samples]
         log_probs = [list(s.rollout_log_probs) for s in samples]
         budget_left = torch.tensor(budget, device=self.device)
+        stop_ids = {self.eos_token_id, *params.stop_token_ids}
+        stops = torch.tensor(sorted(stop_ids), device=self.device)
         finished = budget_left <= 0
         aborted = self._is_aborted(request_id)
         for step in range(max(budget)):
@@ -108,7 +111,7 @@ class LocalEngine(WeightVersionMixin):
             for i in (~finished).nonzero().flatten().tolist():
                 tokens[i].append(int(token[i]))
                 log_probs[i].append(float(token_log_prob[i]))
-            finished |= (token == self.eos_token_id) | (budget_left <= step + 1)
+            finished |= torch.isin(token, stops) | (budget_left <= step + 1)
             if bool(finished.all()):
                 break
             aborted = self._is_aborted(request_id)
@@ -127,12 +130,12 @@ class LocalEngine(WeightVersionMixin):
                 s.weight_version = self.weight_version
             s.response_tokens = toks
             s.rollout_log_probs = lps
-            s.loss_mask = [1] * len(toks)
+            s.loss_mask = s.loss_mask + [1] * (len(toks) - len(s.loss_mask))  # observations a plugin added stay 0
             s.response = self.tokenizer.decode(toks, skip_special_tokens=True)
             if not done:
                 s.status = SampleStatus.ABORTED
             else:
-                s.status = SampleStatus.COMPLETED if toks and toks[-1] == self.eos_token_id else SampleStatus.TRUNCATED
+                s.status = SampleStatus.COMPLETED if toks and toks[-1] in stop_ids else SampleStatus.TRUNCATED
             s.metadata[FINISHED_AT] = finished_at
         return samples
 

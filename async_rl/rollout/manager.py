@@ -58,8 +58,9 @@ class DynamicSampling:
 
 class RolloutManager:
     def __init__(self, engine_factory: Callable[[int], Any], num_engines: int, grader: RewardGrader,
-                 weight_sync: WeightSync, *, chunks_per_engine: int = 2):
-        """`engine_factory(rank)` starts engine `rank`; it is called again to replace an engine that died."""
+                 weight_sync: WeightSync, *, chunks_per_engine: int = 2, custom_generate: str | None = None):
+        """`engine_factory(rank)` starts engine `rank`; it is called again to replace an engine that died.
+        `custom_generate` (`--custom-generate-function-path`) replaces the engines' own generation loop."""
         self.engine_factory = engine_factory
         self.engines = [engine_factory(rank) for rank in range(num_engines)]
         self.grader = grader
@@ -67,6 +68,7 @@ class RolloutManager:
         weight_sync.connect(self.engines)
         self.restarts = 0
         self.chunks_per_engine = chunks_per_engine
+        self.custom_generate = custom_generate
         self._group_ids = itertools.count()  # thread-safe: eval and the async producer both make groups
         self._request_ids = itertools.count()
         # One at a time: a push, a restart (which copies the weights the others hold into the new engine), and
@@ -102,7 +104,10 @@ class RolloutManager:
         """Queue one chunk on engine `rank` and record the call in `pending`."""
         with self._engines_lock:
             call = EngineCall(rank, self.engines[rank], chunk, next(self._request_ids))
-            ref = call.engine.generate.remote(chunk, pending.params, call.request_id)
+            if self.custom_generate:
+                ref = call.engine.generate_custom.remote(self.custom_generate, chunk, pending.params, call.request_id)
+            else:
+                ref = call.engine.generate.remote(chunk, pending.params, call.request_id)
         pending.requests[ref] = call
         return ref
 

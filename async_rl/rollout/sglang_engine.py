@@ -25,6 +25,7 @@ import torch
 
 from async_rl.net import LOOPBACK, free_port, node_address
 from async_rl.rollout import sglang_channel_fp8
+from async_rl.rollout.custom_generate import CustomGenerateMixin
 from async_rl.rollout.engine import FINISHED_AT, SamplingParams, WeightVersionMixin
 from async_rl.rollout.http_client import HttpClient
 from async_rl.rollout.sglang_router import register_with_router
@@ -38,7 +39,7 @@ logger = logging.getLogger(__name__)
 _FINISH = {"stop": SampleStatus.COMPLETED, "length": SampleStatus.TRUNCATED, "abort": SampleStatus.ABORTED}
 
 
-class SGLangEngine(WeightVersionMixin):
+class SGLangEngine(WeightVersionMixin, CustomGenerateMixin):
     def __init__(self, hf_checkpoint: str, *, seed: int = 0, fp8: str | None = None, host: str | None = LOOPBACK,
                  max_concurrent_requests: int = 256, router_url: str | None = None, **server_args: Any):
         """Start an SGLang server for `hf_checkpoint` on `host` (None: this node's cluster address) and a free port.
@@ -97,7 +98,7 @@ class SGLangEngine(WeightVersionMixin):
             "sampling_params": {
                 "temperature": params.temperature, "top_p": params.top_p,
                 "max_new_tokens": params.remaining_tokens(s),
-                "stop_token_ids": [self.eos_token_id] if self.eos_token_id is not None else None,
+                "stop_token_ids": [t for t in (self.eos_token_id, *params.stop_token_ids) if t is not None] or None,
                 "skip_special_tokens": False, "no_stop_trim": True,
             },
         } for rid, s in zip(rids, todo)]
@@ -116,7 +117,7 @@ class SGLangEngine(WeightVersionMixin):
                 s.weight_version = min(started_version, int(meta["weight_version"]))
             s.response_tokens = s.response_tokens + [int(t[1]) for t in new]
             s.rollout_log_probs = s.rollout_log_probs + [float(t[0]) for t in new]
-            s.loss_mask = [1] * s.response_length
+            s.loss_mask = s.loss_mask + [1] * len(new)  # observations a plugin added stay 0
             s.response = self.tokenizer.decode(s.response_tokens, skip_special_tokens=True) if self.tokenizer else ""
             s.status = _FINISH.get(meta["finish_reason"]["type"], SampleStatus.FAILED)
             s.metadata[FINISHED_AT] = finished_at

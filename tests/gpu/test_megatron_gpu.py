@@ -220,37 +220,50 @@ def test_one_checkpoint_layout_for_both_layer_specs(torch_step, tmp_path):
     print(f"\n{model.name}: CPU torch_dist -> TE trainer -> CPU HF, {len(back)} tensors equal")
 
 
+def training_state(trainer) -> dict[str, torch.Tensor]:
+    """Everything a step reads: model weights, the optimizer's FP32 main weights and its moments (host copies)."""
+    state = {f"model.{n}": p.detach().cpu().clone() for n, p in trainer.gpt.named_parameters()}
+    inner = trainer.optimizer.inner
+    for i, opt in enumerate(getattr(inner, "chained_optimizers", [inner])):
+        params = [p for group in opt.optimizer.param_groups for p in group["params"]]
+        for j, p in enumerate(params):
+            state[f"opt{i}.main.{j}"] = p.detach().cpu().clone()
+            for key, value in opt.optimizer.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor):
+                    state[f"opt{i}.{key}.{j}"] = value.detach().cpu().clone()
+    return state
+
+
 @pytest.mark.parametrize("impl", ["local", pytest.param("transformer_engine", marks=needs_te)])
 @pytest.mark.parametrize("distributed_optimizer", [False, True], ids=["adam", "distributed-adam"])
-def test_offloading_between_steps_frees_the_gpu_and_changes_no_step(torch_step, distributed_optimizer, impl):
-    """`--offload-train`: gradients, optimizer state and weights leave the GPU between two steps and come back; the
-    second step equals the one of a trainer that kept everything on the GPU."""
+def test_offloading_between_steps_frees_the_gpu_and_restores_every_bit(torch_step, distributed_optimizer, impl):
+    """`--offload-train`: gradients, optimizer state and weights leave the GPU after a step and come back bit for bit
+    (two trainers cannot be compared step for step: megatron's backward is not deterministic), and the next step
+    trains on them."""
     from async_rl.trainer.megatron.trainer import MegatronTrainer
 
     model, samples, _ = torch_step
     mcfg = dataclasses.replace(MegatronConfig(), bf16=True, use_distributed_optimizer=distributed_optimizer,
                                transformer_impl=impl)
-    results = []
-    for offload in (False, True):
-        trainer = MegatronTrainer(str(model), CFG, mcfg, global_batch_size=8, temperature=1.0)
-        try:
-            trainer.train_step(samples, advantages(len(samples)))
-            if offload:
-                torch.cuda.synchronize()
-                params = sum(p.numel() for p in trainer.gpt.parameters())
-                resident = torch.cuda.memory_allocated()
-                moved = trainer.offload(weights=False) | {"weights": trainer.offload(weights=True)}
-                offloaded = torch.cuda.memory_allocated()
-                moved["back"] = trainer.onload()
-            second = trainer.train_step(samples, advantages(len(samples)))
-            results.append((second, {n: t.float().cpu() for n, t in trainer.export_weights()}))
-        finally:
-            trainer.close()
-    (kept, kept_weights), (moved_step, moved_weights) = results
+    trainer = MegatronTrainer(str(model), CFG, mcfg, global_batch_size=8, temperature=1.0)
+    try:
+        first = trainer.train_step(samples, advantages(len(samples)))
+        torch.cuda.synchronize()
+        params = sum(p.numel() for p in trainer.gpt.parameters())
+        before, resident = training_state(trainer), torch.cuda.memory_allocated()
+        moved = trainer.offload(weights=False) | {"weights": trainer.offload(weights=True)}
+        offloaded = torch.cuda.memory_allocated()
+        moved["back"] = trainer.onload()
+        after = training_state(trainer)
+        on_gpu = all(p.is_cuda for p in trainer.gpt.parameters())
+        second = trainer.train_step(samples, advantages(len(samples)))
+    finally:
+        trainer.close()
     print(f"\n{model.name} {impl} offload: {resident / 2**20:.1f} MiB allocated -> {offloaded / 2**20:.1f} MiB "
           f"({params / 1e6:.2f}M parameters); {moved}")
     # BF16 weights + FP32 main weights + two Adam moments + the FP32 gradient buffer: 18 bytes per parameter
     assert resident - offloaded >= 0.9 * 18 * params
-    assert moved_step["train/loss"] == kept["train/loss"] and moved_step["train/grad_norm"] == kept["train/grad_norm"]
-    for name, tensor in kept_weights.items():
-        assert torch.equal(moved_weights[name], tensor), name
+    assert on_gpu and set(after) == set(before) and len(before) > len(list(trainer.gpt.parameters()))
+    for name, tensor in before.items():
+        assert torch.equal(after[name], tensor), name
+    assert second["train/loss"] != first["train/loss"] and torch.isfinite(torch.tensor(second["train/loss"]))

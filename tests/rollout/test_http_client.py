@@ -80,3 +80,52 @@ def test_generation_is_bounded_and_control_requests_pass_a_full_batch(server):
             client.post("/fail")
     finally:
         client.close()
+
+
+class OneRequestPerConnection:
+    """Answers the first request of a connection, then drops the connection when a second one arrives on it: what a
+    client sees when it reuses an idle connection just as the server's keep-alive timeout closes it."""
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+        await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+        await writer.drain()
+        await reader.read(1)  # the next request on this connection, or the client closing it
+        writer.close()
+
+    def serve(self, ready: threading.Event) -> None:
+        async def main():
+            server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+            self.port = server.sockets[0].getsockname()[1]
+            self.stop = asyncio.Event()
+            ready.set()
+            await self.stop.wait()
+            server.close()
+
+        self.loop = asyncio.new_event_loop()
+        self.loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize("idle_connection_s, fails", [(0.2, False), (30.0, True)])
+def test_an_idle_connection_is_closed_before_the_server_closes_it(idle_connection_s, fails):
+    from aiohttp import ServerDisconnectedError
+
+    server, ready = OneRequestPerConnection(), threading.Event()
+    thread = threading.Thread(target=server.serve, args=(ready,), daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    client = HttpClient(f"http://127.0.0.1:{server.port}", max_concurrency=1, idle_connection_s=idle_connection_s)
+    try:
+        assert client.post("/update_weights_from_tensor") == {}
+        threading.Event().wait(0.6)  # a training step
+        if fails:  # the connection kept for 30 s is reused and dropped: the failure the short idle time prevents
+            with pytest.raises(ServerDisconnectedError):
+                client.post("/update_weights_from_tensor")
+        else:
+            assert client.post("/update_weights_from_tensor") == {}
+    finally:
+        client.close()
+        server.loop.call_soon_threadsafe(server.stop.set)
+        thread.join(10)

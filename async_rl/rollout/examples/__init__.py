@@ -1,0 +1,1 @@
+"""Example rollout plugins for --custom-generate-function-path."""
