@@ -113,7 +113,7 @@ class TrainingSession:
         try:  # a failure past this point must not leave Ray and its actors running
             bundles = trainer_bundles(cfg)
             self.trainer = create_trainer(cfg, bundles)
-            if cfg.offloads_trainer:  # before the engines start, so that their KV cache can take this memory
+            if cfg.cluster.offload_train:  # before the engines start, so that their KV cache can take this memory
                 ray.get(self.trainer.offload.remote(weights=False))
             self.router = start_router(cfg)
             if self.router is not None:
@@ -207,12 +207,12 @@ class TrainingSession:
             start = time.perf_counter()
             self.rollout.release_memory()
             metrics["perf/release_memory_time_s"] = time.perf_counter() - start
-        if self.cfg.offloads_trainer:
+        if self.cfg.cluster.offload_train:
             metrics |= ray.get(self.trainer.onload.remote())
         try:
             yield metrics
         finally:
-            if self.cfg.offloads_trainer:
+            if self.cfg.cluster.offload_train:
                 metrics |= ray.get(self.trainer.offload.remote(weights=False))
             if release:
                 start = time.perf_counter()
@@ -221,7 +221,7 @@ class TrainingSession:
 
     def offload_trainer_weights(self) -> dict[str, float]:
         """After the weight push: the trainer's weights leave the GPU too, until the next training turn."""
-        if not self.cfg.offloads_trainer:
+        if not self.cfg.cluster.offload_train:
             return {}
         moved = ray.get(self.trainer.offload.remote(weights=True))
         return {"perf/train_offload_weights_time_s": moved["perf/train_offload_time_s"],

@@ -29,10 +29,10 @@ class ClusterConfig:
     colocate: bool = flag(False, "Trainer and rollout engines share the same GPUs. The sync loop takes turns (the "
                           "engines release their memory for each train step); with --async both stay resident and "
                           "run at the same time, each in its share of the memory (--sglang-mem-fraction-static).")
-    offload_train: bool | None = flag(
-        None, "Colocated sync runs: move the trainer's weights, gradients and optimizer state to the host while the "
-        "engines generate, so that their KV cache can take that memory. Unset: on when colocated on GPUs in the "
-        "sync loop (the async loop keeps both resident: they run at the same time).")
+    offload_train: bool = flag(
+        False, "Colocated sync runs: move the trainer's weights, gradients and optimizer state to the host while the "
+        "engines generate, so that their KV cache can take that memory (the async loop keeps both resident: they "
+        "run at the same time).")
     ray_address: str | None = flag(None, "Address of a running Ray cluster; a local Ray starts when unset.")
 
 

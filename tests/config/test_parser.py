@@ -210,12 +210,11 @@ def test_weight_update_modes_that_cannot_work_are_refused(capsys, argv, named):
     assert named in error_of(capsys, *REQUIRED, *argv)
 
 
-def test_the_trainer_offloads_by_default_only_where_an_engine_waits_for_its_memory():
-    gpus = ["--actor-num-gpus-per-node", "1", "--rollout-backend", "sglang"]
-    assert parse(*gpus, "--colocate").offloads_trainer  # sync, colocated on a GPU
-    assert not parse_config([*REQUIRED, *gpus, "--colocate", "--async"])[0].offloads_trainer  # both run at once
-    assert not parse(*gpus, "--colocate", "--no-offload-train").offloads_trainer
-    assert not parse("--colocate").offloads_trainer  # a CPU run has no GPU memory to free
+def test_offload_train_is_asked_for_and_refused_with_the_distributed_optimizer(capsys):
+    gpus = ["--actor-num-gpus-per-node", "1", "--rollout-backend", "sglang", "--train-backend", "megatron", "--colocate"]
+    assert not parse(*gpus).cluster.offload_train and parse(*gpus, "--offload-train").cluster.offload_train
+    err = error_of(capsys, *REQUIRED, *gpus, "--offload-train", "--use-distributed-optimizer")
+    assert "--offload-train" in err and "--use-distributed-optimizer" in err
 
 
 @pytest.mark.parametrize("argv", [[], ["--actor-num-gpus-per-node", "1", "--rollout-num-gpus", "1"],

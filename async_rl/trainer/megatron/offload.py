@@ -2,8 +2,9 @@
 
 megatron-core's own calls do the moving: the DDP gradient buffers are freed and reallocated (their contents
 are dead between optimizer steps), the optimizer moves its state and FP32 main weights to the CPU and back.
-The BF16 model weights go last, after the weight push that reads them: through the DDP parameter buffer
-where the distributed optimizer keeps them (views stay valid), one tensor at a time otherwise.
+The BF16 model weights go last, after the weight push that reads them, one tensor at a time into pinned host
+memory. The distributed optimizer keeps the weights in DDP's parameter buffer instead; moving that buffer
+(megatron's `offload_to_cpu(move_params=True)`) left weights unreadable on the GPU, so it is refused for now.
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ import torch
 
 class MegatronOffloader:
     def __init__(self, ddp_model: Any, optimizer: Any, frozen: list[torch.nn.Module]):
+        """`frozen`: models without gradients (the reference policy), whose weights move too."""
         self.ddp = ddp_model
         self.optimizer = optimizer
-        self.frozen = frozen  # models without gradients (the reference policy)
-        self.buffers = list(ddp_model.buffers) + list(ddp_model.expert_parallel_buffers)
-        in_buffer = {id(p) for b in self.buffers if b.param_data is not None for p in b.params}
-        self.loose_params = [p for p in ddp_model.module.parameters() if id(p) not in in_buffer]
-        self.loose_params += [p for m in frozen for p in m.parameters()]
+        if any(b.param_data is not None for b in [*ddp_model.buffers, *ddp_model.expert_parallel_buffers]):
+            raise ValueError("--offload-train does not support --use-distributed-optimizer yet")
+        self.params = [*ddp_model.module.parameters(), *(p for m in frozen for p in m.parameters())]
         self.host_copies: list[torch.Tensor] = []
         self.optimizer_offloaded = False
 
@@ -39,15 +39,12 @@ class MegatronOffloader:
         self.offload_optimizer()
         if self.host_copies:
             return
-        for buffer in self.buffers:
-            if buffer.param_data is not None:
-                buffer.offload_to_cpu(move_params=True, move_grads=False)
-        for p in self.loose_params:
+        for p in self.params:
             host = torch.empty(p.shape, dtype=p.dtype, device="cpu", pin_memory=True)
             host.copy_(p.data, non_blocking=True)
             self.host_copies.append(host)
         torch.cuda.synchronize()
-        for p, host in zip(self.loose_params, self.host_copies):
+        for p, host in zip(self.params, self.host_copies):
             p.data = host
         torch.cuda.empty_cache()
 
@@ -55,10 +52,7 @@ class MegatronOffloader:
         """Everything back on the GPU, ready for a training step."""
         device = torch.device("cuda", torch.cuda.current_device())
         if self.host_copies:
-            for buffer in self.buffers:
-                if buffer.param_data is not None:
-                    buffer.reload_from_cpu(move_params=True, move_grads=False)
-            for p, host in zip(self.loose_params, self.host_copies):
+            for p, host in zip(self.params, self.host_copies):
                 p.data = host.to(device, non_blocking=True)
             self.host_copies = []
         if self.optimizer_offloaded:
