@@ -31,6 +31,24 @@ def check_colocated_engines(cfg: Config) -> None:
         raise UserInputError("--colocate with --rollout-num-gpus-per-engine > 1 is not supported yet")
 
 
+def check_local_engine(cfg: Config) -> None:
+    """The local engine emulates FP8 in linear layers only: FP8 weight pushes into MoE experts would not load."""
+    config = json.loads((Path(cfg.model.hf_checkpoint) / "config.json").read_text())
+    if cfg.rollout.fp8_layout and num_experts(config):
+        raise UserInputError("--rollout-quantization fp8 with --rollout-backend local does not emulate FP8 MoE experts: "
+                             "use --rollout-quantization none or --rollout-backend sglang")
+
+
+def check_routing_replay(cfg: Config) -> None:
+    """Routing replay needs a MoE model, and a trainer that replays (megatron-core's RouterReplay is not wired yet)."""
+    config = json.loads((Path(cfg.model.hf_checkpoint) / "config.json").read_text())
+    if not num_experts(config):
+        raise UserInputError(f"--use-routing-replay applies to MoE models; {cfg.model.hf_checkpoint} has no experts")
+    if cfg.backend.train_backend == "megatron":
+        raise UserInputError("--use-routing-replay is not wired into --train-backend megatron yet (megatron-core's "
+                             "RouterReplay): use --train-backend torch")
+
+
 def check_sglang(cfg: Config) -> None:
     try:
         from sglang.srt.server_args import ServerArgs

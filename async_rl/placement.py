@@ -152,7 +152,7 @@ def create_engine(cfg: Config, rank: int, router_url: str | None = None, bundles
     return _engine_actor(LocalEngine).options(**options).remote(
         cfg.model.hf_checkpoint, seed=cfg.logging.seed + 1000 * (rank + 1), num_threads=_threads_per_process(cfg),
         device="cuda" if options["num_gpus"] else "cpu",
-        fp8=cfg.rollout.fp8_layout,
+        fp8=cfg.rollout.fp8_layout, record_routing=cfg.train.use_routing_replay,
     )
 
 
@@ -176,6 +176,8 @@ def _create_sglang_engine(cfg: Config, rank: int, router_url: str | None, option
     server_args = dict(cfg.sglang)
     if cfg.cluster.colocate and not cfg.async_mode:  # the sync loop's engines release their memory for each step
         server_args.setdefault("enable_memory_saver", True)
+    if cfg.train.use_routing_replay:
+        server_args["enable_return_routed_experts"] = True
     if needs_initial_weights(cfg):
         # SGLang's online --quantization fp8 cannot take weight updates: build FP8 parameters of the chosen
         # layout instead, filled by the first weight push
@@ -185,5 +187,6 @@ def _create_sglang_engine(cfg: Config, rank: int, router_url: str | None, option
         cfg.model.hf_checkpoint, seed=cfg.logging.seed + 1000 * (rank + 1), fp8=cfg.rollout.fp8_layout,
         host=LOOPBACK if cfg.cluster.ray_address is None else None,  # else the engine's node
         max_concurrent_requests=cfg.rollout.rollout_max_concurrency, router_url=router_url,
+        return_routed_experts=cfg.train.use_routing_replay,
         tp_size=cfg.cluster.rollout_num_gpus_per_engine, **server_args,
     )

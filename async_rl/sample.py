@@ -33,6 +33,8 @@ class Sample:
     group_id: int = 0  # the samples of one prompt share a group_id
     index: int = 0  # position in the rollout batch
     weight_version: int = -1  # the policy version that generated the response
+    # MoE routing replay: the engine's experts per position, [tokens - 1, layers, top_k] (async_rl.routing_replay)
+    routed_experts: Any = None
     metadata: dict[str, Any] = field(default_factory=dict)  # the dataset row's other fields
 
     @property

@@ -11,7 +11,9 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from async_rl.backend_checks import check_colocated_engines, check_megatron, check_sglang
+from async_rl.backend_checks import (
+    check_colocated_engines, check_local_engine, check_megatron, check_routing_replay, check_sglang,
+)
 from async_rl.checkpoint import resolve_checkpoint
 from async_rl.config import Config
 from async_rl.errors import UserInputError
@@ -108,6 +110,10 @@ def check_rollout_backend(cfg: Config) -> None:
     check_colocated_engines(cfg)
     if cfg.backend.rollout_backend == "sglang" and _model_config_readable(cfg):
         check_sglang(cfg)
+    if cfg.backend.rollout_backend == "local" and _model_config_readable(cfg):
+        check_local_engine(cfg)
+    if cfg.train.use_routing_replay and _model_config_readable(cfg):
+        check_routing_replay(cfg)
 
 
 def check_trainer_backend(cfg: Config) -> None:

@@ -214,6 +214,10 @@ class TrainConfig:
     )
     tis_mode: str = flag("truncate", "truncate: cap the ratio (TIS); mask: zero tokens/sequences out of bounds.",
                          choices=["truncate", "mask"])
+    use_routing_replay: bool = flag(
+        False, "MoE models: the engine returns every token's routed experts and the trainer's forward uses them "
+        "instead of routing again (R3), so that near-tied routers do not flip between FP8 or stale rollouts and "
+        "training.", aliases=["--use-rollout-routing-replay"])
     max_skipped_steps: int | None = flag(
         None, "Stop the run once more optimizer steps than this were skipped for a NaN/inf loss or gradient."
     )

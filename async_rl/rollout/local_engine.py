@@ -19,9 +19,13 @@ from async_rl.rollout.engine import FINISHED_AT, SamplingParams, WeightVersionMi
 from async_rl.rollout.sampling import sample_tokens
 from async_rl.sample import FINISHED_STATUSES, Sample, SampleStatus
 from async_rl.rollout.fp8_linear import convert_to_fp8
+from async_rl.routing_replay import RoutingRecorder
 from async_rl.weights.fp8 import is_fp8_quantizable, quantize_many, scale_name
 from async_rl.weights.hf_layout import destination
 from async_rl.weights.sync import from_transport
+
+
+FP8_SCALE_SUFFIXES = (".weight_scale_inv", ".weight_scale")
 
 
 class LocalEngine(WeightVersionMixin, CustomGenerateMixin):
@@ -35,10 +39,12 @@ class LocalEngine(WeightVersionMixin, CustomGenerateMixin):
         num_threads: int | None = None,
         device: str = "cpu",
         fp8: str | None = None,
+        record_routing: bool = False,
     ):
         """`fp8` ("block" or "channel") emulates an FP8 engine of that granularity: attention and MLP linear
         layers keep E4M3 weights with float32 scales and round their inputs through E4M3 per token (and per 128
-        channels for block weights)."""
+        channels for block weights); a MoE model's experts stay in full precision (and take no FP8 pushes).
+        `record_routing`: a MoE model's samples carry the experts each token was routed to (routing replay)."""
         if num_threads:
             torch.set_num_threads(num_threads)
         self.device = torch.device(device)
@@ -49,9 +55,7 @@ class LocalEngine(WeightVersionMixin, CustomGenerateMixin):
         self.eos_token_id = self.tokenizer.eos_token_id
         self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_token_id
         self.fp8 = fp8
-        if fp8 and any(name.endswith(".mlp.experts.gate_up_proj") for name, _ in self.model.named_parameters()):
-            raise ValueError(f"{hf_checkpoint}: the local engine does not emulate FP8 MoE experts; "
-                             "use --rollout-quantization none or the sglang backend")
+        self.routing = RoutingRecorder(self.model) if record_routing else None
         self.fp8_modules = set(convert_to_fp8(self.model, is_fp8_quantizable, fp8)) if fp8 else set()
         self.weight_version = 0
         self.paused = False
@@ -91,6 +95,8 @@ class LocalEngine(WeightVersionMixin, CustomGenerateMixin):
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
+        if self.routing:
+            self.routing.start()
         cache = DynamicCache()
         logits = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -123,9 +129,13 @@ class LocalEngine(WeightVersionMixin, CustomGenerateMixin):
             next_position = next_position + 1
 
         finished_at = time.time()
-        for s, toks, lps, done, todo in zip(samples, tokens, log_probs, finished.tolist(), budget):
+        routing = self.routing.per_sample(batch, [len(c) for c in contexts],
+                                          [len(t) - s.response_length for t, s in zip(tokens, samples)]) if self.routing else None
+        for i, (s, toks, lps, done, todo) in enumerate(zip(samples, tokens, log_probs, finished.tolist(), budget)):
             if todo <= 0:
                 continue
+            if routing is not None:
+                s.routed_experts = routing[i]
             if s.response_length == 0:  # a continued sample keeps the (older) version it started with
                 s.weight_version = self.weight_version
             s.response_tokens = toks
@@ -156,9 +166,13 @@ class LocalEngine(WeightVersionMixin, CustomGenerateMixin):
         """
         targets = dict(self.model.named_parameters()) | dict(self.model.named_buffers())
         for name, tensor in named_tensors:
+            module_name = name.rsplit(".", 1)[0]
+            fp8_payload = tensor.dtype in (torch.uint8, torch.float8_e4m3fn) or name.endswith(FP8_SCALE_SUFFIXES)
+            if fp8_payload and module_name not in self.fp8_modules:
+                raise ValueError(f"{name}: FP8 data for a weight this engine keeps in full precision (the local engine "
+                                 "emulates FP8 in linear layers, not in MoE experts)")
             target = destination(name, targets)
             tensor = from_transport(tensor, target.dtype)
-            module_name = name.rsplit(".", 1)[0]
             if module_name in self.fp8_modules and name.endswith(".weight") and tensor.dtype != torch.float8_e4m3fn:
                 [(tensor, scale)] = quantize_many([tensor], self.fp8)
                 targets[scale_name(name, self.fp8)].copy_(scale)

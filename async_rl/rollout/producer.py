@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import ray
+import torch
 
 from async_rl.data.prompt_dataset import PromptDataset, PromptRow
 from async_rl.rollout.engine import FINISHED_AT, SamplingParams
@@ -51,11 +52,16 @@ class _BufferedGroup:
 
 
 def sample_to_dict(sample: Sample) -> dict[str, Any]:
-    return asdict(sample) | {"status": sample.status.value}
+    """JSON-ready (checkpoints of the rollout buffer, debug rollout data)."""
+    routing = sample.routed_experts
+    return asdict(sample) | {"status": sample.status.value,
+                             "routed_experts": routing.tolist() if routing is not None else None}
 
 
 def sample_from_dict(d: dict[str, Any]) -> Sample:
-    return Sample(**(d | {"status": SampleStatus(d["status"])}))
+    routing = d.get("routed_experts")
+    return Sample(**(d | {"status": SampleStatus(d["status"]),
+                          "routed_experts": torch.tensor(routing, dtype=torch.int16) if routing is not None else None}))
 
 
 class RolloutProducer:

@@ -12,11 +12,14 @@ sent to its FP8 parameters is refused here, because SGLang accepts it and then s
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import os
 import subprocess
 import time
 import uuid
+from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
 import aiohttp
@@ -41,14 +44,16 @@ _FINISH = {"stop": SampleStatus.COMPLETED, "length": SampleStatus.TRUNCATED, "ab
 
 class SGLangEngine(WeightVersionMixin, CustomGenerateMixin):
     def __init__(self, hf_checkpoint: str, *, seed: int = 0, fp8: str | None = None, host: str | None = LOOPBACK,
-                 max_concurrent_requests: int = 256, router_url: str | None = None, **server_args: Any):
+                 max_concurrent_requests: int = 256, router_url: str | None = None, return_routed_experts: bool = False,
+                 **server_args: Any):
         """Start an SGLang server for `hf_checkpoint` on `host` (None: this node's cluster address) and a free port.
 
         `server_args` are SGLang `ServerArgs` fields (mem_fraction_static, attention_backend, tp_size, ...).
         `fp8` ("block" or "channel"): the engine serves FP8 linear weights in that layout (from an FP8
         checkpoint of `tools/bf16_cast_fp8.py`, or dummy weights until the first push), so weight pushes must
         carry FP8 pairs of that layout. At most `max_concurrent_requests` generation requests are in flight.
-        With `router_url`, the server registers with that sglang-router once it is up.
+        With `router_url`, the server registers with that sglang-router once it is up. `return_routed_experts`
+        (routing replay; needs `enable_return_routed_experts`): samples carry the experts of every token.
         """
         from sglang.srt.server_args import ServerArgs
 
@@ -73,6 +78,9 @@ class SGLangEngine(WeightVersionMixin, CustomGenerateMixin):
             self.shutdown()
             raise
         self.fp8 = fp8
+        self.return_routed_experts = return_routed_experts
+        self.top_k = (json.loads((Path(hf_checkpoint) / "config.json").read_text())["num_experts_per_tok"]
+                      if return_routed_experts else None)
         self.load_format = sglang_channel_fp8.LOAD_FORMAT if fp8 == "channel" else None
         self.weight_version = 0
         self.paused = False
@@ -95,6 +103,7 @@ class SGLangEngine(WeightVersionMixin, CustomGenerateMixin):
             self._rids[request_id] = rids
         requests = [{
             "rid": rid, "input_ids": s.prompt_tokens + s.response_tokens, "return_logprob": True,
+            "return_routed_experts": self.return_routed_experts,
             "sampling_params": {
                 "temperature": params.temperature, "top_p": params.top_p,
                 "max_new_tokens": params.remaining_tokens(s),
@@ -121,6 +130,8 @@ class SGLangEngine(WeightVersionMixin, CustomGenerateMixin):
             s.response = self.tokenizer.decode(s.response_tokens, skip_special_tokens=True) if self.tokenizer else ""
             s.status = _FINISH.get(meta["finish_reason"]["type"], SampleStatus.FAILED)
             s.metadata[FINISHED_AT] = finished_at
+            if self.return_routed_experts:
+                s.routed_experts = decode_routed_experts(meta["routed_experts"], len(s.tokens) - 1, self.top_k)
         return samples
 
     def abort(self, request_ids: Sequence[int]) -> None:
@@ -217,6 +228,13 @@ class SGLangEngine(WeightVersionMixin, CustomGenerateMixin):
     def shutdown(self) -> None:
         self.client.close()
         self.server.stop()
+
+
+def decode_routed_experts(encoded: str, positions: int, top_k: int) -> torch.Tensor:
+    """SGLang's `meta_info.routed_experts`: base64 int32 [positions, layers, top_k], the whole sequence but its last
+    token when `routed_experts_start_len` is 0."""
+    flat = torch.frombuffer(bytearray(base64.b64decode(encoded)), dtype=torch.int32)
+    return flat.view(positions, -1, top_k).to(torch.int16)
 
 
 def check_fp8_bucket(tensors: Sequence[tuple[str, torch.Tensor]], granularity: str) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from async_rl.algorithms.losses import entropy_from_logits
+from async_rl.routing_replay import padded_routing
 from async_rl.sample import Sample
 
 
@@ -18,16 +19,18 @@ class PackedBatch:
     response_mask: torch.Tensor  # [batch, max_response] 1 on real response tokens
     loss_mask: torch.Tensor  # [batch, max_response]
     rollout_log_probs: torch.Tensor  # [batch, max_response]
+    routed_experts: torch.Tensor | None = None  # [batch, seq, layers, top_k]: the engine's MoE routing to replay
 
     def to(self, device: torch.device) -> "PackedBatch":
-        return PackedBatch(**{k: v.to(device) for k, v in vars(self).items()})
+        return PackedBatch(**{k: v.to(device) if v is not None else None for k, v in vars(self).items()})
 
 
 def _pad(rows: list[list], width: int, value, dtype) -> torch.Tensor:
     return torch.tensor([row + [value] * (width - len(row)) for row in rows], dtype=dtype)
 
 
-def pack(samples: list[Sample], pad_token_id: int) -> PackedBatch:
+def pack(samples: list[Sample], pad_token_id: int, routing: bool = False) -> PackedBatch:
+    """`routing`: carry the samples' recorded MoE routing (`--use-routing-replay`)."""
     max_response = max(1, max(s.response_length for s in samples))
     sequences = [s.prompt_tokens + s.response_tokens for s in samples]
     seq_len = max(len(seq) for seq in sequences)
@@ -38,7 +41,16 @@ def pack(samples: list[Sample], pad_token_id: int) -> PackedBatch:
         response_mask=_pad([[1] * s.response_length for s in samples], max_response, 0, torch.float32),
         loss_mask=_pad([list(s.loss_mask) for s in samples], max_response, 0, torch.float32),
         rollout_log_probs=_pad([list(s.rollout_log_probs) for s in samples], max_response, 0.0, torch.float32),
+        routed_experts=replay_layout(samples, seq_len) if routing else None,
     )
+
+
+def replay_layout(samples: list[Sample], seq_len: int) -> torch.Tensor:
+    recorded = [s.routed_experts for s in samples if s.routed_experts is not None]
+    if not recorded:
+        raise ValueError("--use-routing-replay: the rollout engine returned no routed experts for this batch")
+    _, layers, top_k = recorded[0].shape
+    return padded_routing([s.routed_experts for s in samples], seq_len, layers, top_k)
 
 
 def micro_batch_indices(samples: list[Sample], micro_batch_size: int, max_tokens: int | None = None,

@@ -156,7 +156,8 @@ class PolicyTrainer:
             chunk = range(start, min(start + self.global_batch_size, len(samples)))
             groups = self.micro_batch_groups([samples[i] for i in chunk])
             rows = [[chunk[i] for i in ids] for ids in groups]
-            steps.append([MicroBatch(r, pack([samples[i] for i in r], self.pad_token_id).to(self.device),
+            steps.append([MicroBatch(r, pack([samples[i] for i in r], self.pad_token_id,
+                                             routing=self.cfg.use_routing_replay).to(self.device),
                                      adv[r].to(self.device)) for r in rows])
         return steps
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
 from typing import Iterator
@@ -10,6 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from async_rl.config.sections import TrainConfig
+from async_rl.routing_replay import replay_routing
 from async_rl.trainer.batch import PackedBatch, response_log_probs
 from async_rl.trainer.policy_trainer import PolicyTrainer, needs_reference
 from async_rl.weights.hf_layout import unstack_experts
@@ -76,7 +78,9 @@ class TorchTrainer(PolicyTrainer):
         return TorchOffloader([m for m in (self.model, self.ref_model) if m is not None], self.optimizer, self.device)
 
     def forward_log_probs(self, model: torch.nn.Module, batch: PackedBatch, with_entropy: bool = False):
-        return response_log_probs(model, batch, self.temperature, with_entropy=with_entropy)
+        replay = batch.routed_experts is not None and model is self.model  # the reference policy routes itself
+        with replay_routing(model, batch.routed_experts.flatten(0, 1)) if replay else contextlib.nullcontext():
+            return response_log_probs(model, batch, self.temperature, with_entropy=with_entropy)
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)

@@ -9,6 +9,7 @@ from async_rl.config.sections import TrainConfig
 from async_rl.rollout.local_engine import LocalEngine
 from async_rl.trainer.torch_trainer import TorchTrainer
 from async_rl.weights.hf_layout import destination, stack_experts, unstack_experts
+from async_rl.weights.sync import weight_buckets
 
 
 def test_unstacking_gives_the_checkpoint_and_stacking_gives_the_model_back(tiny_moe_model):
@@ -38,6 +39,10 @@ def test_the_local_engine_takes_a_moe_trainers_export(tiny_moe_model):
     assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
 
 
-def test_fp8_emulation_refuses_moe_experts_instead_of_skipping_them(tiny_moe_model):
-    with pytest.raises(ValueError, match="does not emulate FP8 MoE experts"):
-        LocalEngine(str(tiny_moe_model), fp8="block")
+def test_fp8_emulation_keeps_moe_experts_in_full_precision_and_refuses_fp8_pushes_into_them(tiny_moe_model):
+    engine = LocalEngine(str(tiny_moe_model), fp8="block")
+    assert not any(".experts." in name for name in engine.fp8_modules) and engine.fp8_modules
+    trainer = TorchTrainer(str(tiny_moe_model), TrainConfig(), global_batch_size=4, temperature=1.0)
+    with pytest.raises(ValueError, match="emulates FP8 in linear layers, not in MoE experts"):
+        for bucket in weight_buckets(trainer.export_weights(), bucket_bytes=2**30, fp8="block"):
+            engine.load_weights(bucket)

@@ -1,0 +1,98 @@
+"""Routing replay for MoE policies (`--use-routing-replay`, R3): the trainer routes each token to the experts the
+rollout engine routed it to.
+
+An FP8 or slightly stale engine sees hidden states a little off the trainer's, and where a token's top-k experts
+are nearly tied the two pick different experts: that token's log-prob then differs by far more than the
+quantization noise, and importance weights cannot tell a real policy change from a routing flip. Replaying the
+engine's choices in the trainer's forward leaves only the numeric difference. The gate weights still train: the
+mixing weights are the trainer's own router probabilities, taken at the replayed experts.
+
+Layout, as SGLang returns it (`return_routed_experts`): for a sample of L tokens (prompt and response), an integer
+tensor [L - 1, layers, top_k], the experts of every position but the last (whose output scores nothing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from torch import nn
+
+NO_REPLAY = -1  # a position without a recorded choice (padding, a sequence's last token) routes itself
+
+
+def moe_routers(model: nn.Module) -> list[nn.Module]:
+    """The top-k routers of a Hugging Face MoE model, in layer order (a module returning logits, scores, indices)."""
+    return [m for m in model.modules() if type(m).__name__.endswith("TopKRouter") and hasattr(m, "top_k")]
+
+
+class RoutingRecorder:
+    """Records the experts every router of `model` picks, per forward call since `start()`."""
+
+    def __init__(self, model: nn.Module):
+        self.routers = moe_routers(model)
+        self.calls: list[list[torch.Tensor]] = [[] for _ in self.routers]
+        for layer, router in enumerate(self.routers):
+            router.register_forward_hook(self._hook(layer))
+
+    def _hook(self, layer: int):
+        def record(module: nn.Module, args, output) -> None:
+            self.calls[layer].append(output[2].detach().to("cpu", torch.int16))
+        return record
+
+    def start(self) -> None:
+        self.calls = [[] for _ in self.routers]
+
+    def call(self, index: int) -> torch.Tensor:
+        """The experts of forward call `index`: [rows, layers, top_k]."""
+        return torch.stack([calls[index] for calls in self.calls], dim=1)
+
+    def per_sample(self, batch: int, context_lens: list[int], new_tokens: list[int]) -> list[torch.Tensor]:
+        """After a left-padded prefill and one decode call per token: each row's experts for its context and the
+        new tokens it fed back, [context + new - 1, layers, top_k] (its last token was never fed)."""
+        prefill = self.call(0)
+        prefill = prefill.view(batch, -1, *prefill.shape[1:])
+        width = prefill.shape[1]
+        rows = []
+        for i, (context, new) in enumerate(zip(context_lens, new_tokens)):
+            fed = [self.call(1 + step)[i] for step in range(new - 1)]
+            rows.append(torch.cat([prefill[i, width - context:], *(f[None] for f in fed)])[: context + new - 1])
+        return rows
+
+
+@contextlib.contextmanager
+def replay_routing(model: nn.Module, experts: torch.Tensor) -> Iterator[None]:
+    """Within this block every forward of `model` routes row r of its flattened [batch * seq] tokens to
+    `experts[r]` ([rows, layers, top_k]; NO_REPLAY entries keep the router's own choice)."""
+    routers = moe_routers(model)
+    if experts.shape[1] != len(routers):
+        raise ValueError(f"routing replay: {experts.shape[1]} recorded layers for a model with {len(routers)} MoE layers")
+
+    def hook(layer: int):
+        def replace(module: nn.Module, args, output):
+            logits, _, computed = output
+            wanted = experts[:, layer].to(computed.device, computed.dtype)
+            indices = torch.where(wanted >= 0, wanted, computed)
+            scores = torch.softmax(logits, dim=-1, dtype=torch.float).gather(1, indices)
+            if module.norm_topk_prob:
+                scores = scores / scores.sum(dim=-1, keepdim=True)
+            return logits, scores.to(logits.dtype), indices
+        return replace
+
+    handles = [router.register_forward_hook(hook(layer)) for layer, router in enumerate(routers)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def padded_routing(rows: list[torch.Tensor | None], seq_len: int, layers: int, top_k: int) -> torch.Tensor:
+    """Per-sample routing ([tokens - 1, layers, top_k] or None) laid out like a right-padded batch:
+    [batch, seq_len, layers, top_k], NO_REPLAY where nothing was recorded."""
+    out = torch.full((len(rows), seq_len, layers, top_k), NO_REPLAY, dtype=torch.long)
+    for i, routing in enumerate(rows):
+        if routing is not None:
+            out[i, : routing.shape[0]] = routing.long()
+    return out
