@@ -40,13 +40,10 @@ def check_local_engine(cfg: Config) -> None:
 
 
 def check_routing_replay(cfg: Config) -> None:
-    """Routing replay needs a MoE model, and a trainer that replays (megatron-core's RouterReplay is not wired yet)."""
+    """Routing replay needs a MoE model."""
     config = json.loads((Path(cfg.model.hf_checkpoint) / "config.json").read_text())
     if not num_experts(config):
         raise UserInputError(f"--use-routing-replay applies to MoE models; {cfg.model.hf_checkpoint} has no experts")
-    if cfg.backend.train_backend == "megatron":
-        raise UserInputError("--use-routing-replay is not wired into --train-backend megatron yet (megatron-core's "
-                             "RouterReplay): use --train-backend torch")
 
 
 def check_sglang(cfg: Config) -> None:

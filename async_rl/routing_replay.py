@@ -96,3 +96,38 @@ def padded_routing(rows: list[torch.Tensor | None], seq_len: int, layers: int, t
         if routing is not None:
             out[i, : routing.shape[0]] = routing.long()
     return out
+
+
+def padded_rows(routing: torch.Tensor, rows: int, seq: int) -> torch.Tensor:
+    """[batch, seq, layers, top_k] as a right-padded [rows, seq] batch reaches Megatron's routers: sequence-major."""
+    pad = (0, 0, 0, 0, 0, seq - routing.shape[1], 0, rows - routing.shape[0])
+    return torch.nn.functional.pad(routing, pad, value=NO_REPLAY).transpose(0, 1).flatten(0, 1)
+
+
+def packed_rows(routing: torch.Tensor, attention_mask: torch.Tensor, total: int) -> torch.Tensor:
+    """[batch, seq, layers, top_k] for rows packed back to back (THD), padded to `total` tokens."""
+    packed = routing[attention_mask.bool()]
+    return torch.nn.functional.pad(packed, (0, 0, 0, 0, 0, total - packed.shape[0]), value=NO_REPLAY)
+
+
+@contextlib.contextmanager
+def megatron_routing_replay(model: nn.Module, experts: torch.Tensor) -> Iterator[None]:
+    """Within this block Megatron's routers (built with `moe_enable_routing_replay`) take token r to `experts[r]`
+    ([tokens, layers, top_k], in the order the routers see the tokens). Positions without a record (padding, each
+    row's last token, whose outputs score nothing) get experts 0..k-1."""
+    from megatron.core.transformer.moe.router_replay import RouterReplayAction
+
+    replays = [m.router_replay for m in model.modules() if getattr(m, "router_replay", None) is not None]
+    if experts.shape[1] != len(replays):
+        raise ValueError(f"routing replay: {experts.shape[1]} recorded layers for a model with {len(replays)} MoE layers")
+    fallback = torch.arange(experts.shape[2], device=experts.device)
+    filled = torch.where(experts >= 0, experts, fallback).long()
+    for layer, replay in enumerate(replays):
+        replay.set_target_indices(filled[:, layer].contiguous())
+        replay.set_router_replay_action(RouterReplayAction.REPLAY_FORWARD)
+    try:
+        yield
+    finally:
+        for replay in replays:
+            replay.clear_indices()
+            replay.clear_router_replay_action()

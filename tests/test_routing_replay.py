@@ -1,6 +1,7 @@
 """--use-routing-replay (R3): the local engine records each token's experts, the torch trainer routes with them, and
 the trainer-vs-rollout log-prob mismatch of an FP8-emulated MoE rollout falls to the level of a dense model."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from tests.conftest import REPO, run_flags
 SHAPE = dict(vocab_size=262, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
              head_dim=32, tie_word_embeddings=False)
 PROMPTS = ["12+34=", "70+18=", "99+99=", "45+61="] * 4
+needs_megatron = pytest.mark.skipif(importlib.util.find_spec("megatron") is None, reason="needs megatron-core")
 
 
 def build(out, tokenizer, moe: bool):
@@ -55,12 +57,23 @@ def rollout(model, tokenizer, fp8, record=True):
     return engine.generate(prompts, SamplingParams(max_new_tokens=32))
 
 
-def mismatch(model, samples, replay: bool) -> torch.Tensor:
+def mismatch(model, samples, replay: bool, backend: str = "torch") -> torch.Tensor:
     """|trainer log-prob - rollout log-prob| of every response token."""
-    trainer = TorchTrainer(str(model), TrainConfig(micro_batch_size=8, use_routing_replay=replay),
-                           global_batch_size=len(samples), temperature=1.0)
+    cfg = TrainConfig(micro_batch_size=8, use_routing_replay=replay)
+    if backend == "torch":
+        trainer = TorchTrainer(str(model), cfg, global_batch_size=len(samples), temperature=1.0)
+        log_probs = trainer.compute_log_probs(samples)
+    else:
+        from async_rl.config.sections import MegatronConfig
+        from async_rl.trainer.megatron.trainer import MegatronTrainer
+
+        trainer = MegatronTrainer(str(model), cfg, MegatronConfig(), global_batch_size=len(samples), temperature=1.0)
+        try:
+            log_probs = trainer.compute_log_probs(samples)
+        finally:
+            trainer.close()
     return torch.cat([(torch.tensor(mine) - torch.tensor(s.rollout_log_probs)).abs()
-                      for mine, s in zip(trainer.compute_log_probs(samples), samples)])
+                      for mine, s in zip(log_probs, samples)])
 
 
 def test_the_engine_records_the_experts_of_every_position_but_the_last(models, tokenizer):
@@ -77,10 +90,22 @@ def test_the_engine_records_the_experts_of_every_position_but_the_last(models, t
         assert (own.sort(-1).values == s.routed_experts.sort(-1).values).float().mean() > 0.99
 
 
-def test_without_quantization_replay_reproduces_the_rollout_log_probs(models, tokenizer):
+@pytest.mark.parametrize("backend", ["torch", pytest.param("megatron", marks=needs_megatron)])
+def test_without_quantization_replay_reproduces_the_rollout_log_probs(models, tokenizer, backend):
     moe, _ = models
     samples = rollout(moe, tokenizer, fp8=None)
-    assert float(mismatch(moe, samples, replay=True).max()) < 1e-4
+    assert float(mismatch(moe, samples, replay=True, backend=backend).max()) < 1e-4
+
+
+@needs_megatron
+def test_megatron_routers_take_the_replayed_experts(models, tokenizer):
+    """Megatron's own RouterReplay, fed in the order its routers see the tokens: the FP8 rollout's flipped tokens
+    are gone as they are with the torch trainer."""
+    moe, _ = models
+    samples = rollout(moe, tokenizer, fp8="block")
+    without, replayed = mismatch(moe, samples, False, "megatron"), mismatch(moe, samples, True, "megatron")
+    torch.testing.assert_close(replayed, mismatch(moe, samples, True, "torch"), atol=1e-4, rtol=0)
+    assert replayed.max() < 0.5 * without.max()
 
 
 def test_replay_brings_an_fp8_moe_rollouts_mismatch_down_to_the_dense_level(models, tokenizer):
@@ -131,6 +156,5 @@ def test_routing_replay_is_refused_where_it_cannot_apply(tiny_model, tiny_moe_mo
         return startup_problems(cfg)
 
     assert any("applies to MoE models" in p for p in problems(tiny_model))
-    assert any("not wired into --train-backend megatron" in p for p in problems(tiny_moe_model, "--train-backend", "megatron"))
     assert not any("routing" in p for p in problems(tiny_moe_model, "--use-rollout-routing-replay"))
     assert any("does not emulate FP8 MoE experts" in p for p in problems(tiny_moe_model, "--rollout-quantization", "fp8"))

@@ -46,10 +46,10 @@ def pack(samples: list[Sample], pad_token_id: int, routing: bool = False) -> Pac
 
 
 def replay_layout(samples: list[Sample], seq_len: int) -> torch.Tensor:
-    recorded = [s.routed_experts for s in samples if s.routed_experts is not None]
-    if not recorded:
-        raise ValueError("--use-routing-replay: the rollout engine returned no routed experts for this batch")
-    _, layers, top_k = recorded[0].shape
+    missing = [s.index for s in samples if s.routed_experts is None]
+    if missing:
+        raise ValueError(f"--use-routing-replay: samples {missing[:5]} came back from the engine without routed experts")
+    _, layers, top_k = samples[0].routed_experts.shape
     return padded_routing([s.routed_experts for s in samples], seq_len, layers, top_k)
 
 

@@ -31,6 +31,20 @@ MEGATRON = ["--train-backend", "megatron", "--bf16"]
 FP8_TRAINING = ["--fp8-format", "e4m3", "--fp8-recipe", "tensorwise"]
 
 
+def colocated_run(model, out) -> list[str]:
+    """Three small sync steps, engine and trainer sharing the GPU."""
+    return [
+        sys.executable, "-m", "async_rl.train", "--hf-checkpoint", str(model),
+        "--prompt-data", str(model / "data" / "train.jsonl"), "--output-dir", str(out),
+        "--rollout-backend", "sglang", "--actor-num-gpus-per-node", "1", "--colocate",
+        "--num-rollout", "3", "--rollout-batch-size", "8", "--n-samples-per-prompt", "4", "--micro-batch-size", "8",
+        "--rollout-max-response-len", "32", "--lr", "1e-4", "--use-tis", "--check-invariants",
+        "--invariant-logprob-tol", "0.05",  # a bf16 engine against the trainer (FP8 is not checked)
+        "--sglang-mem-fraction-static", "0.3", "--sglang-attention-backend", "triton",
+        "--sglang-sampling-backend", "pytorch", "--sglang-disable-cuda-graph",
+    ]
+
+
 @pytest.mark.parametrize("backend, precision, mode", [
     ("torch", "bf16", "tensor"), ("torch", "block", "tensor"), ("torch", "channel", "tensor"),
     ("torch", "bf16", "distributed"), ("torch", "block", "distributed"),
@@ -42,18 +56,8 @@ def test_train_with_sglang_engines_runs_steps_and_logs_metrics(sglang_models, tm
         pytest.importorskip("megatron.core", reason="the megatron cases need megatron-core")
     if backend == "megatron-fp8":
         pytest.importorskip("transformer_engine", reason="FP8 training needs Transformer Engine")
-    model = sglang_models / "bf16"
     out = tmp_path / "run"
-    cmd = [
-        sys.executable, "-m", "async_rl.train", "--hf-checkpoint", str(model),
-        "--prompt-data", str(model / "data" / "train.jsonl"), "--output-dir", str(out),
-        "--rollout-backend", "sglang", "--actor-num-gpus-per-node", "1", "--colocate",
-        "--num-rollout", "3", "--rollout-batch-size", "8", "--n-samples-per-prompt", "4", "--micro-batch-size", "8",
-        "--rollout-max-response-len", "32", "--lr", "1e-4", "--use-tis", "--check-invariants",
-        "--invariant-logprob-tol", "0.05",  # a bf16 engine against the trainer (FP8 is not checked)
-        "--sglang-mem-fraction-static", "0.3", "--sglang-attention-backend", "triton",
-        "--sglang-sampling-backend", "pytorch", "--sglang-disable-cuda-graph",
-    ]
+    cmd = colocated_run(sglang_models / "bf16", out)
     if precision != "bf16":
         cmd += ["--rollout-quantization", "fp8", "--rollout-fp8-granularity", precision]
     if mode == "distributed":
@@ -68,3 +72,21 @@ def test_train_with_sglang_engines_runs_steps_and_logs_metrics(sglang_models, tm
     assert all("perf/release_memory_time_s" in r for r in rows)  # colocated: engines free memory while training
     limit = 0.05 if precision == "bf16" else 0.3
     assert all(r["train/rollout_logprob_abs_diff"] < limit for r in rows)
+
+
+def test_a_calculator_rollout_on_sglang_masks_the_tool_and_keeps_log_probs_in_context(sglang_models, tmp_path):
+    """--custom-generate-function-path through SGLang: two turns around a masked observation; the trainer's
+    log-probs of the policy's tokens (recomputed over the context with the observation) match SGLang's."""
+    out, debug = tmp_path / "run", tmp_path / "debug"
+    cmd = colocated_run(sglang_models / "bf16", out) + [
+        "--rollout-max-response-len", "64", "--train-backend", "torch", "--save-debug-rollout-data", str(debug),
+        "--custom-generate-function-path", "async_rl.rollout.examples.calculator_tool:generate"]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=500)
+    assert result.returncode == 0, result.stderr[-4000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["train/rollout_logprob_abs_diff"] < 0.05 for r in rows)
+    saved = [json.loads(line) for line in (debug / "rollout_000000.jsonl").read_text().splitlines()]
+    with_tool = [s for s in saved if "[calculator:" in s["response"]]
+    print(f"\n{len(with_tool)} of {len(saved)} samples called the calculator; mismatch per step: "
+          f"{[round(r['train/rollout_logprob_abs_diff'], 4) for r in rows]}")
+    assert with_tool and all(0 in s["loss_mask"] and s["loss_mask"][-1] == 1 for s in with_tool)

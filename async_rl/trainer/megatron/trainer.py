@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -20,6 +20,7 @@ from async_rl.config.sections import MegatronConfig, TrainConfig
 from async_rl.sample import Sample
 from async_rl.trainer.batch import PackedBatch, micro_batch_indices, response_logits
 from async_rl.trainer.megatron import expert_shards, tp_shards
+from async_rl.routing_replay import megatron_routing_replay, packed_rows, padded_rows
 from async_rl.trainer.megatron.convert import read_hf_config
 from async_rl.trainer.megatron.cpu_compat import init_megatron
 from async_rl.trainer.megatron.hf_weights import hf_to_megatron, megatron_to_hf
@@ -137,7 +138,8 @@ class MegatronTrainer(PolicyTrainer):
             recompute_granularity=m.recompute_granularity, recompute_method=m.recompute_method,
             recompute_num_layers=m.recompute_num_layers, expert_model_parallel_size=m.expert_model_parallel_size,
             **fp8_settings(m.fp8_format, m.fp8_recipe, m.fp8_param_gather),
-            **({"moe_grouped_gemm": m.moe_grouped_gemm} if self.local_experts else {}),
+            **({"moe_grouped_gemm": m.moe_grouped_gemm, "moe_enable_routing_replay": self.cfg.use_routing_replay}
+               if self.local_experts else {}),
         )
         full = hf_to_megatron(hf_state, self.hf)
         tp_rank = ps.get_tensor_model_parallel_rank()
@@ -165,7 +167,8 @@ class MegatronTrainer(PolicyTrainer):
         input_ids, attention_mask = self._common_shape(batch)
         positions = torch.arange(input_ids.shape[1], device=self.device).expand_as(input_ids)
         mask = None if self.transformer_impl == "transformer_engine" else causal_mask(attention_mask)
-        logits = model(input_ids, positions, attention_mask=mask)
+        with self._routing_replay(model, batch, lambda r: padded_rows(r, *input_ids.shape)):
+            logits = model(input_ids, positions, attention_mask=mask)
         return response_logits(logits[: batch.input_ids.shape[0], : batch.input_ids.shape[1]], batch, self.temperature)
 
     def _packed_logits(self, model: Any, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,8 +193,16 @@ class MegatronTrainer(PolicyTrainer):
         longest = int(segment_lengths.max())
         params = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu_seqlens, cu_seqlens_kv=cu_seqlens,
                                  max_seqlen_q=longest, max_seqlen_kv=longest)
-        logits = model(tokens[None], positions[None], attention_mask=None, packed_seq_params=params)
+        with self._routing_replay(model, batch, lambda r: packed_rows(r, batch.attention_mask, padded)):
+            logits = model(tokens[None], positions[None], attention_mask=None, packed_seq_params=params)
         return response_logits(logits[0], batch, self.temperature, row_offsets=starts[: len(lengths)])
+
+    def _routing_replay(self, model: Any, batch: PackedBatch, layout: Callable[[torch.Tensor], torch.Tensor]):
+        """The policy's forward routes with the engine's experts (`--use-routing-replay`), laid out as its
+        tokens reach the routers; the reference policy routes itself."""
+        if batch.routed_experts is None or model is not self.model:
+            return contextlib.nullcontext()
+        return megatron_routing_replay(model, layout(batch.routed_experts))
 
     def micro_batch_groups(self, samples: list[Sample]) -> list[list[int]]:
         """Under expert parallelism every rank of the group runs as many micro-batches as the one with the most
