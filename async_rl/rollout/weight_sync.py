@@ -2,10 +2,12 @@
 
 `ObjectStoreSync` (every backend; `--update-weight-mode tensor` for SGLang): the trainer streams CPU
 buckets through Ray's object store and each engine actor loads them (an SGLang engine through CUDA IPC);
-the buckets are kept, so a replacement engine loads exactly the version the others hold.
+a bucket is freed once every engine has loaded it, so no second copy of the weights stays in host memory.
 `BroadcastSync` (`--update-weight-mode distributed`): trainer rank 0 broadcasts device buckets to every
-SGLang engine over a process group (`async_rl.weights.broadcast`); a replacement engine loads the trainer's
-current weights through the object store, then the group is rebuilt with it.
+SGLang engine over a process group (`async_rl.weights.broadcast`); the group is rebuilt with a replacement.
+Either way a replacement engine is refilled from the trainer's current weights through the object store,
+labelled with the last pushed version. In async runs a replacement made while the trainer steps may get the
+step's newer weights under the older label: its samples then count as staler than they are, never fresher.
 `CheckpointWeights` (standalone evaluation): no trainer; every engine serves the checkpoint it starts from.
 """
 
@@ -29,34 +31,35 @@ class WeightSync(Protocol):
         """Give the fresh engine `rank` the weights the others hold."""
 
 
-def stream_weights(trainer: Any, export_args: tuple, engines: list[Any],
-                   version: int) -> tuple[list[ray.ObjectRef], list[ray.ObjectRef]]:
+def stream_weights(trainer: Any, export_args: tuple, engines: list[Any], version: int) -> list[ray.ObjectRef]:
     """Queue each bucket on every engine as the trainer exports it (after the calls already queued there),
-    then the version; returns the buckets and the refs of the loads."""
-    buckets, loads = [], []
+    then the version; returns the refs of the loads. A bucket lives until the last engine has loaded it."""
+    loads = []
     for bucket in trainer.export_weight_buckets.options(num_returns="streaming").remote(*export_args):
-        buckets.append(bucket)
         loads += [engine.load_weights.remote(bucket) for engine in engines]
-    return buckets, loads + [engine.set_weight_version.remote(version) for engine in engines]
+    return loads + [engine.set_weight_version.remote(version) for engine in engines]
+
+
+def refill(trainer: Any, export_args: tuple, engine: Any, version: int) -> None:
+    """A replacement engine gets the trainer's current weights as `version`."""
+    ray.get(stream_weights(trainer, export_args, [engine], version))
 
 
 class ObjectStoreSync:
     def __init__(self, trainer: Any, export_args: tuple):
         self.trainer = trainer
         self.export_args = export_args  # bucket bytes, FP8 layout, power-of-two scales
-        self.held: tuple[list[ray.ObjectRef], int] = ([], 0)  # the buckets and version the engines hold
+        self.version = 0
 
     def connect(self, engines: list[Any]) -> None:
         return None
 
     def push(self, engines: list[Any], version: int) -> list[ray.ObjectRef]:
-        buckets, refs = stream_weights(self.trainer, self.export_args, engines, version)
-        self.held = (buckets, version)
-        return refs
+        self.version = version
+        return stream_weights(self.trainer, self.export_args, engines, version)
 
     def restore(self, engines: list[Any], rank: int) -> None:
-        buckets, version = self.held
-        ray.get([engines[rank].load_weights.remote(b) for b in buckets] + [engines[rank].set_weight_version.remote(version)])
+        refill(self.trainer, self.export_args, engines[rank], self.version)
 
 
 class BroadcastSync:
@@ -74,12 +77,7 @@ class BroadcastSync:
         return [self.trainer.broadcast_weights.remote(version, *self.export_args)]
 
     def restore(self, engines: list[Any], rank: int) -> None:
-        """The trainer's current weights, labelled with the last pushed version; then a group with the newcomer.
-
-        In async runs a replacement made while the trainer steps may get the step's newer weights under the
-        older label: its samples then count as staler than they are, never fresher.
-        """
-        ray.get(stream_weights(self.trainer, self.export_args, [engines[rank]], self.version)[1])
+        refill(self.trainer, self.export_args, engines[rank], self.version)
         self.connect(engines)
 
 
