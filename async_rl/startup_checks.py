@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from async_rl.backend_checks import (
-    check_colocated_engines, check_local_engine, check_megatron, check_routing_replay, check_sglang,
+    check_colocated_engines, check_fp8_rollout, check_local_engine, check_megatron, check_routing_replay, check_sglang,
 )
 from async_rl.checkpoint import resolve_checkpoint
 from async_rl.config import Config
@@ -116,6 +116,12 @@ def check_rollout_backend(cfg: Config) -> None:
         check_routing_replay(cfg)
 
 
+def check_rollout_weights(cfg: Config) -> None:
+    """What weight pushes into an FP8 engine need from the checkpoint (checked without SGLang installed)."""
+    if cfg.backend.rollout_backend == "sglang" and _model_config_readable(cfg):
+        check_fp8_rollout(cfg)
+
+
 def check_trainer_backend(cfg: Config) -> None:
     if cfg.backend.train_backend == "megatron" and _model_config_readable(cfg):
         check_megatron(cfg)
@@ -139,8 +145,8 @@ def check_debug_data(cfg: Config) -> None:
 
 
 CHECKS: list[Callable[[Config], None]] = [
-    check_model, check_data, check_outputs, check_reward, check_filter, check_generate_function, check_rollout_backend, check_trainer_backend,
-    plan_placement, check_load, check_debug_data,
+    check_model, check_data, check_outputs, check_reward, check_filter, check_generate_function, check_rollout_backend,
+    check_rollout_weights, check_trainer_backend, plan_placement, check_load, check_debug_data,
 ]
 
 
