@@ -20,6 +20,8 @@ import urllib.error
 import urllib.request
 from typing import Any, Callable
 
+from async_rl.rollout.deepgemm_env import server_environment
+
 
 class SGLangServer:
     def __init__(self, server_args: Any, startup_timeout_s: float = 900.0):
@@ -29,7 +31,7 @@ class SGLangServer:
             pickle.dump(server_args, f)
         try:
             self.process = subprocess.Popen([sys.executable, "-m", __name__, f.name, str(os.getpid())],
-                                            start_new_session=True)
+                                            start_new_session=True, env=server_environment(os.environ))
             wait_until_answering(self.process, self.url + "/health_generate", startup_timeout_s, stop=self.stop)
         finally:
             os.unlink(f.name)
