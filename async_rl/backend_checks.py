@@ -6,7 +6,6 @@ Each check raises `UserInputError` with one line naming the flag; `startup_check
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import torch
@@ -14,7 +13,7 @@ import torch
 from async_rl.config import Config
 from async_rl.errors import UserInputError
 from async_rl.weights.fp8 import checkpoint_granularity, is_fp8_quantizable, scale_name
-from async_rl.weights.hf_layout import num_experts
+from async_rl.weights.hf_layout import num_experts, read_hf_config
 
 
 def check_backends(cfg: Config) -> None:
@@ -33,7 +32,7 @@ def check_colocated_engines(cfg: Config) -> None:
 
 def check_local_engine(cfg: Config) -> None:
     """The local engine emulates FP8 in linear layers only: FP8 weight pushes into MoE experts would not load."""
-    config = json.loads((Path(cfg.model.hf_checkpoint) / "config.json").read_text())
+    config = read_hf_config(cfg.model.hf_checkpoint)
     if cfg.rollout.fp8_layout and num_experts(config):
         raise UserInputError("--rollout-quantization fp8 with --rollout-backend local does not emulate FP8 MoE experts: "
                              "use --rollout-quantization none or --rollout-backend sglang")
@@ -41,7 +40,7 @@ def check_local_engine(cfg: Config) -> None:
 
 def check_routing_replay(cfg: Config) -> None:
     """Routing replay needs a MoE model."""
-    config = json.loads((Path(cfg.model.hf_checkpoint) / "config.json").read_text())
+    config = read_hf_config(cfg.model.hf_checkpoint)
     if not num_experts(config):
         raise UserInputError(f"--use-routing-replay applies to MoE models; {cfg.model.hf_checkpoint} has no experts")
 
@@ -66,7 +65,6 @@ def check_megatron(cfg: Config) -> None:
         import megatron.core  # noqa: F401
     except ImportError:
         raise UserInputError("--train-backend megatron needs megatron-core: pip install 'async_rl[gpu]'") from None
-    from async_rl.trainer.megatron.convert import read_hf_config
     from async_rl.trainer.megatron.model import SUPPORTED, moe_config, rope_arguments
 
     hf = read_hf_config(cfg.model.hf_checkpoint)
@@ -133,7 +131,7 @@ def check_transformer_engine(cfg: Config) -> None:
 
 def check_fp8_rollout(cfg: Config) -> None:
     """The FP8 layout must be the one an FP8 checkpoint holds, and one the engine can take weight pushes in."""
-    config = json.loads((Path(cfg.model.hf_checkpoint) / "config.json").read_text())
+    config = read_hf_config(cfg.model.hf_checkpoint)
     stored = checkpoint_granularity(config)
     if stored is not None and cfg.rollout.fp8_layout != stored:
         raise UserInputError(f"--hf-checkpoint {cfg.model.hf_checkpoint} holds {stored}-wise FP8 weights: run with "

@@ -13,13 +13,11 @@ sent to its FP8 parameters is refused here, because SGLang accepts it and then s
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import os
 import subprocess
 import time
 import uuid
-from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
 import aiohttp
@@ -34,7 +32,8 @@ from async_rl.rollout.http_client import HttpClient
 from async_rl.rollout.sglang_router import register_with_router
 from async_rl.rollout.sglang_server import SGLangServer
 from async_rl.sample import FINISHED_STATUSES, Sample, SampleStatus
-from async_rl.weights.fp8 import is_fp8_quantizable, scale_name
+from async_rl.weights.fp8 import FP8_SCALE_SUFFIXES, is_fp8_quantizable, scale_name
+from async_rl.weights.hf_layout import read_hf_config
 from async_rl.weights.sync import from_transport
 
 logger = logging.getLogger(__name__)
@@ -79,8 +78,7 @@ class SGLangEngine(WeightVersionMixin, CustomGenerateMixin):
             raise
         self.fp8 = fp8
         self.return_routed_experts = return_routed_experts
-        self.top_k = (json.loads((Path(hf_checkpoint) / "config.json").read_text())["num_experts_per_tok"]
-                      if return_routed_experts else None)
+        self.top_k = read_hf_config(hf_checkpoint)["num_experts_per_tok"] if return_routed_experts else None
         self.load_format = sglang_channel_fp8.LOAD_FORMAT if fp8 == "channel" else None
         self.weight_version = 0
         self.paused = False
@@ -241,7 +239,7 @@ def check_fp8_bucket(tensors: Sequence[tuple[str, torch.Tensor]], granularity: s
     """Refuse a bucket an FP8 engine would load wrongly: a quantizable weight must be float8 with its scale."""
     names = {name for name, _ in tensors}
     scale_suffix = scale_name("weight", granularity)
-    scales = [(n, t) for n, t in tensors if n.endswith((".weight_scale_inv", ".weight_scale"))]
+    scales = [(n, t) for n, t in tensors if n.endswith(FP8_SCALE_SUFFIXES)]
     for name, tensor in scales:
         if not name.endswith(scale_suffix):
             raise ValueError(f"{name}: the engine holds {granularity}-wise FP8 weights, whose scales are *.{scale_suffix}")

@@ -115,6 +115,9 @@ def quantize_activations(x: torch.Tensor, group_size: int = 128) -> torch.Tensor
     return rounded.view(*lead, groups * group_size)[..., :channels].to(x.dtype)
 
 
+FP8_SCALE_SUFFIXES = (".weight_scale_inv", ".weight_scale")  # scale_name of a block / channel weight
+
+
 def scale_name(weight_name: str, granularity: str = "block") -> str:
     """Where a quantized weight's scales live in a checkpoint: `<module>.weight_scale_inv` (block) or `.weight_scale`."""
     return weight_name + ("_scale_inv" if granularity == "block" else "_scale")

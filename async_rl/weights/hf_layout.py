@@ -9,12 +9,21 @@ these convert at the edges where a transformers model is on the other side.
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import torch
 
 _EXPERT = re.compile(r"(.*\.mlp\.experts\.)(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
+
+
+def read_hf_config(hf_dir: str) -> dict:
+    path = Path(hf_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{hf_dir}: no config.json (not a Hugging Face checkpoint directory)")
+    return json.loads(path.read_text())
 
 
 def num_experts(hf_config: dict[str, Any]) -> int | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -14,17 +13,10 @@ from async_rl.trainer.megatron.hf_weights import hf_to_megatron, megatron_to_hf
 from async_rl.trainer.megatron.model import build_gpt_model
 from async_rl.trainer.megatron.model_checkpoint import load_model_checkpoint
 from async_rl.trainer.megatron.writer_watchdog import watch_writer
-from async_rl.weights.hf_layout import stack_experts
+from async_rl.weights.hf_layout import read_hf_config, stack_experts
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
                     "generation_config.json", "chat_template.jinja")
-
-
-def read_hf_config(hf_dir: str) -> dict:
-    path = Path(hf_dir) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{hf_dir}: no config.json (not a Hugging Face checkpoint directory)")
-    return json.loads(path.read_text())
 
 
 def _dtype(hf: dict) -> torch.dtype:

@@ -21,7 +21,6 @@ from async_rl.sample import Sample
 from async_rl.trainer.batch import PackedBatch, micro_batch_indices, response_logits
 from async_rl.trainer.megatron import expert_shards, tp_shards
 from async_rl.routing_replay import megatron_routing_replay, packed_rows, padded_rows
-from async_rl.trainer.megatron.convert import read_hf_config
 from async_rl.trainer.megatron.cpu_compat import init_megatron
 from async_rl.trainer.megatron.hf_weights import hf_to_megatron, megatron_to_hf
 from async_rl.trainer.megatron.model import (build_gpt_model, causal_mask, fp8_settings,
@@ -33,7 +32,7 @@ from async_rl.trainer.megatron.param_names import local_parameters
 from async_rl.trainer.megatron.vocab_parallel import vocab_parallel_log_probs
 from async_rl.trainer.megatron.writer_watchdog import watch_writer
 from async_rl.trainer.policy_trainer import PolicyTrainer, is_max_stat, needs_reference
-from async_rl.weights.hf_layout import num_experts
+from async_rl.weights.hf_layout import num_experts, read_hf_config
 
 
 def _wait(refs: list) -> list:
