@@ -51,14 +51,12 @@ class RoutingRecorder:
     def per_sample(self, batch: int, context_lens: list[int], new_tokens: list[int]) -> list[torch.Tensor]:
         """After a left-padded prefill and one decode call per token: each row's experts for its context and the
         new tokens it fed back, [context + new - 1, layers, top_k] (its last token was never fed)."""
-        prefill = self.call(0)
-        prefill = prefill.view(batch, -1, *prefill.shape[1:])
+        calls = [self.call(index) for index in range(len(self.calls[0]))]
+        prefill = calls[0].view(batch, -1, *calls[0].shape[1:])
+        decode = torch.stack(calls[1:], dim=1) if len(calls) > 1 else prefill[:, :0]  # [batch, steps, layers, top_k]
         width = prefill.shape[1]
-        rows = []
-        for i, (context, new) in enumerate(zip(context_lens, new_tokens)):
-            fed = [self.call(1 + step)[i] for step in range(new - 1)]
-            rows.append(torch.cat([prefill[i, width - context:], *(f[None] for f in fed)])[: context + new - 1])
-        return rows
+        return [torch.cat([prefill[i, width - context:], decode[i, : max(new - 1, 0)]])[: context + new - 1]
+                for i, (context, new) in enumerate(zip(context_lens, new_tokens))]
 
 
 @contextlib.contextmanager
@@ -88,13 +86,12 @@ def replay_routing(model: nn.Module, experts: torch.Tensor) -> Iterator[None]:
             handle.remove()
 
 
-def padded_routing(rows: list[torch.Tensor | None], seq_len: int, layers: int, top_k: int) -> torch.Tensor:
-    """Per-sample routing ([tokens - 1, layers, top_k] or None) laid out like a right-padded batch:
-    [batch, seq_len, layers, top_k], NO_REPLAY where nothing was recorded."""
-    out = torch.full((len(rows), seq_len, layers, top_k), NO_REPLAY, dtype=torch.long)
+def padded_routing(rows: list[torch.Tensor], seq_len: int) -> torch.Tensor:
+    """Per-sample routing ([tokens - 1, layers, top_k]) laid out like a right-padded batch:
+    [batch, seq_len, layers, top_k], NO_REPLAY where nothing was recorded (padding, each row's last token)."""
+    out = torch.full((len(rows), seq_len, *rows[0].shape[1:]), NO_REPLAY, dtype=torch.long)
     for i, routing in enumerate(rows):
-        if routing is not None:
-            out[i, : routing.shape[0]] = routing.long()
+        out[i, : routing.shape[0]] = routing.long()
     return out
 
 

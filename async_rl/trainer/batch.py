@@ -49,8 +49,7 @@ def replay_layout(samples: list[Sample], seq_len: int) -> torch.Tensor:
     missing = [s.index for s in samples if s.routed_experts is None]
     if missing:
         raise ValueError(f"--use-routing-replay: samples {missing[:5]} came back from the engine without routed experts")
-    _, layers, top_k = samples[0].routed_experts.shape
-    return padded_routing([s.routed_experts for s in samples], seq_len, layers, top_k)
+    return padded_routing([s.routed_experts for s in samples], seq_len)
 
 
 def micro_batch_indices(samples: list[Sample], micro_batch_size: int, max_tokens: int | None = None,
