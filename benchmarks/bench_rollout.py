@@ -1,17 +1,21 @@
-"""Rollout speed of SGLang engines with BF16 vs FP8 weights, and the time of one full weight update.
+"""Rollout speed of SGLang engines with BF16 vs FP8 weights, engine start-up, and a full weight update, profiled.
 
 Random ("dummy") weights of a real model shape; each engine runs in its own process:
 
     python benchmarks/bench_rollout.py --model-config benchmarks/model_configs/qwen2.5-7b.json \
-        --modes bf16 fp8 fp8-tuned fp8-channel --tuned-configs fp8_gemm_configs/
+        --modes bf16 fp8 fp8 fp8-channel [--kv-cache-dtype fp8_e4m3] [--attention-backend flashinfer]
 
-Decode: a batch of `--batch` prompts of `--prompt-len` random tokens, `--new-tokens` sampled tokens each
-(EOS ignored), sent at once through the engine's HTTP client to its SGLang server, CUDA graphs on, triton
-attention. Weight update: every parameter pushed through
-`SGLangEngine.load_weights` in 512 MB buckets from CUDA tensors (FP8: quantized per bucket by
-async_rl.weights.fp8 first, as the trainer does). `fp8` and `fp8-tuned` serve blockwise FP8 (`fp8-tuned`
-installs the JSON files of tools/tune_sglang_fp8_gemm.py into SGLang before starting); `fp8-channel` serves
-channelwise FP8 (CUTLASS scaled-mm). Ratios are against bf16 of the same run.
+Start-up: the engine's construction (server up, weights allocated) and its first generation (where kernels
+compiled on first use, such as DeepGEMM's, are built); a mode listed twice shows a second start reusing
+the kernel caches the first one wrote. Decode: a batch of `--batch` prompts of `--prompt-len` random
+tokens, `--new-tokens` sampled tokens each (EOS ignored), sent at once through the engine's HTTP client to
+its SGLang server, CUDA graphs on. Weight update: every parameter pushed through `SGLangEngine.load_weights`
+in 512 MB buckets from CUDA tensors (FP8: quantized per bucket by async_rl.weights.fp8 first, as the
+trainer does), in stages: quantization and bucketing on the trainer's side, then the loads (CUDA IPC
+handles, the HTTP request, SGLang's loader, the cache flush). The first update (where Triton compiles the
+quantizer) is reported apart from the profiled second one. `fp8` and `fp8-tuned` serve blockwise FP8
+(`fp8-tuned` installs the JSON files of tools/tune_sglang_fp8_gemm.py into SGLang before starting);
+`fp8-channel` serves channelwise FP8 (CUTLASS scaled-mm). Ratios are against bf16 of the same run.
 Needs a CUDA GPU and sglang.
 """
 
@@ -60,7 +64,6 @@ def hf_parameters(config: dict):
 
 def run_one(mode: str, config_path: Path, args) -> dict:
     from async_rl.rollout.sglang_engine import SGLangEngine
-    from async_rl.weights.sync import weight_buckets
 
     config = json.loads(config_path.read_text())
     model_dir = Path(tempfile.mkdtemp())
@@ -69,12 +72,15 @@ def run_one(mode: str, config_path: Path, args) -> dict:
     if mode == "fp8-tuned":
         subprocess.run([sys.executable, str(REPO / "tools" / "tune_sglang_fp8_gemm.py"), "--install", args.tuned_configs],
                        check=True)
-    server = dict(load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16", attention_backend="triton",
-                  sampling_backend="pytorch", mem_fraction_static=0.6, context_length=1024,
-                  cuda_graph_max_bs_decode=args.batch, max_running_requests=args.batch, log_level="warning")
+    server = dict(load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16", attention_backend=args.attention_backend,
+                  sampling_backend="pytorch", mem_fraction_static=0.6, context_length=args.prompt_len + args.new_tokens + 64,
+                  cuda_graph_max_bs_decode=args.batch, max_running_requests=args.batch, log_level="warning",
+                  kv_cache_dtype=args.kv_cache_dtype)
     if fp8:
         server["json_model_override_args"] = json.dumps({"quantization_config": quantization_config(fp8)})
+    start = time.perf_counter()
     engine = SGLangEngine(str(model_dir), fp8=fp8, max_concurrent_requests=args.batch, **server)
+    start_s = time.perf_counter() - start
     prompts = torch.randint(100, config["vocab_size"] - 100, (args.batch, args.prompt_len)).tolist()
     params = {"temperature": 1.0, "max_new_tokens": args.new_tokens, "ignore_eos": True}
 
@@ -82,24 +88,37 @@ def run_one(mode: str, config_path: Path, args) -> dict:
         requests = [{"input_ids": p, "sampling_params": {**params, "max_new_tokens": max_new_tokens}} for p in prompts]
         return engine.client.post_many("/generate", requests)
 
-    generate(16)  # warm-up
+    start = time.perf_counter()
+    generate(16)  # warm-up: kernels compiled on first use
+    first_generate_s = time.perf_counter() - start
     start = time.perf_counter()
     outputs = generate(args.new_tokens)
     elapsed = time.perf_counter() - start
     tokens = sum(len(o["output_ids"]) for o in outputs)
 
-    def named():
-        for name, shape in hf_parameters(config):
-            yield name, torch.randn(shape, device="cuda", dtype=torch.bfloat16) * 0.02
+    source = [(name, torch.randn(shape, device="cuda", dtype=torch.bfloat16) * 0.02) for name, shape in hf_parameters(config)]
+    first_update_s = sum(update(engine, source, fp8).values())
+    profile = update(engine, source, fp8)
+    engine.shutdown()
+    return {"mode": mode, "output_tok_s": tokens / elapsed, "decode_s": elapsed, "tokens": tokens, "start_s": start_s,
+            "first_generate_s": first_generate_s, "first_update_s": first_update_s, "update_s": sum(profile.values()),
+            **profile}
+
+
+def update(engine, source: list[tuple[str, torch.Tensor]], fp8: str | None) -> dict[str, float]:
+    """One full weight update, timed by stage: the trainer's quantization and bucketing, then the engine's loads."""
+    from async_rl.weights.sync import weight_buckets
 
     torch.cuda.synchronize()
     start = time.perf_counter()
-    for bucket in weight_buckets(named(), bucket_bytes=512 * 1024**2, fp8=fp8):
+    buckets = list(weight_buckets(source, bucket_bytes=512 * 1024**2, fp8=fp8))
+    torch.cuda.synchronize()
+    quantize_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for bucket in buckets:
         engine.load_weights(bucket)
     torch.cuda.synchronize()
-    update_s = time.perf_counter() - start
-    engine.shutdown()
-    return {"mode": mode, "output_tok_s": tokens / elapsed, "decode_s": elapsed, "tokens": tokens, "update_s": update_s}
+    return {"quantize_s": quantize_s, "load_s": time.perf_counter() - start}
 
 
 def main() -> None:
@@ -110,15 +129,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--attention-backend", default="triton", help="SGLang's --attention-backend.")
+    parser.add_argument("--kv-cache-dtype", default="auto", help="SGLang's --kv-cache-dtype (fp8_e4m3: an FP8 KV cache).")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run this mode here and print JSON
     args = parser.parse_args()
     if args.one:
         report(run_one(args.one, args.model_config, args))
         return
     print(f"model {args.model_config.stem}, batch {args.batch}, prompt {args.prompt_len}, new tokens {args.new_tokens}, "
-          f"{torch.cuda.get_device_name()}")
-    print("| weights | output tok/s | vs bf16 | full weight update s | vs bf16 |")
-    print("|---|---:|---:|---:|---:|", flush=True)
+          f"attention {args.attention_backend}, KV cache {args.kv_cache_dtype}, {torch.cuda.get_device_name()}")
+    print("| weights | start s | first generate s | output tok/s | vs bf16 | first update s | update s | quantize s | "
+          "load s | update vs bf16 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
     base = None
     for mode in args.modes:  # one process per engine: SGLang's kernels and memory are per process
         r = run_case(mode, [__file__, "--one", mode, *sys.argv[1:]])
@@ -127,7 +149,9 @@ def main() -> None:
         base = base or (r if mode == "bf16" else None)
         tok_ratio = f"{r['output_tok_s'] / base['output_tok_s']:.2f}x" if base else "-"
         upd_ratio = f"{r['update_s'] / base['update_s']:.2f}x" if base else "-"
-        print(f"| {mode} | {r['output_tok_s']:,.0f} | {tok_ratio} | {r['update_s']:.2f} | {upd_ratio} |", flush=True)
+        print(f"| {mode} | {r['start_s']:.1f} | {r['first_generate_s']:.1f} | {r['output_tok_s']:,.0f} | {tok_ratio} | "
+              f"{r['first_update_s']:.2f} | {r['update_s']:.3f} | {r['quantize_s']:.3f} | {r['load_s']:.3f} | {upd_ratio} |",
+              flush=True)
 
 if __name__ == "__main__":
     main()

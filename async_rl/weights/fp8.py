@@ -48,13 +48,20 @@ def quantize_blockwise(w: torch.Tensor, block_size: int = 128, pow2_scale: bool 
     return quantize_blockwise_many([w], pow2_scale)[0]
 
 
+def _fused_kernels(weights: list[torch.Tensor]):
+    """`fp8_triton` when the weights can go through its fused kernels (all CUDA tensors, Triton installed), else None."""
+    if not weights or not all(w.is_cuda for w in weights):
+        return None
+    from async_rl.weights import fp8_triton
+
+    return fp8_triton if fp8_triton.available() else None
+
+
 def quantize_blockwise_many(weights: list[torch.Tensor], pow2_scale: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """`quantize_blockwise` of several weights: one fused launch on the GPU, one call each elsewhere."""
-    if weights and all(w.is_cuda for w in weights):
-        from async_rl.weights import fp8_triton
-
-        if fp8_triton.available():
-            return fp8_triton.quantize_blockwise_many(weights, pow2_scale)
+    kernels = _fused_kernels(weights)
+    if kernels:
+        return kernels.quantize_blockwise_many(weights, pow2_scale)
     return [quantize_blockwise_reference(w, pow2_scale=pow2_scale) for w in weights]
 
 
@@ -62,7 +69,9 @@ GRANULARITIES = ("block", "channel")
 
 
 def quantize_channelwise(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(q, scale): q float8_e4m3fn of w's shape, scale float32 [out, 1]; each row's largest magnitude maps to 448."""
+    """(q, scale): q float8_e4m3fn of w's shape, scale float32 [out, 1]; each row's largest magnitude maps to 448.
+
+    The oracle of the fused kernel `quantize_many` uses for CUDA tensors."""
     if w.ndim != 2:
         raise ValueError(f"channelwise FP8 quantizes 2-D weights, got shape {tuple(w.shape)}")
     w32 = w.to(torch.float32)
@@ -76,7 +85,8 @@ def quantize_many(weights: list[torch.Tensor], granularity: str, pow2_scale: boo
     if granularity == "block":
         return quantize_blockwise_many(weights, pow2_scale)
     if granularity == "channel":
-        return [quantize_channelwise(w) for w in weights]
+        kernels = _fused_kernels(weights)
+        return kernels.quantize_channelwise_many(weights) if kernels else [quantize_channelwise(w) for w in weights]
     raise ValueError(f"unknown FP8 granularity {granularity!r}; expected one of {GRANULARITIES}")
 
 

@@ -1,9 +1,12 @@
-"""Fused blockwise FP8 quantization on the GPU: one pass reads each 128 x 128 block once.
+"""Fused FP8 quantization on the GPU, blockwise and channelwise, bit-equal to the torch oracles in `fp8`.
 
-Each program loads one block, reduces its absolute maximum, and writes the E4M3 values and the
-block's float32 scale_inv. Division is IEEE round-to-nearest, as in the torch oracle, so the two agree
-bit for bit. Many tensors (a weight-sync bucket) go in one launch: at tens of microseconds per launch
-from Python, per-tensor launches would cost more than the quantization itself.
+Blockwise: each program loads one 128 x 128 block once, reduces its absolute maximum, and writes the E4M3
+values and the block's float32 scale_inv. Channelwise: each program reads one output row twice (maximum,
+then values) and writes its E4M3 values and float32 scale; the torch version makes about ten passes over a
+float32 copy of the weight, which made a channel-FP8 weight push cost more than a BF16 one. Division is IEEE
+round-to-nearest, as in the torch oracles, so the two agree bit for bit. Many tensors (a weight-sync bucket)
+go in one launch: at tens of microseconds per launch from Python, per-tensor launches would cost more than
+the quantization itself.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ except ImportError:  # CPU-only installs: the torch reference is used
     triton = None
 
 BLOCK = 128
-_FIELDS = 7  # per tensor in the launch table: w_ptr, q_ptr, s_ptr, rows, cols, col_blocks, first_block
+# The launch table holds 7 int64 per tensor: w_ptr, q_ptr, s_ptr, rows, cols, col_blocks, first program.
+ROW_CHUNK = 1024  # columns a channelwise program holds at once
 
 
 def available() -> bool:
@@ -28,10 +32,8 @@ if triton is not None:
     _TL_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
 
     @triton.jit
-    def _quantize_many_kernel(table_ptr, n_tensors, IN_DTYPE: tl.constexpr, POW2: tl.constexpr, ALIGNED: tl.constexpr,
-                              BLOCK_SIZE: tl.constexpr):
-        # one program per block of all tensors together; binary search for the tensor this block is in
-        pid = tl.program_id(0).to(tl.int64)
+    def _table_entry(table_ptr, n_tensors, pid):
+        """The launch-table row of the tensor program `pid` works on (binary search over first programs)."""
         lo = 0
         hi = n_tensors
         while hi - lo > 1:
@@ -39,7 +41,14 @@ if triton is not None:
             first = tl.load(table_ptr + mid * 7 + 6)
             lo = tl.where(first <= pid, mid, lo)
             hi = tl.where(first <= pid, hi, mid)
-        entry = table_ptr + lo * 7
+        return table_ptr + lo * 7
+
+    @triton.jit
+    def _quantize_many_kernel(table_ptr, n_tensors, IN_DTYPE: tl.constexpr, POW2: tl.constexpr, ALIGNED: tl.constexpr,
+                              BLOCK_SIZE: tl.constexpr):
+        # one program per block of all tensors together
+        pid = tl.program_id(0).to(tl.int64)
+        entry = _table_entry(table_ptr, n_tensors, pid)
         block = pid - tl.load(entry + 6)
         rows = tl.load(entry + 3)
         cols = tl.load(entry + 4)
@@ -69,31 +78,76 @@ if triton is not None:
         tl.store(q_ptr + offsets, q.to(tl.float8e4nv), mask=mask)
         tl.store(s_ptr + block, scale_inv)
 
+    @triton.jit
+    def _quantize_rows_kernel(table_ptr, n_tensors, IN_DTYPE: tl.constexpr, ALIGNED: tl.constexpr, CHUNK: tl.constexpr):
+        # one program per output row of all tensors together
+        pid = tl.program_id(0).to(tl.int64)
+        entry = _table_entry(table_ptr, n_tensors, pid)
+        row = pid - tl.load(entry + 6)
+        cols = tl.load(entry + 4)
+        w_ptr = tl.load(entry).to(tl.pointer_type(IN_DTYPE))
+        q_ptr = tl.load(entry + 1).to(tl.pointer_type(tl.float8e4nv))
+        s_ptr = tl.load(entry + 2).to(tl.pointer_type(tl.float32))
+        if ALIGNED:
+            cols = tl.multiple_of(cols, 16)
+            w_ptr = tl.multiple_of(w_ptr, 16)
+            q_ptr = tl.multiple_of(q_ptr, 16)
+        w_row = w_ptr + row * cols
+        q_row = q_ptr + row * cols
+        amax = tl.zeros((CHUNK,), dtype=tl.float32)
+        for start in range(0, cols, CHUNK):
+            c = start + tl.arange(0, CHUNK)
+            amax = tl.maximum(amax, tl.abs(tl.load(w_row + c, mask=c < cols, other=0.0).to(tl.float32)))
+        top = tl.max(amax, axis=0)
+        scale = tl.where(top > 0, tl.math.div_rn(top, 448.0), 1.0)
+        for start in range(0, cols, CHUNK):
+            c = start + tl.arange(0, CHUNK)
+            w = tl.load(w_row + c, mask=c < cols, other=0.0).to(tl.float32)
+            q = tl.minimum(tl.maximum(tl.math.div_rn(w, scale), -448.0), 448.0)
+            tl.store(q_row + c, q.to(tl.float8e4nv), mask=c < cols)
+        tl.store(s_ptr + row, scale)
 
-def quantize_blockwise_many(weights: list[torch.Tensor], pow2_scale: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """`quantize_blockwise` of every 2-D CUDA tensor in `weights`, in one launch per input dtype."""
+
+def _launch_tables(weights: list[torch.Tensor], scale_shape, programs):
+    """Per input dtype: the launch table (on the device), the program count, whether
+    every access is 16-byte aligned, and the indices it covers; fills `results` with the (q, scale) outputs."""
     results: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(weights)
     by_dtype: dict[torch.dtype, list[int]] = {}
     for i, w in enumerate(weights):
         by_dtype.setdefault(w.dtype, []).append(i)
+    launches = []
     for dtype, indices in by_dtype.items():
-        table, keep_alive, total_blocks, aligned = [], [], 0, True
+        table, keep_alive, total, aligned = [], [], 0, True
         for i in indices:
             w = weights[i].contiguous()
             rows, cols = w.shape
-            col_blocks = triton.cdiv(cols, BLOCK)
             q = torch.empty((rows, cols), dtype=torch.float8_e4m3fn, device=w.device)
-            scale_inv = torch.empty((triton.cdiv(rows, BLOCK), col_blocks), dtype=torch.float32, device=w.device)
-            table += [w.data_ptr(), q.data_ptr(), scale_inv.data_ptr(), rows, cols, col_blocks, total_blocks]
+            scale = torch.empty(scale_shape(rows, cols), dtype=torch.float32, device=w.device)
+            table += [w.data_ptr(), q.data_ptr(), scale.data_ptr(), rows, cols, triton.cdiv(cols, BLOCK), total]
             keep_alive.append(w)
             aligned &= cols % 16 == 0 and w.data_ptr() % 16 == 0 and q.data_ptr() % 16 == 0
-            results[i] = (q, scale_inv)
-            total_blocks += triton.cdiv(rows, BLOCK) * col_blocks
+            results[i] = (q, scale)
+            total += programs(rows, cols)
         table_t = torch.tensor(table, dtype=torch.int64).pin_memory().to(weights[indices[0]].device, non_blocking=True)
-        _quantize_many_kernel[(total_blocks,)](
-            table_t, len(indices), IN_DTYPE=_TL_DTYPES[dtype], POW2=pow2_scale, ALIGNED=aligned, BLOCK_SIZE=BLOCK,
-            num_warps=16,
-        )
+        launches.append((table_t, len(indices), total, _TL_DTYPES[dtype], aligned, keep_alive))
+    return results, launches
+
+
+def quantize_blockwise_many(weights: list[torch.Tensor], pow2_scale: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`quantize_blockwise` of every 2-D CUDA tensor in `weights`, in one launch per input dtype."""
+    results, launches = _launch_tables(weights, lambda rows, cols: (triton.cdiv(rows, BLOCK), triton.cdiv(cols, BLOCK)),
+                                       lambda rows, cols: triton.cdiv(rows, BLOCK) * triton.cdiv(cols, BLOCK))
+    for table, n, programs, in_dtype, aligned, _ in launches:
+        _quantize_many_kernel[(programs,)](table, n, IN_DTYPE=in_dtype, POW2=pow2_scale, ALIGNED=aligned,
+                                           BLOCK_SIZE=BLOCK, num_warps=16)
+    return results
+
+
+def quantize_channelwise_many(weights: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`fp8.quantize_channelwise` of every 2-D CUDA tensor in `weights`, in one launch per input dtype."""
+    results, launches = _launch_tables(weights, lambda rows, cols: (rows, 1), lambda rows, cols: rows)
+    for table, n, programs, in_dtype, aligned, _ in launches:
+        _quantize_rows_kernel[(programs,)](table, n, IN_DTYPE=in_dtype, ALIGNED=aligned, CHUNK=ROW_CHUNK, num_warps=4)
     return results
 
 

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import torch
 
@@ -98,6 +102,25 @@ def probe(model: str, fp8: str | None, report: dict) -> None:
         except ValueError as e:
             report[f"{key}/bf16_push_refused"] = str(e)[:200]
     engine.shutdown()
+    if fp8:
+        fresh_engine = SGLangEngine(fp8_checkpoint_of(new, fp8), seed=0, fp8=fp8, **SERVER)
+        loaded = fresh_engine.generate(fresh(tokenizer), greedy)
+        fresh_engine.shutdown()
+        report[f"{key}/greedy_tokens_equal_fresh_engine_from_fp8_checkpoint"] = [
+            s.response_tokens for s in resumed] == [s.response_tokens for s in loaded]
+        report[f"{key}/greedy_first_difference"] = next(
+            ([s.prompt, a.response_tokens, s.response_tokens] for a, s in zip(resumed, loaded)
+             if a.response_tokens != s.response_tokens), None)
+
+
+def fp8_checkpoint_of(trainer: TorchTrainer, fp8: str) -> str:
+    """The trainer's weights as an FP8 checkpoint written by tools/bf16_cast_fp8.py (the quantizer pushes use)."""
+    root = Path(tempfile.mkdtemp())
+    trainer.model.save_pretrained(root / "hf", safe_serialization=True)
+    trainer.tokenizer.save_pretrained(root / "hf")
+    subprocess.run([sys.executable, "tools/bf16_cast_fp8.py", "--input-bf16-hf-path", str(root / "hf"),
+                    "--output-fp8-hf-path", str(root / "fp8"), "--granularity", fp8], check=True)
+    return str(root / "fp8")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from async_rl.weights import fp8_triton
-from async_rl.weights.fp8 import quantize_blockwise_reference
+from async_rl.weights.fp8 import quantize_blockwise_reference, quantize_channelwise
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not fp8_triton.available(), reason="needs a CUDA GPU and Triton")]
 
@@ -37,3 +37,17 @@ def test_one_launch_for_many_tensors_of_mixed_shapes_and_dtypes():
     for w, (q, s) in zip(weights, fp8_triton.quantize_blockwise_many(weights, pow2_scale=True)):
         q_r, s_r = quantize_blockwise_reference(w, pow2_scale=True)
         assert torch.equal(q.view(torch.uint8), q_r.view(torch.uint8)) and torch.equal(s, s_r)
+
+
+@pytest.mark.parametrize("shape", [(1, 7), (200, 300), (512, 18944), (3584, 1024)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_the_channelwise_kernel_equals_its_torch_oracle_bit_for_bit(shape, dtype):
+    torch.manual_seed(2)
+    w = (torch.randn(shape, device="cuda") * torch.logspace(-4, 2, shape[0], device="cuda")[:, None]).to(dtype)
+    w[0] = 0  # an all-zero row gets scale 1
+    mixed = [w, torch.randn(shape[::-1], device="cuda", dtype=torch.bfloat16)]
+    for x, (q, s) in zip(mixed, fp8_triton.quantize_channelwise_many(mixed)):
+        q_r, s_r = quantize_channelwise(x)
+        assert q.dtype == torch.float8_e4m3fn and q.shape == x.shape and s.shape == (x.shape[0], 1)
+        assert torch.equal(s, s_r)
+        assert torch.equal(q.view(torch.uint8), q_r.view(torch.uint8))
