@@ -96,6 +96,29 @@ def test_megatron_step_on_a_gpu_matches_the_torch_backend(torch_step, precision)
     assert metrics["train/skipped_steps"] == 0
 
 
+@needs_te
+@pytest.mark.parametrize("recipe", ["delayed", "tensorwise"])
+def test_fp8_log_probs_follow_the_weights_after_a_step(tiny_model, tokenizer, recipe):
+    """Transformer Engine reuses a weight's FP8 copy until told a new step began: the log-probs after a step must
+    be those of the new weights (an FP8 trainer that kept its first FP8 copy collapsed in the learning run)."""
+    from async_rl.trainer.megatron.trainer import MegatronTrainer
+
+    samples = rollout(tiny_model, tokenizer, n=16)
+    flags = TE | dict(fp8_format="e4m3", fp8_recipe=recipe)
+    trainer = MegatronTrainer(str(tiny_model), dataclasses.replace(CFG, lr=3e-3),
+                              dataclasses.replace(MegatronConfig(), **flags), global_batch_size=16, temperature=1.0)
+    try:
+        before, _, after = one_step(trainer, samples)
+        trainer.model.set_is_first_microbatch()  # a fresh FP8 cast of the same weights
+        recast = trainer.compute_log_probs(samples)
+    finally:
+        trainer.close()
+    moved, stale = mean_abs_diff(before, after), mean_abs_diff(after, recast)
+    print(f"\nfp8 {recipe}: log-probs moved {moved:.4f} by the step; after vs a fresh cast {stale:.5f}")
+    assert moved > 0.02
+    assert stale < 0.1 * moved
+
+
 @pytest.mark.parametrize("recompute", [dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1),
                                        dict(recompute_granularity="selective")], ids=["full", "selective"])
 def test_activation_recomputation_takes_the_same_step(torch_step, recompute):

@@ -249,7 +249,15 @@ class MegatronTrainer(PolicyTrainer):
 
     def optimizer_step(self) -> tuple[float, bool]:
         self._finish_gradients()
-        return self.optimizer.step()
+        result = self.optimizer.step()
+        self._recast_fp8_weights()
+        return result
+
+    def _recast_fp8_weights(self) -> None:
+        """Transformer Engine casts each weight to FP8 once and reuses that copy until its module is told a new
+        first micro-batch begins (Megatron's schedules say so; this trainer runs its own loop). Without it an FP8
+        trainer keeps computing with the weights of its first forward pass while the BF16 weights train."""
+        self.model.set_is_first_microbatch()
 
     def gradient_norm(self) -> float:
         self._finish_gradients()
@@ -417,4 +425,5 @@ class MegatronTrainer(PolicyTrainer):
             self.optimizer.load_state_dict(state["optimizer"])
         self.version, self.optimizer_steps = state["version"], state["optimizer_steps"]
         torch.set_rng_state(state["torch_rng"])
+        self._recast_fp8_weights()
         _wait(refs)
