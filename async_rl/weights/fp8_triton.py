@@ -108,47 +108,46 @@ if triton is not None:
         tl.store(s_ptr + row, scale)
 
 
-def _launch_tables(weights: list[torch.Tensor], scale_shape, programs):
-    """Per input dtype: the launch table (on the device), the program count, whether
-    every access is 16-byte aligned, and the indices it covers; fills `results` with the (q, scale) outputs."""
+def _launch_per_dtype(weights: list[torch.Tensor], scale_shape, programs, launch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Allocate each weight's (q, scale) outputs and, per input dtype, call `launch(table, n_tensors, n_programs,
+    in_dtype, aligned)` with the launch table on the device; `programs(rows, cols)` is a tensor's program count."""
     results: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(weights)
     by_dtype: dict[torch.dtype, list[int]] = {}
     for i, w in enumerate(weights):
         by_dtype.setdefault(w.dtype, []).append(i)
-    launches = []
     for dtype, indices in by_dtype.items():
-        table, keep_alive, total, aligned = [], [], 0, True
+        table, contiguous, total, aligned = [], [], 0, True
         for i in indices:
             w = weights[i].contiguous()
             rows, cols = w.shape
             q = torch.empty((rows, cols), dtype=torch.float8_e4m3fn, device=w.device)
             scale = torch.empty(scale_shape(rows, cols), dtype=torch.float32, device=w.device)
             table += [w.data_ptr(), q.data_ptr(), scale.data_ptr(), rows, cols, triton.cdiv(cols, BLOCK), total]
-            keep_alive.append(w)
+            contiguous.append(w)  # alive until the launch below has been queued
             aligned &= cols % 16 == 0 and w.data_ptr() % 16 == 0 and q.data_ptr() % 16 == 0
             results[i] = (q, scale)
             total += programs(rows, cols)
         table_t = torch.tensor(table, dtype=torch.int64).pin_memory().to(weights[indices[0]].device, non_blocking=True)
-        launches.append((table_t, len(indices), total, _TL_DTYPES[dtype], aligned, keep_alive))
-    return results, launches
+        launch(table_t, len(indices), total, _TL_DTYPES[dtype], aligned)
+    return results
 
 
 def quantize_blockwise_many(weights: list[torch.Tensor], pow2_scale: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """`quantize_blockwise` of every 2-D CUDA tensor in `weights`, in one launch per input dtype."""
-    results, launches = _launch_tables(weights, lambda rows, cols: (triton.cdiv(rows, BLOCK), triton.cdiv(cols, BLOCK)),
-                                       lambda rows, cols: triton.cdiv(rows, BLOCK) * triton.cdiv(cols, BLOCK))
-    for table, n, programs, in_dtype, aligned, _ in launches:
+    def launch(table, n, programs, in_dtype, aligned):
         _quantize_many_kernel[(programs,)](table, n, IN_DTYPE=in_dtype, POW2=pow2_scale, ALIGNED=aligned,
                                            BLOCK_SIZE=BLOCK, num_warps=16)
-    return results
+
+    return _launch_per_dtype(weights, lambda rows, cols: (triton.cdiv(rows, BLOCK), triton.cdiv(cols, BLOCK)),
+                             lambda rows, cols: triton.cdiv(rows, BLOCK) * triton.cdiv(cols, BLOCK), launch)
 
 
 def quantize_channelwise_many(weights: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """`fp8.quantize_channelwise` of every 2-D CUDA tensor in `weights`, in one launch per input dtype."""
-    results, launches = _launch_tables(weights, lambda rows, cols: (rows, 1), lambda rows, cols: rows)
-    for table, n, programs, in_dtype, aligned, _ in launches:
+    def launch(table, n, programs, in_dtype, aligned):
         _quantize_rows_kernel[(programs,)](table, n, IN_DTYPE=in_dtype, ALIGNED=aligned, CHUNK=ROW_CHUNK, num_warps=4)
-    return results
+
+    return _launch_per_dtype(weights, lambda rows, cols: (rows, 1), lambda rows, cols: rows, launch)
 
 
 def quantize_blockwise(w: torch.Tensor, pow2_scale: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
