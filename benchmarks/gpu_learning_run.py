@@ -60,7 +60,7 @@ MODEL = {
 BACKENDS = {
     "gpu": ["--rollout-backend", "sglang", "--train-backend", "megatron", "--bf16", "--actor-num-gpus-per-node", "1",
             "--colocate", "--sglang-mem-fraction-static", "0.2", "--sglang-attention-backend", "triton",
-            "--sglang-sampling-backend", "pytorch", "--sglang-disable-cuda-graph", "--sglang-context-length", "256"],
+            "--sglang-sampling-backend", "pytorch", "--sglang-context-length", "256"],
     "cpu": ["--rollout-backend", "local", "--train-backend", "torch"],
 }
 
@@ -133,12 +133,14 @@ def summarize(out: Path) -> dict[str, float | None]:
     """An arm's numbers, all from its own metrics.jsonl (and the wall time the script measured)."""
     rows = read_metrics(out / "metrics.jsonl")
     evals = [(r["step"], r["eval/reward_mean"]) for r in rows if "eval/reward_mean" in r]
-    steps = [r for r in rows if "perf/step_time_s" in r]
+    timed = [r for r in rows if "perf/step_time_s" in r]
+    steps = [r for r in timed if r["step"] > 0]  # step 0 pays one-time costs (kernel JIT, first push): apart
     generated = sum(r.get("rollout/samples", 0) * r.get("rollout/response_len_mean", 0) for r in steps)
     rollout_time = sum(r.get("perf/rollout_time_s", 0) for r in steps)
     wall = out / "wall_time_s"
     return {
-        "eval_start": evals[0][1], "eval_final": evals[-1][1], "eval_curve": evals, "steps": len(steps),
+        "eval_start": evals[0][1], "eval_final": evals[-1][1], "eval_curve": evals, "steps": len(timed),
+        "first_step_s": next((r["perf/step_time_s"] for r in timed if r["step"] == 0), None),
         "wall_s": float(wall.read_text()) if wall.is_file() else None,
         "rollout_tok_s": generated / rollout_time if rollout_time else None,
         "train_tok_s": mean(steps, "perf/train_tokens_per_s"), "step_s": mean(steps, "perf/step_time_s"),
@@ -163,18 +165,20 @@ def print_tables(results: dict[str, dict]) -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for arm, r in results.items():
         vs_final = r["eval_final"] / base["eval_final"] if base else None
-        vs_step = r["step_s"] / base["step_s"] if base else None
+        vs_step = r["step_s"] / base["step_s"] if base and r["step_s"] and base["step_s"] else None
         print(f"| {arm} | {r['eval_start']:.3f} | {r['eval_final']:.3f} | {r['eval_final'] - r['eval_start']:+.3f} | "
               f"{fmt(vs_final, '.3f')} | {r['steps']} | {fmt(r['wall_s'], '.0f')} | {fmt(r['rollout_tok_s'], ',.0f')} | "
-              f"{fmt(r['train_tok_s'], ',.0f')} | {r['step_s']:.2f} | {fmt(vs_step, '.2f')} | {fmt(r['overlap'], '.2f')} | "
+              f"{fmt(r['train_tok_s'], ',.0f')} | {fmt(r['step_s'], '.2f')} | {fmt(vs_step, '.2f')} | {fmt(r['overlap'], '.2f')} | "
               f"{fmt(r['mismatch'], '.4f')} |")
-    print("\nwhere a step's time goes (means per step, seconds; sync waits for all of its rollout, async only for "
-          "what training did not hide):\n")
-    print("| arm | step | rollout (generation span) | waited for rollout | train | weight push | memory moves |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("\nwhere a step's time goes (means per step after the first, seconds; sync waits for all of its rollout, "
+          "async only for what training did not hide; the first step, with its one-time kernel compilation and "
+          "first weight push, apart):\n")
+    print("| arm | step | rollout (generation span) | waited for rollout | train | weight push | memory moves | first step |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for arm, r in results.items():
-        print(f"| {arm} | {r['step_s']:.2f} | {fmt(r['rollout_s'], '.2f')} | {fmt(r['rollout_wait_s'], '.2f')} | "
-              f"{fmt(r['train_s'], '.2f')} | {fmt(r['push_s'], '.2f')} | {r['memory_s']:.2f} |")
+        print(f"| {arm} | {fmt(r['step_s'], '.2f')} | {fmt(r['rollout_s'], '.2f')} | {fmt(r['rollout_wait_s'], '.2f')} | "
+              f"{fmt(r['train_s'], '.2f')} | {fmt(r['push_s'], '.2f')} | {r['memory_s']:.2f} | "
+              f"{fmt(r['first_step_s'], '.2f')} |")
     print("\neval reward by step:\n")
     for arm, r in results.items():
         print(f"- {arm}: " + ", ".join(f"{step}: {value:.3f}" for step, value in r["eval_curve"]))
@@ -184,7 +188,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", type=Path, required=True)
     parser.add_argument("--cpu", action="store_true", help="Local engine and torch trainer on the CPU, a tiny model.")
-    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=DEFAULT_ARMS)
+    parser.add_argument("--arms", nargs="*", choices=list(ARMS), default=DEFAULT_ARMS,
+                        help="Arms to run; none: only build the SFT model and tabulate the arms already complete.")
     parser.add_argument("--num-rollout", type=int, default=16)
     parser.add_argument("--rollout-batch-size", type=int, default=32)
     parser.add_argument("--eval-interval", type=int, default=4)
@@ -211,6 +216,9 @@ def main() -> None:
             to_run.append(arm)
     failed = run_arms(to_run, model, args.output_dir, args, extra)
     done = {arm: args.output_dir / arm for arm in ARMS if complete(args.output_dir / arm, args.num_rollout)}
+    if not done and not args.arms:
+        print("no arm is complete yet", file=sys.stderr)
+        return
     if not done:
         raise SystemExit(f"no arm has finished in {args.output_dir}: {', '.join(failed)} failed")
     results = {arm: summarize(out) for arm, out in done.items()}
