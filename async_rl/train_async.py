@@ -63,6 +63,7 @@ def run(cfg: Config) -> None:
                 metrics |= rollout_metrics | overlap_ratio(rollout_metrics) | session.batch_metrics(samples)
                 if samples:
                     samples, staleness = drop_stale_groups(samples, step, r.max_staleness)
+                    staleness["rollout/stale_dropped"] += rollout_metrics.get("rollout/stale_dropped", 0.0)
                     metrics |= staleness
 
                 metrics |= session.train(step, samples)

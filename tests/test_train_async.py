@@ -134,3 +134,17 @@ def test_groups_older_than_the_bound_are_dropped_whole_and_counted():
     assert [s.group_id for s in kept] == [0, 0, 2, 2]
     assert stats["rollout/stale_dropped"] == 2
     assert stats["rollout/staleness_max"] == 2
+
+
+def test_with_a_dynamic_sampling_filter_batches_stay_full_and_within_the_bound(tiny_model, tmp_path):
+    """Admission counts running groups at the filter's keep rate; groups that pass beyond the expected share
+    must not leave a batch short or train older than --max-staleness."""
+    out = tmp_path / "run"
+    train_async.main(run_flags(tiny_model, out, "--num-rollout", "4", "--dynamic-sampling-filter-path",
+                               "async_rl.rollout.filters:check_reward_nonzero_std", "--over-sampling-batch-size", "8",
+                               evaluate=False))
+    steps = step_rows(out)
+    assert len(steps) == 4 and all(r["rollout/samples"] == 16 for r in steps)
+    assert all(r["rollout/staleness_max"] <= 1 for r in steps)
+    assert all(0 < r["rollout/admission_keep_rate"] <= 1 for r in steps)
+    assert sum(r["rollout/groups_generated"] for r in steps) > sum(r["rollout/groups_kept"] for r in steps)

@@ -9,6 +9,14 @@ that ever entered the buffer. A group admitted under version v is trained by ste
 the latest, so no trained sample is more than `max_staleness` versions old, and the buffer never holds
 more than (max_staleness + 1) batches: it is bounded and pushes back on generation. The counters are
 part of the checkpoint, so the bound also holds right after a resume.
+
+With a dynamic-sampling filter only a fraction of the running groups will enter the buffer, and counting
+each in full would produce a batch in a series of shrinking rounds (one batch's worth, then the share the
+filter dropped, then the share of that ...), each paying a whole generation's latency while the trainer
+waits. Running groups therefore count at the filter's recent keep rate. When more pass than expected, the
+surplus exceeds the bound; `take_batch` drops groups older than `--max-staleness` whole before it fills
+a batch and counts their samples (`rollout/stale_dropped`), so batches stay full and the bound on trained
+samples still holds.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import logging
 import math
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -40,9 +48,28 @@ class AdmissionControl:
     max_staleness: int
     max_running: int
 
-    def capacity(self, version: int, accepted: int, running: int) -> int:
-        """How many more groups may start generating now."""
-        return min(self.max_running - running, (self.max_staleness + version + 1) * self.batch_groups - (accepted + running))
+    def capacity(self, version: int, accepted: int, running: int, keep_rate: float = 1.0) -> int:
+        """How many more groups may start generating now, when a running group enters the buffer with
+        probability `keep_rate` (1 without a dynamic-sampling filter)."""
+        room = (self.max_staleness + version + 1) * self.batch_groups - accepted
+        if room <= 0:
+            return 0
+        expected_running = math.ceil(room / keep_rate) if keep_rate > 0 else self.max_running
+        return min(self.max_running, expected_running) - running
+
+
+class KeepRate:
+    """The fraction of recently generated groups that passed the dynamic-sampling filter (1 until one finishes)."""
+
+    def __init__(self, window: int):
+        self._kept: deque[bool] = deque(maxlen=window)
+
+    def add(self, kept: bool) -> None:
+        self._kept.append(kept)
+
+    @property
+    def value(self) -> float:
+        return sum(self._kept) / len(self._kept) if self._kept else 1.0
 
 
 @dataclass
@@ -98,6 +125,7 @@ class RolloutProducer:
         self._abort_version: int | None = None
         n_engines = len(manager.engines)
         self._chunk_groups = max(1, math.ceil(admission.max_running / (n_engines * manager.chunks_per_engine)))
+        self._keep_rate = KeepRate(window=2 * admission.batch_groups)
         self._counts: Counter[str] = Counter()
         self._reward_counts: Counter = Counter()
         self._restarts_at_take = manager.restarts
@@ -121,7 +149,7 @@ class RolloutProducer:
         give_up_after = self.sampling.max_rounds * self.sampling.groups_per_round
         wait_start = time.time()
         with self._cond:
-            while len(self.buffer) < target_groups and self._error is None:
+            while self._discard_stale() < target_groups and self._error is None:
                 if self.sampling.group_filter and self._counts["groups_generated"] >= give_up_after:
                     logger.warning("dynamic sampling filled only %d of %d groups within --max-sampling-rounds "
                                    "rounds' worth of groups; training on what passed", len(self.buffer), target_groups)
@@ -136,6 +164,7 @@ class RolloutProducer:
                 "rollout/groups_kept": float(len(taken)),
                 "rollout/buffer_groups": float(len(self.buffer)),
                 "rollout/running_groups": float(self._running),
+                "rollout/admission_keep_rate": self._keep_rate.value,
                 "rollout/engine_restarts": float(self.manager.restarts - self._restarts_at_take),
             }
             self._counts.clear()
@@ -148,6 +177,15 @@ class RolloutProducer:
             first_admitted = min(g.admitted_at for g in taken)  # restored groups count from the resume
             metrics["perf/rollout_time_s"] = max(0.0, max(s.metadata[FINISHED_AT] for s in samples) - first_admitted)
         return samples, metrics
+
+    def _discard_stale(self) -> int:
+        """Drop buffered groups that the step about to train (`version`) may no longer use, counting their samples
+        (admission lets a few through when more groups pass the filter than expected); returns the groups left."""
+        fresh = [g for g in self.buffer
+                 if self.version - min(s.weight_version for s in g.samples) <= self.admission.max_staleness]
+        self._counts["stale_dropped"] += sum(len(g.samples) for g in self.buffer) - sum(len(g.samples) for g in fresh)
+        self.buffer = fresh
+        return len(fresh)
 
     def abort_in_flight(self) -> None:
         """Partial rollouts: stop running generation before a weight push; it resumes after `set_version`."""
@@ -220,7 +258,7 @@ class RolloutProducer:
                 self._cond.notify_all()
 
     def _admit(self) -> None:
-        capacity = self.admission.capacity(self.version, self.accepted, self._running)
+        capacity = self.admission.capacity(self.version, self.accepted, self._running, self._keep_rate.value)
         while capacity > 0:
             n = min(capacity, self._chunk_groups)
             rows, self._retry_rows = self._retry_rows[:n], self._retry_rows[n:]
@@ -259,6 +297,7 @@ class RolloutProducer:
             for group in split_groups(chunk):
                 self._counts["groups_generated"] += 1
                 result = self.sampling.group_filter(group) if self.sampling.group_filter else None
+                self._keep_rate.add(result is None or result.keep)
                 if result is not None and not result.keep:
                     self._counts[f"filter_drop_{result.reason}"] += 1
                 else:
