@@ -2,7 +2,8 @@
 Transformer Engine spec in BF16 and FP8.
 
 A random model of a real shape, a batch of random samples of fixed length, one optimizer step per call
-(old log-prob recompute + forward/backward of every micro-batch + Adam), the same RL loss for all:
+(forward/backward of every micro-batch + Adam; with one optimizer step per batch the old log-probs come from
+that forward, so there is no separate recompute pass), the same RL loss for all:
 
     python benchmarks/bench_train_step.py --model-config benchmarks/model_configs/qwen2.5-1.5b.json \
         --tokenizer-from outputs/tiny_model --backends local-bf16 te-bf16 te-fp8-tensorwise
@@ -12,10 +13,10 @@ Each backend runs in its own process; the first step warms up, the median of the
 them the trainer is offloaded as a colocated sync run does it (`--offload-train`: gradients and optimizer state,
 then the weights) and brought back: the GiB given back and the time each way.
 Tokens/s counts prompt + response tokens; ratios are against the first backend listed, in the same run.
-MFU is model FLOPs over the GPU's dense BF16 peak (FP8 rows too): per token 8 FLOPs per weight of every
-matrix multiply (2 for the old log-prob forward, 6 for forward + backward; the output layer included, the
-embedding lookup not), plus causal attention, 8 x layers x attention width x sequence length / 2 per token
-(QK^T and AV, 4 FLOPs per position pair and width, half the pairs, times the same 1 + 3 passes).
+MFU is model FLOPs over the GPU's dense BF16 peak (FP8 rows too): per token 6 FLOPs per weight of every
+matrix multiply (forward + backward; the output layer included, the embedding lookup not), plus causal
+attention, 6 x layers x attention width x sequence length / 2 per token (QK^T and AV, 4 FLOPs per position
+pair and width, half the pairs, times the same 3 passes).
 Needs a CUDA GPU and megatron-core (Transformer Engine for the te-* rows).
 """
 
@@ -56,7 +57,7 @@ def model_flops_per_step(hf: dict, samples: int, seq_len: int) -> float:
         + 3 * h * hf["intermediate_size"]
     matmul_weights = layers * per_layer + hf["vocab_size"] * h
     tokens = samples * seq_len
-    return 8 * matmul_weights * tokens + 8 * layers * attention_width * seq_len / 2 * tokens
+    return 6 * matmul_weights * tokens + 6 * layers * attention_width * seq_len / 2 * tokens
 
 
 def bf16_peak() -> float | None:

@@ -162,9 +162,10 @@ class PolicyTrainer:
         return steps
 
     @torch.no_grad()
-    def _fill_old_and_ref(self, steps: list[list[MicroBatch]]) -> None:
+    def _fill_old_and_ref(self, steps: list[list[MicroBatch]], *, old: bool = True) -> None:
         for mb in (mb for step in steps for mb in step):
-            mb.old = self.forward_log_probs(self.model, mb.batch)
+            if old:
+                mb.old = self.forward_log_probs(self.model, mb.batch)
             if self.ref_model is not None:
                 mb.ref = self.forward_log_probs(self.ref_model, mb.batch)
 
@@ -180,6 +181,8 @@ class PolicyTrainer:
     def _micro_loss(self, mb: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         cfg, batch = self.cfg, mb.batch
         log_probs, entropy = self.forward_log_probs(self.model, batch, with_entropy=True)
+        if mb.old is None:  # the batch's only optimizer step: the weights before it are these
+            mb.old = log_probs.detach()
         token_advantages = mb.advantages[:, None].expand_as(log_probs)
         if mb.ref is not None and cfg.kl_coef:
             # KL in the reward: each token's advantage pays for its (k1) divergence from the reference
@@ -226,10 +229,14 @@ class PolicyTrainer:
         return sums
 
     def train_step(self, samples: list[Sample], advantages: list[float]) -> dict[str, float]:
-        """Old log-probs at the current weights (the proximal policy), then PPO steps of global-batch size."""
+        """Old log-probs at the current weights (the proximal policy), then PPO steps of global-batch size.
+
+        When the batch makes one optimizer step, every micro-batch's forward runs at the weights before it, so its
+        detached log-probs are the old ones and the separate no-grad forward over the batch is skipped (a quarter of
+        the step's model FLOPs); `--check-invariants` keeps that pass to check that the two agree."""
         self.set_train_mode()
         steps = self._split(samples, advantages)
-        self._fill_old_and_ref(steps)
+        self._fill_old_and_ref(steps, old=len(steps) > 1 or self.cfg.check_invariants)
         totals: dict[str, float] = {}
         skipped = 0
         first_ratio_dev = 0.0

@@ -140,3 +140,39 @@ def test_token_budget_micro_batches_group_rows_of_similar_length():
     assert micro_batch_indices(samples, 2, max_tokens=40, packed=True) == [[2], [3, 0, 4], [1]]
     groups = micro_batch_indices(samples, 2, max_tokens=20)
     assert sorted(i for g in groups for i in g) == list(range(5))
+
+
+def counting_forwards(trainer: TorchTrainer) -> list[bool]:
+    """Record, for each log-prob forward of the policy, whether it ran with autograd (a training forward)."""
+    calls, forward = [], trainer.forward_log_probs
+    def counted(model, batch, **kwargs):
+        calls.append(torch.is_grad_enabled())
+        return forward(model, batch, **kwargs)
+    trainer.forward_log_probs = counted
+    return calls
+
+
+def test_one_optimizer_step_per_batch_takes_old_log_probs_from_its_training_forward(tiny_model, tokenizer):
+    """The separate no-grad recompute is skipped and the update is the same, bit for bit, as with it."""
+    samples = rollout(tiny_model, tokenizer)
+    cfg = TrainConfig(lr=1e-3, micro_batch_size=4, use_tis=True)
+    skipping = TorchTrainer(str(tiny_model), cfg, global_batch_size=8, temperature=1.0)
+    recomputing = TorchTrainer(str(tiny_model), dataclasses.replace(cfg, check_invariants=True), global_batch_size=8,
+                               temperature=1.0)
+    skipped_calls, recomputed_calls = counting_forwards(skipping), counting_forwards(recomputing)
+    a = skipping.train_step(samples, advantages(8))
+    b = recomputing.train_step(samples, advantages(8))
+    assert skipped_calls == [True, True] and recomputed_calls == [False, False, True, True]
+    for key in ("train/loss", "train/grad_norm", "train/rollout_logprob_abs_diff", "train/tis_weight_mean"):
+        assert a[key] == b[key], key
+    after_a, after_b = params_of(skipping), params_of(recomputing)
+    assert all(torch.equal(after_a[n], after_b[n]) for n in after_a)
+
+
+def test_several_optimizer_steps_per_batch_recompute_old_log_probs_first(tiny_model, tokenizer):
+    samples = rollout(tiny_model, tokenizer)
+    trainer = TorchTrainer(str(tiny_model), TrainConfig(lr=1e-3, micro_batch_size=4), global_batch_size=4,
+                           temperature=1.0)
+    calls = counting_forwards(trainer)
+    trainer.train_step(samples, advantages(8))
+    assert calls == [False, False, True, True]  # the second step's old log-probs are the weights before the first
