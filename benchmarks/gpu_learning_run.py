@@ -136,13 +136,13 @@ def summarize(out: Path) -> dict[str, float | None]:
     timed = [r for r in rows if "perf/step_time_s" in r]
     steps = [r for r in timed if r["step"] > 0]  # step 0 pays one-time costs (kernel JIT, first push): apart
     generated = sum(r.get("rollout/samples", 0) * r.get("rollout/response_len_mean", 0) for r in steps)
-    rollout_time = sum(r.get("perf/rollout_time_s", 0) for r in steps)
+    step_time = sum(r["perf/step_time_s"] for r in steps)
     wall = out / "wall_time_s"
     return {
         "eval_start": evals[0][1], "eval_final": evals[-1][1], "eval_curve": evals, "steps": len(timed),
         "first_step_s": next((r["perf/step_time_s"] for r in timed if r["step"] == 0), None),
         "wall_s": float(wall.read_text()) if wall.is_file() else None,
-        "rollout_tok_s": generated / rollout_time if rollout_time else None,
+        "trained_tok_s": generated / step_time if step_time else None,
         "train_tok_s": mean(steps, "perf/train_tokens_per_s"), "step_s": mean(steps, "perf/step_time_s"),
         "overlap": mean(steps, "perf/overlap_ratio"), "mismatch": mean(steps, "train/rollout_logprob_abs_diff"),
         "rollout_s": mean(steps, "perf/rollout_time_s"),
@@ -160,14 +160,14 @@ def fmt(value, spec: str) -> str:
 
 def print_tables(results: dict[str, dict]) -> None:
     base = results.get(BASELINE)
-    print("| arm | eval start | eval final | gain | final / bf16-sync | steps | wall s | rollout out tok/s | "
+    print("| arm | eval start | eval final | gain | final / bf16-sync | steps | wall s | response tok/s | "
           "trainer tok/s | step s | vs sync | overlap | mismatch/token |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for arm, r in results.items():
         vs_final = r["eval_final"] / base["eval_final"] if base else None
         vs_step = r["step_s"] / base["step_s"] if base and r["step_s"] and base["step_s"] else None
         print(f"| {arm} | {r['eval_start']:.3f} | {r['eval_final']:.3f} | {r['eval_final'] - r['eval_start']:+.3f} | "
-              f"{fmt(vs_final, '.3f')} | {r['steps']} | {fmt(r['wall_s'], '.0f')} | {fmt(r['rollout_tok_s'], ',.0f')} | "
+              f"{fmt(vs_final, '.3f')} | {r['steps']} | {fmt(r['wall_s'], '.0f')} | {fmt(r['trained_tok_s'], ',.0f')} | "
               f"{fmt(r['train_tok_s'], ',.0f')} | {fmt(r['step_s'], '.2f')} | {fmt(vs_step, '.2f')} | {fmt(r['overlap'], '.2f')} | "
               f"{fmt(r['mismatch'], '.4f')} |")
     print("\nwhere a step's time goes (means per step after the first, seconds; sync waits for all of its rollout, "
