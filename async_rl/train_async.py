@@ -1,8 +1,8 @@
 """Asynchronous RL loop: rollouts are generated in the background while the trainer trains.
 
 A `RolloutProducer` keeps a bounded buffer of graded groups filled under admission control, so every
-trained sample is at most `--max-staleness` weight versions old by construction (older ones, possible
-only when dynamic sampling discards many groups, are dropped and counted). Weights are pushed after
+trained sample is at most `--max-staleness` weight versions old (by construction, and groups older than
+that, possible when more groups pass a dynamic-sampling filter than expected, are dropped and counted). Weights are pushed after
 each step; with `--partial-rollout` running generation is interrupted for the push and continues with
 the new weights.
 
@@ -20,26 +20,11 @@ import ray
 from async_rl.cli import run_cli
 from async_rl.config import Config, parse_config
 from async_rl.rollout.metrics import overlap_ratio
-from async_rl.sample import Sample
 from async_rl.session import TrainingSession
 from async_rl.startup_checks import dry_run
 from async_rl.stop_signal import StopSignal
 
 logger = logging.getLogger(__name__)
-
-
-def drop_stale_groups(samples: list[Sample], version: int, max_staleness: int) -> tuple[list[Sample], dict[str, float]]:
-    """Keep groups whose oldest sample is at most `max_staleness` versions behind `version`."""
-    oldest: dict[int, int] = {}
-    for s in samples:
-        oldest[s.group_id] = min(oldest.get(s.group_id, s.weight_version), s.weight_version)
-    kept = [s for s in samples if version - oldest[s.group_id] <= max_staleness]
-    staleness = [version - s.weight_version for s in samples]
-    return kept, {
-        "rollout/staleness_mean": sum(staleness) / len(staleness),
-        "rollout/staleness_max": float(max(staleness)),
-        "rollout/stale_dropped": float(len(samples) - len(kept)),
-    }
 
 
 def run(cfg: Config) -> None:
@@ -61,10 +46,6 @@ def run(cfg: Config) -> None:
                 samples, rollout_metrics = producer.take_batch(r.rollout_batch_size)
                 session.rollout.wait_weights(pushed)  # long since applied by now; raises if a load failed
                 metrics |= rollout_metrics | overlap_ratio(rollout_metrics) | session.batch_metrics(samples)
-                if samples:
-                    samples, staleness = drop_stale_groups(samples, step, r.max_staleness)
-                    staleness["rollout/stale_dropped"] += rollout_metrics.get("rollout/stale_dropped", 0.0)
-                    metrics |= staleness
 
                 metrics |= session.train(step, samples)
 

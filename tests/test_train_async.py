@@ -11,9 +11,8 @@ import ray
 
 from async_rl import train_async
 from async_rl.config import parse_config
-from async_rl.sample import Sample, SampleStatus
+from async_rl.sample import SampleStatus
 from async_rl.session import ROLLOUT_BUFFER, TrainingSession
-from async_rl.train_async import drop_stale_groups
 from tests.conftest import run_flags
 
 
@@ -125,15 +124,6 @@ def test_engine_killed_during_an_async_run_is_restarted_and_every_step_trains_a_
     assert killed and len(steps) == 5
     assert all(r["rollout/samples"] == 16 and r["rollout/groups_kept"] == 4 for r in steps)
     assert sum(r["rollout/engine_restarts"] for r in steps) == len(killed)
-
-
-def test_groups_older_than_the_bound_are_dropped_whole_and_counted():
-    samples = [Sample(prompt="", prompt_tokens=[1], group_id=g, weight_version=v)
-               for g, v in [(0, 5), (0, 5), (1, 3), (1, 4), (2, 4), (2, 4)]]
-    kept, stats = drop_stale_groups(samples, version=5, max_staleness=1)
-    assert [s.group_id for s in kept] == [0, 0, 2, 2]
-    assert stats["rollout/stale_dropped"] == 2
-    assert stats["rollout/staleness_max"] == 2
 
 
 def test_with_a_dynamic_sampling_filter_batches_stay_full_and_within_the_bound(tiny_model, tmp_path):

@@ -72,6 +72,17 @@ class KeepRate:
         return sum(self._kept) / len(self._kept) if self._kept else 1.0
 
 
+def within_staleness(group: list[Sample], version: int, max_staleness: int) -> bool:
+    """Whether the step that trains `version` may use this group: its oldest token is at most `max_staleness`
+    versions behind (a partial rollout continued across a push carries several versions)."""
+    return version - min(s.weight_version for s in group) <= max_staleness
+
+
+def staleness_metrics(samples: list[Sample], version: int) -> dict[str, float]:
+    staleness = [version - s.weight_version for s in samples]
+    return {"rollout/staleness_mean": sum(staleness) / len(staleness), "rollout/staleness_max": float(max(staleness))}
+
+
 @dataclass
 class _BufferedGroup:
     samples: list[Sample]
@@ -174,6 +185,7 @@ class RolloutProducer:
         samples = indexed([s for g in taken for s in g.samples])
         metrics["perf/rollout_wait_s"] = time.time() - wait_start
         if taken:
+            metrics |= staleness_metrics(samples, self.version)
             first_admitted = min(g.admitted_at for g in taken)  # restored groups count from the resume
             metrics["perf/rollout_time_s"] = max(0.0, max(s.metadata[FINISHED_AT] for s in samples) - first_admitted)
         return samples, metrics
@@ -181,8 +193,7 @@ class RolloutProducer:
     def _discard_stale(self) -> int:
         """Drop buffered groups that the step about to train (`version`) may no longer use, counting their samples
         (admission lets a few through when more groups pass the filter than expected); returns the groups left."""
-        fresh = [g for g in self.buffer
-                 if self.version - min(s.weight_version for s in g.samples) <= self.admission.max_staleness]
+        fresh = [g for g in self.buffer if within_staleness(g.samples, self.version, self.admission.max_staleness)]
         self._counts["stale_dropped"] += sum(len(g.samples) for g in self.buffer) - sum(len(g.samples) for g in fresh)
         self.buffer = fresh
         return len(fresh)

@@ -1,6 +1,8 @@
 """Admission control of the async producer: the staleness bound, and running groups counted at the filter's keep rate."""
 
-from async_rl.rollout.producer import AdmissionControl, KeepRate
+from async_rl.rollout.manager import split_groups
+from async_rl.rollout.producer import AdmissionControl, KeepRate, staleness_metrics, within_staleness
+from async_rl.sample import Sample
 
 
 def test_without_a_filter_running_groups_count_in_full():
@@ -32,3 +34,12 @@ def test_keep_rate_is_one_until_a_group_finishes_and_follows_the_recent_window()
     for kept in (True, True, True):
         rate.add(kept)
     assert rate.value == 0.75  # the first four are out of the window but one
+
+
+def test_a_group_older_than_the_bound_is_dropped_whole():
+    samples = [Sample(prompt="", prompt_tokens=[1], group_id=g, weight_version=v)
+               for g, v in [(0, 5), (0, 5), (1, 3), (1, 4), (2, 4), (2, 4)]]
+    groups = split_groups(samples)
+    kept = [g for g in groups if within_staleness(g, version=5, max_staleness=1)]
+    assert [s.group_id for g in kept for s in g] == [0, 0, 2, 2]
+    assert staleness_metrics(samples, version=5)["rollout/staleness_max"] == 2
