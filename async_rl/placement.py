@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,12 @@ from ray.util.placement_group import PlacementGroup, placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from async_rl.config import Config
+from async_rl.errors import UserInputError
 from async_rl.net import LOOPBACK, node_address
+from async_rl.placement_plan import plan_placement
 from async_rl.weights.fp8 import checkpoint_granularity, quantization_config
+
+logger = logging.getLogger(__name__)
 
 _WORKER_ENV = {
     "TRANSFORMERS_VERBOSITY": "error",
@@ -57,6 +62,26 @@ def start_ray(cfg: Config) -> None:
                       log_to_driver=True)
 
 
+def check_training_gpus(cfg: Config) -> None:
+    """A Ray of our own has every GPU it will ever have: a training plan that needs more fails now, naming the flags,
+    instead of waiting for resources that cannot appear (a joined cluster may still be scaling up)."""
+    if cfg.cluster.ray_address is None:
+        check_gpus_here(cfg, ray.cluster_resources().get("GPU", 0))
+
+
+def check_gpus_here(cfg: Config, available: float) -> None:
+    plan = plan_placement(cfg)
+    needed = plan.trainer_gpus + (0 if cfg.cluster.colocate else plan.rollout_gpus)
+    if needed > available:
+        c = cfg.cluster
+        asked = f"--actor-num-nodes {c.actor_num_nodes} x --actor-num-gpus-per-node {c.actor_num_gpus_per_node}"
+        if not c.colocate:
+            asked += f" + --rollout-num-gpus {c.rollout_num_gpus}"
+        raise UserInputError(f"the run needs {needed} GPU(s) ({asked}) but this machine has {int(available)}: "
+                             "lower those flags, join a cluster with --ray-address, or run on CPUs with "
+                             "--actor-num-gpus-per-node 0")
+
+
 def init_loopback_ray(**init_args: Any) -> None:
     """Start a Ray of our own that listens on 127.0.0.1 only.
 
@@ -77,7 +102,10 @@ def reserve_trainer_bundles(world_size: int, *, gpus: int, cpus: int = 1) -> Pla
     requests of one bundle on that bundle's GPU, which is what makes trainer and engine share it."""
     bundle = {"CPU": cpus, "GPU": gpus} if gpus else {"CPU": cpus}
     group = placement_group([bundle] * world_size, strategy="PACK")
-    ray.get(group.ready())
+    ready = group.ready()
+    while not ray.wait([ready], timeout=60)[0]:
+        logger.warning("waiting for Ray to place the trainer's %d bundle(s) of %s; available in the cluster now: %s",
+                       world_size, bundle, ray.available_resources())
     return group
 
 

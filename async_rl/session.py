@@ -28,7 +28,9 @@ from async_rl.errors import TrainingAborted
 from async_rl.evaluation import Evaluator, eval_sets_from_flag
 from async_rl.invariants import check_first_step, check_probe
 from async_rl.metrics_logger import MetricsLogger, WandbSettings
-from async_rl.placement import create_engine, create_trainer, needs_initial_weights, start_ray, start_router, trainer_bundles
+from async_rl.placement import (
+    check_training_gpus, create_engine, create_trainer, needs_initial_weights, start_ray, start_router, trainer_bundles,
+)
 from async_rl.rollout.debug_data import load_rollout, save_rollout
 from async_rl.rollout.engine import SamplingParams
 from async_rl.rollout.filters import load_group_filter
@@ -111,6 +113,7 @@ class TrainingSession:
         start_ray(cfg)
         self.router: Any = None
         try:  # a failure past this point must not leave Ray and its actors running
+            check_training_gpus(cfg)
             bundles = trainer_bundles(cfg)
             self.trainer = create_trainer(cfg, bundles)
             if cfg.cluster.offload_train:  # before the engines start, so that their KV cache can take this memory

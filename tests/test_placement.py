@@ -4,11 +4,15 @@ Ray hands out GPU ids by its own bookkeeping, so the placement logic runs exactl
 import psutil
 import pytest
 import ray
+import torch
 
 from async_rl.config import parse_config
 from async_rl.errors import UserInputError
 from async_rl.backend_checks import check_backends
-from async_rl.placement import engine_options, init_loopback_ray, trainer_bundles, trainer_rank_options
+from async_rl.placement import (
+    check_gpus_here, check_training_gpus, engine_options, init_loopback_ray, start_ray, trainer_bundles,
+    trainer_rank_options,
+)
 
 
 @ray.remote(num_cpus=0)
@@ -55,6 +59,23 @@ def test_a_colocated_engine_must_fit_in_one_trainer_gpu():
     cfg = config("--actor-num-gpus-per-node", "4", "--colocate", "--rollout-num-gpus-per-engine", "2")
     with pytest.raises(UserInputError, match="--rollout-num-gpus-per-engine > 1"):
         check_backends(cfg)
+
+
+def test_a_plan_is_checked_against_the_gpus_of_our_own_ray():
+    check_gpus_here(config("--actor-num-gpus-per-node", "2", "--rollout-num-gpus", "2"), available=4)
+    with pytest.raises(UserInputError, match=r"needs 4 GPU\(s\) .*--rollout-num-gpus 2\) but this machine has 3"):
+        check_gpus_here(config("--actor-num-gpus-per-node", "2", "--rollout-num-gpus", "2"), available=3)
+    check_gpus_here(config("--actor-num-gpus-per-node", "0"), available=0)
+
+
+def test_a_gpu_run_on_a_machine_without_gpus_fails_at_start_instead_of_waiting():
+    """Ray would wait forever for GPUs that a machine of its own does not have."""
+    here = torch.cuda.device_count()
+    cfg = config("--actor-num-gpus-per-node", str(here + 1), "--num-gpus-per-node", str(max(4, here + 1)), "--colocate")
+    with pytest.raises(UserInputError, match=rf"--actor-num-gpus-per-node {here + 1}\) but this machine has {here}:"):
+        start_ray(cfg)
+        check_training_gpus(cfg)
+    ray.shutdown()
 
 
 def test_our_ray_listens_on_loopback_only(ray_with_four_gpus):
