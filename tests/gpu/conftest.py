@@ -12,6 +12,13 @@ SGLANG_SERVER = dict(dtype="bfloat16", attention_backend="triton", sampling_back
                      context_length=256, cuda_graph_max_bs_decode=16, log_level="warning")
 
 
+def run_to_completion(cmd: list[str], timeout: int) -> None:
+    """A training command whose output goes where pytest's does (live under -s, shown with a failure), so that a run
+    that fails or times out leaves its log, which captured output kept only until the call returned."""
+    result = subprocess.run(cmd, cwd=REPO, timeout=timeout)
+    assert result.returncode == 0, f"{cmd[2]} exited with status {result.returncode}: its output is above"
+
+
 @pytest.fixture(scope="session")
 def sglang_models(tmp_path_factory):
     """`bf16` (width 256, head dim 64, SFT'd to do sums) and `fp8-block`, `fp8-channel` from tools/bf16_cast_fp8.py.

@@ -10,7 +10,6 @@ Needs a CUDA GPU, sglang, ray, megatron-core and Transformer Engine; run with `p
 
 import importlib.util
 import json
-import subprocess
 import sys
 
 import pytest
@@ -18,6 +17,7 @@ import torch
 import yaml
 
 from tests.conftest import REPO
+from tests.gpu.conftest import run_to_completion
 
 pytestmark = [
     pytest.mark.gpu,
@@ -63,8 +63,7 @@ def test_the_30b_fp8_recipe_runs_on_a_two_layer_twin(twin, sglang_models, tmp_pa
         "--sglang-mem-fraction-static", "0.3", "--sglang-attention-backend", "triton",
         "--sglang-sampling-backend", "pytorch", "--sglang-disable-cuda-graph",
     ]
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_to_completion(cmd, timeout=600)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "perf/step_time_s" in r]
     print("\n30B recipe, two-layer twin: " + json.dumps(steps, indent=1))

@@ -6,13 +6,12 @@ Needs a CUDA GPU, sglang and ray (and megatron-core for the megatron cases); run
 
 import importlib.util
 import json
-import subprocess
 import sys
 
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.gpu.conftest import run_to_completion
 
 pytestmark = [
     pytest.mark.gpu,
@@ -63,8 +62,7 @@ def test_train_with_sglang_engines_runs_steps_and_logs_metrics(sglang_models, tm
     if mode == "distributed":
         cmd += DISTRIBUTED
     cmd += {"megatron": MEGATRON, "megatron-fp8": MEGATRON + FP8_TRAINING}.get(backend, ["--train-backend", "torch"])
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=500)
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_to_completion(cmd, timeout=500)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     print(f"\n{backend} {precision} {mode}: " + json.dumps(rows, indent=1))
     assert [r["step"] for r in rows] == [0, 1, 2]
@@ -81,8 +79,7 @@ def test_a_calculator_rollout_on_sglang_masks_the_tool_and_keeps_log_probs_in_co
     cmd = colocated_run(sglang_models / "bf16", out) + [
         "--rollout-max-response-len", "64", "--train-backend", "torch", "--save-debug-rollout-data", str(debug),
         "--custom-generate-function-path", "async_rl.rollout.examples.calculator_tool:generate"]
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=500)
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_to_completion(cmd, timeout=500)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(r["train/rollout_logprob_abs_diff"] < 0.05 for r in rows)
     saved = [json.loads(line) for line in (debug / "rollout_000000.jsonl").read_text().splitlines()]
