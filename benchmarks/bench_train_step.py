@@ -17,6 +17,9 @@ MFU is model FLOPs over the GPU's dense BF16 peak (FP8 rows too): per token 6 FL
 matrix multiply (forward + backward; the output layer included, the embedding lookup not), plus causal
 attention, 6 x layers x attention width x sequence length / 2 per token (QK^T and AV, 4 FLOPs per position
 pair and width, half the pairs, times the same 3 passes).
+With `--profile`, one more step per backend runs under the torch profiler and its GPU kernel time is split into
+matrix multiplies, attention, FP8 casts, the optimizer, and the rest (elementwise ops and reductions: norms, activations, the
+log-softmax over the vocabulary, casts), against the step's wall time: where the gap to the GEMMs' speed goes.
 Needs a CUDA GPU and megatron-core (Transformer Engine for the te-* rows).
 """
 
@@ -45,6 +48,13 @@ BACKENDS = {  # name: megatron flags (None: the torch backend)
     **{f"te-fp8-{recipe}": TE | dict(fp8_format="e4m3", fp8_recipe=recipe)
        for recipe in ("delayed", "tensorwise", "blockwise")},
 }
+KERNEL_KINDS = (  # first match wins, on the lower-cased kernel name
+    ("attention", ("flash", "fmha", "attn", "sdpa")),
+    ("matmul", ("gemm", "cutlass", "cublas", "nvjet", "xmma", "wgmma")),
+    ("fp8 casts", ("cast_transpose", "quantize", "amax")),
+    ("optimizer", ("adam", "multi_tensor")),
+    ("copies", ("memcpy", "memset")),
+)
 DENSE_BF16_PEAK = {"H100": 989e12, "H200": 989e12, "H800": 989e12}  # SXM, FLOP/s
 
 
@@ -58,6 +68,27 @@ def model_flops_per_step(hf: dict, samples: int, seq_len: int) -> float:
     matmul_weights = layers * per_layer + hf["vocab_size"] * h
     tokens = samples * seq_len
     return 6 * matmul_weights * tokens + 6 * layers * attention_width * seq_len / 2 * tokens
+
+
+def kernel_kind(name: str) -> str:
+    lowered = name.lower()
+    return next((kind for kind, marks in KERNEL_KINDS if any(m in lowered for m in marks)), "other")
+
+
+def kernel_time_by_kind(step) -> dict[str, float]:
+    """Seconds of GPU kernel time per kind over one call of `step`."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    seconds: dict[str, float] = {}
+    for event in prof.events():
+        if event.device_type == DeviceType.CUDA:
+            kind = kernel_kind(event.name)
+            seconds[kind] = seconds.get(kind, 0.0) + event.device_time_total / 1e6
+    return seconds
 
 
 def bf16_peak() -> float | None:
@@ -115,6 +146,7 @@ def run_one(backend: str, model_dir: Path, args) -> dict:
         torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     step_s = statistics.median(times[1:])
+    kernels = kernel_time_by_kind(lambda: trainer.train_step(batch, advantages)) if args.profile else None
     optimizer_out, weights_out = trainer.offload(weights=False), trainer.offload(weights=True)
     back = trainer.onload()
     trainer.train_step(batch, advantages)  # the state came back whole enough to train on
@@ -125,7 +157,7 @@ def run_one(backend: str, model_dir: Path, args) -> dict:
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
             "offload_gib": optimizer_out["memory/train_offload_gib"] + weights_out["memory/train_offload_gib"],
             "offload_s": optimizer_out["perf/train_offload_time_s"] + weights_out["perf/train_offload_time_s"],
-            "onload_s": back["perf/train_onload_time_s"]}
+            "onload_s": back["perf/train_onload_time_s"], "kernels": kernels}
 
 
 def main() -> None:
@@ -140,6 +172,7 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=256)
     parser.add_argument("--response-len", type=int, default=768)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="Split one more step's GPU time by kernel kind.")
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)  # internal: BACKEND MODEL_DIR, print JSON
     args = parser.parse_args()
     if args.one:
@@ -151,17 +184,32 @@ def main() -> None:
           f"tokens, micro-batch {args.micro_batch_size}, {torch.cuda.get_device_name()}")
     print(f"| backend | step s | tokens/s | vs {args.backends[0]} | MFU | peak GiB | offloaded GiB | offload s | onload s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
-    base = None
+    base, profiles = None, []
     for backend in args.backends:
         r = run_case(backend, [__file__, "--one", backend, str(model_dir), *sys.argv[1:]])
         if r is None:
             continue
+        if r["kernels"] is not None:
+            profiles.append((backend, r["step_s"], r["kernels"]))
         base = base or (r if backend == args.backends[0] else None)
         ratio = f"{r['tok_s'] / base['tok_s']:.2f}x" if base else "-"
         mfu = f"{r['mfu']:.0%}" if r["mfu"] is not None else "-"
         print(f"| {backend} | {r['step_s']:.3f} | {r['tok_s']:,.0f} | {ratio} | {mfu} | {r['peak_gib']:.1f} | "
               f"{r['offload_gib']:.1f} | {r['offload_s']:.2f} | {r['onload_s']:.2f} |", flush=True)
+    if profiles:
+        print_kernel_profiles(profiles)
     shutil.rmtree(model_dir)
+
+
+def print_kernel_profiles(profiles: list[tuple[str, float, dict[str, float]]]) -> None:
+    kinds = [kind for kind, _ in KERNEL_KINDS] + ["other"]
+    print("\nGPU kernel time of one profiled step, ms (the median step's wall time beside it)")
+    print("| backend | step | " + " | ".join(kinds) + " | all kernels | step minus kernels |")
+    print("|---|---:|" + "---:|" * (len(kinds) + 2))
+    for backend, step_s, seconds in profiles:
+        busy = sum(seconds.values())
+        cells = " | ".join(f"{seconds.get(kind, 0.0) * 1e3:.0f}" for kind in kinds)
+        print(f"| {backend} | {step_s * 1e3:.0f} | {cells} | {busy * 1e3:.0f} | {max(0.0, step_s - busy) * 1e3:.0f} |")
 
 
 if __name__ == "__main__":
