@@ -93,6 +93,9 @@ def check_megatron(cfg: Config) -> None:
     if m.use_distributed_optimizer and cfg.cluster.actor_num_gpus_per_node == 0:
         raise UserInputError("--use-distributed-optimizer needs GPUs: on a CPU the megatron backend steps with torch's "
                              "AdamW, which expects whole gradients")
+    if m.bf16 and cfg.cluster.actor_num_gpus_per_node == 0:
+        raise UserInputError("--bf16 with --train-backend megatron needs GPUs: on a CPU it trains in FP32 (torch's AdamW "
+                             "has no FP32 main weights there to step BF16 parameters with)")
     if m.recompute_granularity and cfg.cluster.actor_num_gpus_per_node == 0:
         raise UserInputError("--recompute-granularity needs GPUs: Megatron's recomputation saves and restores the CUDA "
                              "RNG state")

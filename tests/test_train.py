@@ -73,6 +73,7 @@ def test_missing_checkpoint_is_one_line_and_exit_code_2(tiny_model, tmp_path):
     (["--train-backend", "megatron", "--bf16", "--fp8-format", "e4m3"],
      "--fp8-format runs Transformer Engine's layers, which need GPUs"),
     (["--train-backend", "megatron", "--recompute-granularity", "full"], "--recompute-granularity needs GPUs"),
+    (["--train-backend", "megatron", "--bf16"], "--bf16 with --train-backend megatron needs GPUs"),
     pytest.param(["--rollout-backend", "sglang", "--actor-num-gpus-per-node", "1"], "--rollout-backend sglang needs SGLang",
                  marks=pytest.mark.skipif(importlib.util.find_spec("sglang") is not None, reason="sglang is installed")),
 ])
