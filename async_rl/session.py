@@ -34,7 +34,7 @@ from async_rl.placement import (
 from async_rl.rollout.debug_data import load_rollout, save_rollout
 from async_rl.rollout.engine import SamplingParams
 from async_rl.rollout.filters import load_group_filter
-from async_rl.rollout.manager import DynamicSampling, RolloutManager
+from async_rl.rollout.manager import DynamicSampling, KeepRate, RolloutManager
 from async_rl.rollout.metrics import group_metrics, rollout_metrics
 from async_rl.rollout.producer import AdmissionControl, RolloutProducer, sample_from_dict, sample_to_dict
 from async_rl.rollout.weight_sync import make_weight_sync
@@ -96,7 +96,8 @@ class TrainingSession:
         r = cfg.rollout
         group_filter = load_group_filter(r.dynamic_sampling_filter_path, grader.args) if r.dynamic_sampling_filter_path else None
         self.sampling = DynamicSampling(
-            group_filter, r.over_sampling_batch_size or r.rollout_batch_size, r.max_sampling_rounds if group_filter else 1
+            group_filter, r.over_sampling_batch_size or r.rollout_batch_size, r.max_sampling_rounds if group_filter else 1,
+            r.rollout_batch_size, KeepRate(window=2 * r.rollout_batch_size) if r.adaptive_over_sampling else None,
         )
         tokenizer = AutoTokenizer.from_pretrained(cfg.model.hf_checkpoint)
         data = cfg.data

@@ -41,7 +41,7 @@ from plot_run import plot_runs, read_metrics  # noqa: E402
 
 FP8 = ["--rollout-quantization", "fp8", "--rollout-fp8-granularity", "block"]
 ARMS = {
-    "bf16-sync": ["--use-tis"],
+    "bf16-sync": ["--use-tis", "--adaptive-over-sampling"],  # rounds sized by keep rate, as async admission is
     "fp8-tis-async": [*FP8, "--use-tis", "--async"],
     "fp8-async-no-tis": [*FP8, "--no-use-tis", "--async"],
     "fp8-tis-async-fp8": [*FP8, "--use-tis", "--async", "--fp8-format", "e4m3", "--fp8-recipe", "delayed"],

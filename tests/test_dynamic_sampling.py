@@ -2,7 +2,10 @@
 
 import logging
 
+import pytest
+
 from async_rl.config import parse_config
+from async_rl.rollout.manager import DynamicSampling, KeepRate
 from async_rl.session import TrainingSession
 from tests.conftest import run_flags
 
@@ -35,3 +38,28 @@ def test_a_batch_that_cannot_be_filled_warns_and_trains_on_what_passed(tiny_mode
     assert samples == []
     assert metrics["rollout/filter_drop_filtered"] == 8 and metrics["rollout/sampling_rounds"] == 2
     assert "filled only 0 of 4 groups in 2 rounds" in caplog.text
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_adaptive_rounds_fill_a_batch_in_one_round_once_the_keep_rate_is_known(tiny_model, tmp_path, adaptive):
+    """A filter keeping half of the groups: fixed rounds of 2 groups need two rounds for every batch of 2; adaptive
+    rounds learn the rate in the first batch and request enough for the second in one round."""
+    flags = ["--dynamic-sampling-filter-path", "tests.plugins.slime_style_filter:keep_even_groups",
+             "--rollout-batch-size", "2", "--over-sampling-batch-size", "2", "--micro-batch-size", "4"]
+    cfg, _ = parse_config(run_flags(tiny_model, tmp_path / "run", *flags, *(["--adaptive-over-sampling"] * adaptive)))
+    with TrainingSession(cfg) as session:
+        rounds = [session.produce_rollout(step)[1]["rollout/sampling_rounds"] for step in range(2)]
+    assert rounds == ([2, 1] if adaptive else [2, 2])
+
+
+def test_an_adaptive_round_keeps_the_over_sampling_margin_within_the_fixed_rounds_budget():
+    rate = KeepRate(window=10)
+    sampling = DynamicSampling(lambda group: True, groups_per_round=48, max_rounds=4, batch_groups=32, keep_rate=rate)
+    assert sampling.round_size(missing=32) == 48  # nothing observed yet: a fixed round
+    for kept in [True] * 4 + [False] * 6:
+        sampling.observe(kept)
+    assert sampling.round_size(missing=32) == 120  # 32 x 48/32 / 0.4
+    assert sampling.round_size(missing=2) == 48  # never below a fixed round
+    for _ in range(10):
+        sampling.observe(False)
+    assert sampling.round_size(missing=32) == 192  # nothing passes lately: all fixed rounds' worth at once

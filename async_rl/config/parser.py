@@ -353,6 +353,11 @@ def _validate(cfg: Config, explicit: set[str], async_mode: bool, evaluate_only: 
         raise ConfigError(f"--max-staleness must be >= 0, got {r.max_staleness}")
     if cfg.debug.load_debug_rollout_data and async_mode:
         raise ConfigError("--load-debug-rollout-data replays saved batches in the sync loop: drop --async")
+    if r.adaptive_over_sampling and async_mode:
+        raise ConfigError("--adaptive-over-sampling sizes the sync loop's sampling rounds; the async loop already admits "
+                          "groups at the filter's keep rate: drop it")
+    if r.adaptive_over_sampling and not r.dynamic_sampling_filter_path:
+        raise ConfigError("--adaptive-over-sampling sizes rounds by a filter's keep rate; set --dynamic-sampling-filter-path")
     if r.partial_rollout and not async_mode:
         raise ConfigError("--partial-rollout applies to the async loop; add --async")
     if r.partial_rollout and r.custom_generate_function_path:

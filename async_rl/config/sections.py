@@ -156,6 +156,11 @@ class RolloutConfig:
         "Async mode: the most prompts generating at once."
     )
     max_sampling_rounds: int = flag(8, "Sampling rounds before a filtered batch that is still short is trained as is.")
+    adaptive_over_sampling: bool = flag(
+        False, "Sync mode with a filter: size each sampling round by the filter's recent keep rate (the "
+        "--over-sampling-batch-size / --rollout-batch-size ratio kept as the margin, at least one fixed round, at most "
+        "--max-sampling-rounds of them), so that a batch usually fills in one round of generation."
+    )
 
     @property
     def fp8_layout(self) -> str | None:

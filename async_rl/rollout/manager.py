@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import threading
 import time
-from collections import Counter
-from dataclasses import dataclass
+from collections import Counter, deque
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 import ray
@@ -47,13 +48,50 @@ class PendingRollout:
         return sum(len(call.chunk) for call in self.requests.values())
 
 
+class KeepRate:
+    """The fraction of recently generated groups that passed the dynamic-sampling filter (1 until one finishes)."""
+
+    def __init__(self, window: int):
+        self._kept: deque[bool] = deque(maxlen=window)
+
+    def add(self, kept: bool) -> None:
+        self._kept.append(kept)
+
+    @property
+    def value(self) -> float:
+        return sum(self._kept) / len(self._kept) if self._kept else 1.0
+
+
 @dataclass(frozen=True)
 class DynamicSampling:
-    """How a training batch is filled: request groups in rounds until enough pass the filter."""
+    """How a training batch is filled: request groups in rounds until enough pass the filter.
+
+    Fixed rounds (slime's rule) request `groups_per_round` groups each. Adaptive rounds (`--adaptive-over-sampling`)
+    divide what is missing by the filter's recent keep rate, keeping the user's over-sampling ratio as the margin:
+    once a filter keeps less than the ratio anticipates (DAPO's does as the model learns), fixed rounds need a second
+    round of generation latency for most batches, adaptive ones rarely do."""
 
     group_filter: GroupFilter | None
     groups_per_round: int  # --over-sampling-batch-size (the batch size itself without over-sampling)
     max_rounds: int
+    batch_groups: int = 0  # --rollout-batch-size: with groups_per_round, the over-sampling ratio
+    keep_rate: KeepRate | None = field(default=None, compare=False)  # set: adaptive rounds
+
+    def round_size(self, missing: int) -> int:
+        """Groups to request for a round while `missing` groups of the batch have not passed yet; at least a fixed
+        round, at most what all fixed rounds together would request."""
+        if self.keep_rate is None or self.group_filter is None:
+            return self.groups_per_round
+        most = self.max_rounds * self.groups_per_round
+        rate = self.keep_rate.value
+        if rate == 0:
+            return most
+        expected = math.ceil(missing * self.groups_per_round / self.batch_groups / rate)
+        return min(max(self.groups_per_round, expected), most)
+
+    def observe(self, kept: bool) -> None:
+        if self.keep_rate is not None:
+            self.keep_rate.add(kept)
 
 
 class RolloutManager:
@@ -202,12 +240,14 @@ class RolloutManager:
         counts: Counter[str] = Counter()
         reward_counts: Counter = Counter()
         for round_index in range(sampling.max_rounds):
-            pending = self.submit(next_rows(sampling.groups_per_round), n_samples, params, f"rollout round {round_index + 1}")
+            rows = next_rows(sampling.round_size(target_groups - len(kept)))
+            pending = self.submit(rows, n_samples, params, f"rollout round {round_index + 1}")
             for chunk, remaining in self._finished_chunks(pending, reward_counts):
                 for group in split_groups(chunk):
                     counts["groups_generated"] += 1
                     raw_scores.extend(s.score for s in group)
                     result = sampling.group_filter(group) if sampling.group_filter else None
+                    sampling.observe(result is None or result.keep)
                     if result is not None and not result.keep:
                         counts[f"filter_drop_{result.reason}"] += 1
                     elif len(kept) < target_groups:

@@ -25,7 +25,7 @@ import logging
 import math
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -35,7 +35,7 @@ import torch
 from async_rl.data.prompt_dataset import PromptDataset, PromptRow
 from async_rl.rollout.engine import FINISHED_AT, SamplingParams
 from async_rl.rollout.manager import (
-    DynamicSampling, PendingRollout, RolloutManager, indexed, reward_failure_metrics, split_groups,
+    DynamicSampling, KeepRate, PendingRollout, RolloutManager, indexed, reward_failure_metrics, split_groups,
 )
 from async_rl.sample import Sample, SampleStatus
 
@@ -56,20 +56,6 @@ class AdmissionControl:
             return 0
         expected_running = math.ceil(room / keep_rate) if keep_rate > 0 else self.max_running
         return min(self.max_running, expected_running) - running
-
-
-class KeepRate:
-    """The fraction of recently generated groups that passed the dynamic-sampling filter (1 until one finishes)."""
-
-    def __init__(self, window: int):
-        self._kept: deque[bool] = deque(maxlen=window)
-
-    def add(self, kept: bool) -> None:
-        self._kept.append(kept)
-
-    @property
-    def value(self) -> float:
-        return sum(self._kept) / len(self._kept) if self._kept else 1.0
 
 
 def within_staleness(group: list[Sample], version: int, max_staleness: int) -> bool:

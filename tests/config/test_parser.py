@@ -114,6 +114,8 @@ def test_async_flag_selects_async_mode():
         (["--overlong-penalty-factor", "2"], "--overlong-penalty-factor"),
         (["--over-sampling-batch-size", "16"], "--over-sampling-batch-size"),
         (["--dynamic-sampling-filter-path", "m:f", "--over-sampling-batch-size", "4"], "--over-sampling-batch-size"),
+        (["--adaptive-over-sampling"], "set --dynamic-sampling-filter-path"),
+        (["--async", "--dynamic-sampling-filter-path", "m:f", "--adaptive-over-sampling"], "the async loop already admits"),
     ],
 )
 def test_bad_or_contradictory_flags_fail_with_one_line_naming_the_flag(capsys, argv, named):
