@@ -2,8 +2,6 @@
 
 import logging
 
-import pytest
-
 from async_rl.config import parse_config
 from async_rl.rollout.manager import DynamicSampling, KeepRate
 from async_rl.session import TrainingSession
@@ -40,16 +38,16 @@ def test_a_batch_that_cannot_be_filled_warns_and_trains_on_what_passed(tiny_mode
     assert "filled only 0 of 4 groups in 2 rounds" in caplog.text
 
 
-@pytest.mark.parametrize("adaptive", [False, True])
-def test_adaptive_rounds_fill_a_batch_in_one_round_once_the_keep_rate_is_known(tiny_model, tmp_path, adaptive):
-    """A filter keeping half of the groups: fixed rounds of 2 groups need two rounds for every batch of 2; adaptive
-    rounds learn the rate in the first batch and request enough for the second in one round."""
-    flags = ["--dynamic-sampling-filter-path", "tests.plugins.slime_style_filter:keep_even_groups",
-             "--rollout-batch-size", "2", "--over-sampling-batch-size", "2", "--micro-batch-size", "4"]
-    cfg, _ = parse_config(run_flags(tiny_model, tmp_path / "run", *flags, *(["--adaptive-over-sampling"] * adaptive)))
+def test_adaptive_rounds_fill_a_batch_in_one_round_once_the_keep_rate_is_known(tiny_model, tmp_path):
+    """A filter keeping every other group: fixed rounds of 2 groups would need two rounds for every batch of 2;
+    adaptive rounds learn the rate in the first batch and request enough for the second in one round."""
+    cfg, _ = parse_config(run_flags(
+        tiny_model, tmp_path / "run", "--dynamic-sampling-filter-path", "tests.plugins.slime_style_filter:keep_even_groups",
+        "--rollout-batch-size", "2", "--over-sampling-batch-size", "2", "--micro-batch-size", "4", "--adaptive-over-sampling",
+    ))
     with TrainingSession(cfg) as session:
         rounds = [session.produce_rollout(step)[1]["rollout/sampling_rounds"] for step in range(2)]
-    assert rounds == ([2, 1] if adaptive else [2, 2])
+    assert rounds == [2, 1]
 
 
 def test_an_adaptive_round_keeps_the_over_sampling_margin_within_the_fixed_rounds_budget():
