@@ -95,9 +95,11 @@ class TrainingSession:
         self.warn_on_missing_think = rw.rm_type == "deepscaler" and not rw.custom_rm_path
         r = cfg.rollout
         group_filter = load_group_filter(r.dynamic_sampling_filter_path, grader.args) if r.dynamic_sampling_filter_path else None
+        per_round = r.over_sampling_batch_size or r.rollout_batch_size
         self.sampling = DynamicSampling(
-            group_filter, r.over_sampling_batch_size or r.rollout_batch_size, r.max_sampling_rounds if group_filter else 1,
-            r.rollout_batch_size, KeepRate(window=2 * r.rollout_batch_size) if r.adaptive_over_sampling else None,
+            group_filter, per_round, r.max_sampling_rounds if group_filter else 1,
+            keep_rate=KeepRate(window=2 * r.rollout_batch_size) if r.adaptive_over_sampling else None,
+            margin=per_round / r.rollout_batch_size,
         )
         tokenizer = AutoTokenizer.from_pretrained(cfg.model.hf_checkpoint)
         data = cfg.data

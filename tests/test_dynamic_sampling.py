@@ -52,7 +52,7 @@ def test_adaptive_rounds_fill_a_batch_in_one_round_once_the_keep_rate_is_known(t
 
 def test_an_adaptive_round_keeps_the_over_sampling_margin_within_the_fixed_rounds_budget():
     rate = KeepRate(window=10)
-    sampling = DynamicSampling(lambda group: True, groups_per_round=48, max_rounds=4, batch_groups=32, keep_rate=rate)
+    sampling = DynamicSampling(lambda group: True, groups_per_round=48, max_rounds=4, keep_rate=rate, margin=48 / 32)
     assert sampling.round_size(missing=32) == 48  # nothing observed yet: a fixed round
     for kept in [True] * 4 + [False] * 6:
         sampling.observe(kept)

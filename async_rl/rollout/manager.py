@@ -74,8 +74,8 @@ class DynamicSampling:
     group_filter: GroupFilter | None
     groups_per_round: int  # --over-sampling-batch-size (the batch size itself without over-sampling)
     max_rounds: int
-    batch_groups: int = 0  # --rollout-batch-size: with groups_per_round, the over-sampling ratio
     keep_rate: KeepRate | None = field(default=None, compare=False)  # set: adaptive rounds
+    margin: float = 1.0  # adaptive rounds: --over-sampling-batch-size / --rollout-batch-size
 
     def round_size(self, missing: int) -> int:
         """Groups to request for a round while `missing` groups of the batch have not passed yet; at least a fixed
@@ -86,7 +86,7 @@ class DynamicSampling:
         rate = self.keep_rate.value
         if rate == 0:
             return most
-        expected = math.ceil(missing * self.groups_per_round / self.batch_groups / rate)
+        expected = math.ceil(missing * self.margin / rate)
         return min(max(self.groups_per_round, expected), most)
 
     def observe(self, kept: bool) -> None:
