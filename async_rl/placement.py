@@ -70,8 +70,7 @@ def check_training_gpus(cfg: Config) -> None:
 
 
 def check_gpus_here(cfg: Config, available: float) -> None:
-    plan = plan_placement(cfg)
-    needed = plan.trainer_gpus + (0 if cfg.cluster.colocate else plan.rollout_gpus)
+    needed = len(plan_placement(cfg).roles)  # the GPUs the plan puts anything on
     if needed > available:
         c = cfg.cluster
         asked = f"--actor-num-nodes {c.actor_num_nodes} x --actor-num-gpus-per-node {c.actor_num_gpus_per_node}"

@@ -1,10 +1,10 @@
 """Asynchronous RL loop: rollouts are generated in the background while the trainer trains.
 
 A `RolloutProducer` keeps a bounded buffer of graded groups filled under admission control, so every
-trained sample is at most `--max-staleness` weight versions old (by construction, and groups older than
-that, possible when more groups pass a dynamic-sampling filter than expected, are dropped and counted). Weights are pushed after
-each step; with `--partial-rollout` running generation is interrupted for the push and continues with
-the new weights.
+trained sample is at most `--max-staleness` weight versions old (by construction; groups older than that,
+possible when more groups pass a dynamic-sampling filter than expected, are dropped and counted). Weights
+are pushed after each step; with `--partial-rollout` running generation is interrupted for the push and
+continues with the new weights.
 
     python -m async_rl.train_async --hf-checkpoint MODEL --prompt-data train.jsonl [flags]
 """

@@ -135,14 +135,14 @@ def summarize(out: Path) -> dict[str, float | None]:
     evals = [(r["step"], r["eval/reward_mean"]) for r in rows if "eval/reward_mean" in r]
     timed = [r for r in rows if "perf/step_time_s" in r]
     steps = [r for r in timed if r["step"] > 0]  # step 0 pays one-time costs (kernel JIT, first push): apart
-    generated = sum(r.get("rollout/samples", 0) * r.get("rollout/response_len_mean", 0) for r in steps)
+    response_tokens = sum(r.get("rollout/samples", 0) * r.get("rollout/response_len_mean", 0) for r in steps)
     step_time = sum(r["perf/step_time_s"] for r in steps)
     wall = out / "wall_time_s"
     return {
         "eval_start": evals[0][1], "eval_final": evals[-1][1], "eval_curve": evals, "steps": len(timed),
         "first_step_s": next((r["perf/step_time_s"] for r in timed if r["step"] == 0), None),
         "wall_s": float(wall.read_text()) if wall.is_file() else None,
-        "trained_tok_s": generated / step_time if step_time else None,
+        "trained_tok_s": response_tokens / step_time if step_time else None,
         "train_tok_s": mean(steps, "perf/train_tokens_per_s"), "step_s": mean(steps, "perf/step_time_s"),
         "overlap": mean(steps, "perf/overlap_ratio"), "mismatch": mean(steps, "train/rollout_logprob_abs_diff"),
         "rollout_s": mean(steps, "perf/rollout_time_s"),

@@ -80,7 +80,7 @@ class DynamicSampling:
     def round_size(self, missing: int) -> int:
         """Groups to request for a round while `missing` groups of the batch have not passed yet; at least a fixed
         round, at most what all fixed rounds together would request."""
-        if self.keep_rate is None or self.group_filter is None:
+        if self.keep_rate is None:
             return self.groups_per_round
         most = self.max_rounds * self.groups_per_round
         rate = self.keep_rate.value
