@@ -15,6 +15,7 @@ import math
 import multiprocessing
 import pickle
 import signal
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, wait
@@ -24,6 +25,7 @@ from rewards.registry import RewardSpec
 
 logger = logging.getLogger(__name__)
 _HARD_DEADLINE_GRACE_S = 5.0
+_WORKER_START_TIMEOUT_S = 120.0
 
 
 class _Timeout(Exception):
@@ -53,10 +55,12 @@ def _call_each_with_alarm(fn, calls: list[tuple], timeout: float) -> list[tuple[
     return [_call_with_alarm(fn, call_args, timeout) for call_args in calls]
 
 
-def _leave_stopping_to_the_driver() -> None:
+def _leave_stopping_to_the_driver(all_started: threading.Barrier) -> None:
     """Ctrl-C reaches every process of the terminal's group: a worker ignores it (the driver finishes its step,
-    saves and closes the pool) instead of dying with a traceback and breaking the pool mid-grading."""
+    saves and closes the pool) instead of dying and breaking the pool mid-grading. The barrier holds each worker
+    until all of them ignore it, so the pool is only handed out once none can still die of a Ctrl-C."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    all_started.wait(_WORKER_START_TIMEOUT_S)
 
 
 class RewardGrader:
@@ -77,11 +81,15 @@ class RewardGrader:
 
     def _workers(self) -> ProcessPoolExecutor:
         """The pool, with every worker started and ignoring Ctrl-C before it gets work: the pool would otherwise
-        start workers on demand, and one still starting when Ctrl-C arrives dies and breaks the pool."""
+        start workers on demand, and one still starting when Ctrl-C arrives dies and breaks the pool. Each of the
+        first `num_workers` submits starts a worker (none is idle yet), and no task runs before every worker has
+        reached the barrier."""
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.num_workers, mp_context=multiprocessing.get_context("forkserver"),
-                                             initializer=_leave_stopping_to_the_driver)
-            wait([self._pool.submit(time.sleep, 0.05) for _ in range(self.num_workers)])  # one per worker
+            context = multiprocessing.get_context("forkserver")
+            self._pool = ProcessPoolExecutor(self.num_workers, mp_context=context,
+                                             initializer=_leave_stopping_to_the_driver,
+                                             initargs=(context.Barrier(self.num_workers),))
+            wait([self._pool.submit(time.sleep, 0) for _ in range(self.num_workers)])
         return self._pool
 
     def _replace_pool(self) -> None:

@@ -1,4 +1,6 @@
 import argparse
+import os
+import signal
 import time
 
 import pytest
@@ -60,6 +62,21 @@ def test_a_worker_stuck_in_c_code_is_replaced_after_the_hard_deadline():
         assert rewards == [0.0] and counts["timeouts"] == 1
         grader.spec = resolve_reward("deepscaler")  # the replacement pool grades normally
         assert grader.grade(samples(2))[0] == [1.0, 1.0]
+    finally:
+        grader.close()
+
+
+def test_every_worker_ignores_ctrl_c_before_the_pool_takes_work():
+    """Ctrl-C reaches the whole process group while the driver still wants its step graded: no worker, however
+    recently started, may die of it (a dead worker breaks the pool mid-grading)."""
+    grader = RewardGrader(resolve_reward("deepscaler"), args=ARGS, num_workers=4)
+    try:
+        workers = list(grader._workers()._processes.values())
+        assert len(workers) == 4
+        for worker in workers:
+            os.kill(worker.pid, signal.SIGINT)
+        assert grader.grade(samples(8))[0] == [1.0] * 8
+        assert all(worker.is_alive() for worker in workers)
     finally:
         grader.close()
 
