@@ -17,7 +17,9 @@ sampling and a held-out eval set, in five arms of the same number of steps:
 
 Arms whose metrics are complete are not run again, so the arms can be spread over several invocations
 (`--arms`); `--parallel` runs the selected arms at once (for curves only: they share the GPU, so compare step
-times only between arms that ran alone). It ends with a table per arm (from the runs' own metrics.jsonl), where the step time goes, and
+times only between arms that ran alone). `--seeds 1 2 3` repeats every arm with each RL seed (one SFT model for all;
+seed 1 writes to `ARM/`, seed N to `ARM.seedN/`) and adds a table of each arm's mean and range over its seeds: one
+seed's final eval moves by several points between repeats, too much to compare arms within 5%. It ends with a table per arm (from the runs' own metrics.jsonl), where the step time goes, and
 `runs.png` (tools/plot_run.py) with the arms' curves overlaid.
 """
 
@@ -69,7 +71,11 @@ def needs_transformer_engine(arm: str) -> bool:
     return "--fp8-format" in ARMS[arm]
 
 
-def run_flags(model: Path, out: Path, args) -> list[str]:
+def run_dir(root: Path, arm: str, seed: int) -> Path:
+    return root / (arm if seed == 1 else f"{arm}.seed{seed}")
+
+
+def run_flags(model: Path, out: Path, seed: int, args) -> list[str]:
     """What every arm shares: data, rewards, dynamic sampling, eval, sizes."""
     return [
         "--hf-checkpoint", str(model), "--prompt-data", str(model / "data" / "train.jsonl"),
@@ -81,7 +87,7 @@ def run_flags(model: Path, out: Path, args) -> list[str]:
         "--over-sampling-batch-size", str(args.rollout_batch_size * 3 // 2),
         "--eval-interval", str(args.eval_interval), "--n-samples-per-eval-prompt", "2", "--eval-temperature", "1.0",
         "--eval-max-response-len", "64", "--lr", str(args.lr), "--eps-clip", "0.2", "--eps-clip-high", "0.28",
-        "--micro-batch-size", str(min(64, args.rollout_batch_size * 8)), "--seed", str(args.seed),
+        "--micro-batch-size", str(min(64, args.rollout_batch_size * 8)), "--seed", str(seed),
         *BACKENDS["cpu" if args.cpu else "gpu"],
     ]
 
@@ -95,32 +101,32 @@ def complete(out: Path, num_rollout: int) -> bool:
     return any(r.get("step") == num_rollout and "eval/reward_mean" in r for r in rows)
 
 
-def run_arms(arms: list[str], model: Path, root: Path, args, extra: list[str]) -> list[str]:
-    """Train the arms, one after another or (`--parallel`) all at once, each in its own process with its own Ray;
-    returns those that failed. A half-finished earlier run of an arm is removed first; the wall time of each is
-    written beside its metrics."""
-    pending, failed = list(arms), []
+def run_arms(runs: list[tuple[str, int]], model: Path, root: Path, args, extra: list[str]) -> list[str]:
+    """Train the (arm, seed) runs, one after another or (`--parallel`) all at once, each in its own process with its
+    own Ray; returns the names of those that failed. A half-finished earlier run is removed first; the wall time of
+    each is written beside its metrics."""
+    pending, failed = list(runs), []
     while pending:
         batch, pending = (pending, []) if args.parallel else (pending[:1], pending[1:])
         running = {}
-        for arm in batch:
-            out = root / arm
+        for arm, seed in batch:
+            out = run_dir(root, arm, seed)
             shutil.rmtree(out, ignore_errors=True)
-            cmd = [sys.executable, "-m", "async_rl.train", *run_flags(model, out, args), *ARMS[arm], *extra]
-            print(f"[{arm}] {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
-            log = (root / f"{arm}.log").open("w")
-            running[arm] = (subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT), time.perf_counter(), log)
-        for arm, (process, start, log) in running.items():
+            cmd = [sys.executable, "-m", "async_rl.train", *run_flags(model, out, seed, args), *ARMS[arm], *extra]
+            print(f"[{out.name}] {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+            log = (root / f"{out.name}.log").open("w")
+            running[out] = (subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT), time.perf_counter(), log)
+        for out, (process, start, log) in running.items():
             code = process.wait()
             wall = time.perf_counter() - start
             log.close()
             if code:
-                tail = "\n".join((root / f"{arm}.log").read_text().splitlines()[-30:])
-                print(f"[{arm}] failed (exit {code}); the end of {root / f'{arm}.log'}:\n{tail}", file=sys.stderr)
-                failed.append(arm)
+                tail = "\n".join((root / f"{out.name}.log").read_text().splitlines()[-30:])
+                print(f"[{out.name}] failed (exit {code}); the end of {root / f'{out.name}.log'}:\n{tail}", file=sys.stderr)
+                failed.append(out.name)
                 continue
-            (root / arm / "wall_time_s").write_text(f"{wall:.1f}\n")
-            print(f"[{arm}] done in {wall:.0f} s", file=sys.stderr, flush=True)
+            (out / "wall_time_s").write_text(f"{wall:.1f}\n")
+            print(f"[{out.name}] done in {wall:.0f} s", file=sys.stderr, flush=True)
     return failed
 
 
@@ -158,12 +164,17 @@ def fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def baseline_of(name: str) -> str:
+    """The baseline run of the same seed: `fp8-tis-async.seed2` -> `bf16-sync.seed2`."""
+    return BASELINE + name[len(name.split(".")[0]):]
+
+
 def print_tables(results: dict[str, dict]) -> None:
-    base = results.get(BASELINE)
     print("| arm | eval start | eval final | gain | final / bf16-sync | steps | wall s | response tok/s | "
           "trainer tok/s | step s | vs sync | overlap | mismatch/token |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for arm, r in results.items():
+        base = results.get(baseline_of(arm))
         vs_final = r["eval_final"] / base["eval_final"] if base else None
         vs_step = r["step_s"] / base["step_s"] if base and r["step_s"] and base["step_s"] else None
         print(f"| {arm} | {r['eval_start']:.3f} | {r['eval_final']:.3f} | {r['eval_final'] - r['eval_start']:+.3f} | "
@@ -184,6 +195,26 @@ def print_tables(results: dict[str, dict]) -> None:
         print(f"- {arm}: " + ", ".join(f"{step}: {value:.3f}" for step, value in r["eval_curve"]))
 
 
+def print_seed_table(results: dict[str, dict]) -> None:
+    """Each arm over its seeds: the mean and range of its final eval and gain, and its mean final eval over the
+    baseline's (the comparison one seed is too noisy for)."""
+    by_arm: dict[str, list[dict]] = {}
+    for name, r in results.items():
+        by_arm.setdefault(name.split(".")[0], []).append(r)
+    final = {arm: statistics.fmean(r["eval_final"] for r in rs) for arm, rs in by_arm.items()}
+    print("\nover seeds:\n")
+    print("| arm | seeds | eval final mean | min-max | gain mean | min-max | final / bf16-sync (means) | step s |")
+    print("|---|---:|---:|---|---:|---|---:|---:|")
+    for arm, rs in by_arm.items():
+        finals = [r["eval_final"] for r in rs]
+        gains = [r["eval_final"] - r["eval_start"] for r in rs]
+        steps = [r["step_s"] for r in rs if r["step_s"]]
+        vs = final[arm] / final[BASELINE] if BASELINE in final else None
+        print(f"| {arm} | {len(rs)} | {final[arm]:.3f} | {min(finals):.3f}-{max(finals):.3f} | "
+              f"{statistics.fmean(gains):+.3f} | {min(gains):+.3f} to {max(gains):+.3f} | {fmt(vs, '.3f')} | "
+              f"{fmt(statistics.fmean(steps) if steps else None, '.2f')} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", type=Path, required=True)
@@ -194,28 +225,32 @@ def main() -> None:
     parser.add_argument("--rollout-batch-size", type=int, default=32)
     parser.add_argument("--eval-interval", type=int, default=4)
     parser.add_argument("--lr", type=float, default=7e-5)
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1],
+                        help="RL seeds: every arm runs once per seed (the SFT model is the same for all).")
     parser.add_argument("--parallel", action="store_true",
                         help="Run the arms at the same time (they share the GPU, so their step times are not comparable).")
     args, extra = parser.parse_known_args()  # the rest goes to every arm's train.py
     kind = "cpu" if args.cpu else "gpu"
     model = args.output_dir / "model"
     if not model.is_dir():
-        accuracy = build(str(model), seed=args.seed, **MODEL[kind])
+        accuracy = build(str(model), seed=1, **MODEL[kind])
         (args.output_dir / "sft_accuracy.json").write_text(json.dumps(accuracy))
     print(f"SFT accuracy on held-out prompts: {(args.output_dir / 'sft_accuracy.json').read_text().strip()}", flush=True)
     te = importlib.util.find_spec("transformer_engine") is not None and not args.cpu
     to_run = []
     for arm in args.arms:
-        out = args.output_dir / arm
         if needs_transformer_engine(arm) and not te:
             print(f"[{arm}] skipped: FP8 training needs Transformer Engine on a GPU", file=sys.stderr)
-        elif complete(out, args.num_rollout):
-            print(f"[{arm}] already complete in {out}", file=sys.stderr)
-        else:
-            to_run.append(arm)
+            continue
+        for seed in args.seeds:
+            out = run_dir(args.output_dir, arm, seed)
+            if complete(out, args.num_rollout):
+                print(f"[{out.name}] already complete in {out}", file=sys.stderr)
+            else:
+                to_run.append((arm, seed))
     failed = run_arms(to_run, model, args.output_dir, args, extra)
-    done = {arm: args.output_dir / arm for arm in ARMS if complete(args.output_dir / arm, args.num_rollout)}
+    done = {out.name: out for arm in ARMS for seed in args.seeds
+            if complete(out := run_dir(args.output_dir, arm, seed), args.num_rollout)}
     if not done and not args.arms:
         print("no arm is complete yet", file=sys.stderr)
         return
@@ -223,6 +258,8 @@ def main() -> None:
         raise SystemExit(f"no arm has finished in {args.output_dir}: {', '.join(failed)} failed")
     results = {arm: summarize(out) for arm, out in done.items()}
     print_tables(results)
+    if len(args.seeds) > 1:
+        print_seed_table(results)
     png = args.output_dir / "runs.png"
     plot_runs({arm: read_metrics(out / "metrics.jsonl") for arm, out in done.items()}, png, "learning run")
     print(f"\nwrote {png}")

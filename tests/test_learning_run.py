@@ -1,5 +1,6 @@
 """benchmarks/gpu_learning_run.py on the CPU (local engine, torch trainer, tiny model, two steps): every arm that
-runs without a GPU trains, and the table and the overlaid plot come from the runs' own metrics."""
+runs without a GPU trains, and the table and the overlaid plot come from the runs' own metrics; a second seed
+runs beside the first and each arm is summarized over its seeds."""
 
 import subprocess
 import sys
@@ -20,5 +21,10 @@ def test_the_learning_run_trains_every_arm_and_reports_them(tmp_path):
     assert (out / "runs.png").stat().st_size > 10_000
     for arm in arms:
         assert (out / arm / "metrics.jsonl").is_file()
-    again = subprocess.run(cmd + ["--arms", "bf16-sync"], capture_output=True, text=True, cwd=REPO, timeout=600)
+    # a second seed: seed 1's run is kept, seed 2's runs beside it, and the arm is summarized over both
+    again = subprocess.run(cmd + ["--arms", "bf16-sync", "--seeds", "1", "2"], capture_output=True, text=True, cwd=REPO,
+                           timeout=600)
     assert again.returncode == 0 and f"[bf16-sync] already complete in {out / 'bf16-sync'}" in again.stderr
+    assert (out / "bf16-sync.seed2" / "metrics.jsonl").is_file()
+    seeds_table = again.stdout.split("over seeds:")[1]
+    assert "| bf16-sync | 2 | " in seeds_table and "| fp8-tis-async | 1 | " in seeds_table
