@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -86,12 +87,27 @@ def init_loopback_ray(**init_args: Any) -> None:
 
     Asked for 127.0.0.1, Ray substitutes the machine's routable address and its servers listen on every
     interface, unless its cluster mode is off (the switch Ray reads as RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER).
-    Turned off here for this process, where Ray resolves the node address, and for the processes it starts."""
+    Turned off here for this process, where Ray resolves the node address, and for the processes it starts.
+
+    Ray's servers join this process's group, where plain `timeout` or a scheduler sends its SIGTERM too: they start
+    with SIGTERM blocked (as Ray blocks SIGINT in them), so that the driver's stop handler can finish the step and
+    `ray.shutdown()` end them. Worker processes unblock it again as they start (`unblock_sigterm`)."""
     from ray._private import ray_constants
 
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
-    ray.init(include_dashboard=False, _node_ip_address=LOOPBACK, **init_args)
+    runtime_env = dict(init_args.pop("runtime_env", None) or {}, worker_process_setup_hook=f"{__name__}.unblock_sigterm")
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        ray.init(include_dashboard=False, _node_ip_address=LOOPBACK, runtime_env=runtime_env, **init_args)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+def unblock_sigterm() -> None:
+    """Ray's worker processes (the actors, in process groups of their own) inherit the servers' blocked SIGTERM;
+    they take it back, so that the SGLang servers they start still stop on their SIGTERM."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
 def reserve_trainer_bundles(world_size: int, *, gpus: int, cpus: int = 1) -> PlacementGroup:

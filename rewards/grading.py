@@ -56,10 +56,12 @@ def _call_each_with_alarm(fn, calls: list[tuple], timeout: float) -> list[tuple[
 
 
 def _leave_stopping_to_the_driver(all_started: threading.Barrier) -> None:
-    """Ctrl-C reaches every process of the terminal's group: a worker ignores it (the driver finishes its step,
-    saves and closes the pool) instead of dying and breaking the pool mid-grading. The barrier holds each worker
-    until all of them ignore it, so the pool is only handed out once none can still die of a Ctrl-C."""
+    """Ctrl-C reaches every process of the terminal's group, and plain `timeout` (or a scheduler) sends SIGTERM to
+    the whole group too: a worker ignores both (the driver finishes its step, saves and closes the pool; a worker
+    whose driver is gone ends on its closed queue) instead of dying and breaking the pool mid-grading. The barrier
+    holds each worker until all of them ignore the signals, so the pool is only handed out once none can die of one."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     all_started.wait(_WORKER_START_TIMEOUT_S)
 
 
@@ -81,11 +83,12 @@ class RewardGrader:
 
     def _workers(self) -> ProcessPoolExecutor:
         """The pool, with every worker started and ignoring Ctrl-C before it gets work: the pool would otherwise
-        start workers on demand, and one still starting when Ctrl-C arrives dies and breaks the pool. Each of the
-        first `num_workers` submits starts a worker (none is idle yet), and no task runs before every worker has
-        reached the barrier."""
+        start workers on demand, and one still starting when a stop signal arrives dies and breaks the pool. Each
+        of the first `num_workers` submits starts a worker (none is idle yet), and no task runs before every worker
+        has reached the barrier. Spawned, not forkserver: the pool watches a forkserver worker through the
+        forkserver process, which a SIGTERM to the group kills, and the pool then counts every worker as dead."""
         if self._pool is None:
-            context = multiprocessing.get_context("forkserver")
+            context = multiprocessing.get_context("spawn")
             self._pool = ProcessPoolExecutor(self.num_workers, mp_context=context,
                                              initializer=_leave_stopping_to_the_driver,
                                              initargs=(context.Barrier(self.num_workers),))

@@ -66,15 +66,16 @@ def test_a_worker_stuck_in_c_code_is_replaced_after_the_hard_deadline():
         grader.close()
 
 
-def test_every_worker_ignores_ctrl_c_before_the_pool_takes_work():
-    """Ctrl-C reaches the whole process group while the driver still wants its step graded: no worker, however
-    recently started, may die of it (a dead worker breaks the pool mid-grading)."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_every_worker_ignores_stop_signals_before_the_pool_takes_work(signum):
+    """Ctrl-C or a group SIGTERM (plain `timeout`, a scheduler) reaches every worker while the driver still wants
+    its step graded: no worker, however recently started, may die of it (a dead worker breaks the pool)."""
     grader = RewardGrader(resolve_reward("deepscaler"), args=ARGS, num_workers=4)
     try:
         workers = list(grader._workers()._processes.values())
         assert len(workers) == 4
         for worker in workers:
-            os.kill(worker.pid, signal.SIGINT)
+            os.kill(worker.pid, signum)
         assert grader.grade(samples(8))[0] == [1.0] * 8
         assert all(worker.is_alive() for worker in workers)
     finally:
