@@ -75,6 +75,11 @@ def run_dir(root: Path, arm: str, seed: int) -> Path:
     return root / (arm if seed == 1 else f"{arm}.seed{seed}")
 
 
+def arm_of(run: str) -> str:
+    """The arm of a run directory's name: `fp8-tis-async.seed2` -> `fp8-tis-async`."""
+    return run.split(".")[0]
+
+
 def run_flags(model: Path, out: Path, seed: int, args) -> list[str]:
     """What every arm shares: data, rewards, dynamic sampling, eval, sizes."""
     return [
@@ -166,7 +171,7 @@ def fmt(value, spec: str) -> str:
 
 def baseline_of(name: str) -> str:
     """The baseline run of the same seed: `fp8-tis-async.seed2` -> `bf16-sync.seed2`."""
-    return BASELINE + name[len(name.split(".")[0]):]
+    return name.replace(arm_of(name), BASELINE, 1)
 
 
 def print_tables(results: dict[str, dict]) -> None:
@@ -200,7 +205,7 @@ def print_seed_table(results: dict[str, dict]) -> None:
     baseline's (the comparison one seed is too noisy for)."""
     by_arm: dict[str, list[dict]] = {}
     for name, r in results.items():
-        by_arm.setdefault(name.split(".")[0], []).append(r)
+        by_arm.setdefault(arm_of(name), []).append(r)
     final = {arm: statistics.fmean(r["eval_final"] for r in rs) for arm, rs in by_arm.items()}
     print("\nover seeds:\n")
     print("| arm | seeds | eval final mean | min-max | gain mean | min-max | final / bf16-sync (means) | step s |")
