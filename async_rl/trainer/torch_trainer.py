@@ -12,38 +12,34 @@ from transformers import AutoModelForCausalLM
 
 from async_rl.config.sections import TrainConfig
 from async_rl.routing_replay import replay_routing
+from async_rl.trainer.host_stash import HostStash
 from async_rl.trainer.batch import PackedBatch, response_log_probs
 from async_rl.trainer.policy_trainer import PolicyTrainer, needs_reference
 from async_rl.weights.hf_layout import unstack_experts
 
 
 class TorchOffloader:
-    """The model (and reference model) and AdamW's state moved between the GPU and the host."""
+    """The model (and reference model) and AdamW's state moved between the GPU and reused host buffers."""
 
     def __init__(self, models: list[torch.nn.Module], optimizer: torch.optim.Optimizer, device: torch.device):
         self.models, self.optimizer, self.device = models, optimizer, device
-
-    def _move_state(self, device: torch.device | str) -> None:
-        for state in self.optimizer.state.values():
-            for key, value in state.items():
-                if isinstance(value, torch.Tensor) and key != "step":
-                    state[key] = value.to(device)
+        self.stash = HostStash()
 
     def offload_optimizer(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        self._move_state("cpu")
+        self.stash.offload_optimizer("optimizer", self.optimizer, params=False)
+        torch.cuda.synchronize()
         torch.cuda.empty_cache()
 
     def offload_weights(self) -> None:
         self.offload_optimizer()
-        for model in self.models:
-            model.to("cpu")
+        for n, model in enumerate(self.models):
+            self.stash.offload_params(("model", n), model.parameters())
+        torch.cuda.synchronize()
         torch.cuda.empty_cache()
 
     def onload(self) -> None:
-        for model in self.models:
-            model.to(self.device)
-        self._move_state(self.device)
+        self.stash.onload(self.device)
         torch.cuda.synchronize()
 
 

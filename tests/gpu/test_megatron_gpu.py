@@ -261,30 +261,37 @@ def training_state(trainer) -> dict[str, torch.Tensor]:
 def test_offloading_between_steps_frees_the_gpu_and_restores_every_bit(torch_step, impl):
     """`--offload-train`: gradients, optimizer state and weights leave the GPU after a step and come back bit for bit
     (two trainers cannot be compared step for step: megatron's backward is not deterministic), and the next step
-    trains on them."""
+    trains on them. The second cycle refills the first one's page-locked host buffers in place with the new values."""
     from async_rl.trainer.megatron.trainer import MegatronTrainer
 
     model, samples, _ = torch_step
     mcfg = dataclasses.replace(MegatronConfig(), bf16=True, transformer_impl=impl)
     trainer = MegatronTrainer(str(model), CFG, mcfg, global_batch_size=8, temperature=1.0)
+    cycles, losses = [], []
     try:
-        first = trainer.train_step(samples, advantages(len(samples)))
-        torch.cuda.synchronize()
-        params = sum(p.numel() for p in trainer.gpt.parameters())
-        before, resident = training_state(trainer), torch.cuda.memory_allocated()
-        moved = trainer.offload(weights=False) | {"weights": trainer.offload(weights=True)}
-        offloaded = torch.cuda.memory_allocated()
-        moved["back"] = trainer.onload()
-        after = training_state(trainer)
-        on_gpu = all(p.is_cuda for p in trainer.gpt.parameters())
-        second = trainer.train_step(samples, advantages(len(samples)))
+        for _ in range(2):
+            losses.append(trainer.train_step(samples, advantages(len(samples)))["train/loss"])
+            torch.cuda.synchronize()
+            before, resident = training_state(trainer), torch.cuda.memory_allocated()
+            moved = trainer.offload(weights=False) | {"weights": trainer.offload(weights=True)}
+            offloaded = torch.cuda.memory_allocated()
+            buffers = {key: (b.data_ptr(), b.is_pinned()) for key, b in trainer.offloader.stash.buffers.items()}
+            moved["back"] = trainer.onload()
+            cycles.append((before, training_state(trainer), resident - offloaded, buffers, moved))
+            assert all(p.is_cuda for p in trainer.gpt.parameters())
+        losses.append(trainer.train_step(samples, advantages(len(samples)))["train/loss"])
     finally:
         trainer.close()
-    print(f"\n{model.name} {impl} offload: {resident / 2**20:.1f} MiB allocated -> {offloaded / 2**20:.1f} MiB "
-          f"({params / 1e6:.2f}M parameters); {moved}")
-    # BF16 weights + FP32 main weights + two Adam moments + the FP32 gradient buffer: 18 bytes per parameter
-    assert resident - offloaded >= 0.9 * 18 * params
-    assert on_gpu and set(after) == set(before) and len(before) > len(list(trainer.gpt.parameters()))
-    for name, tensor in before.items():
-        assert torch.equal(after[name], tensor), name
-    assert second["train/loss"] != first["train/loss"] and torch.isfinite(torch.tensor(second["train/loss"]))
+    params = sum(p.numel() for p in trainer.gpt.parameters())
+    for n, (before, after, freed, buffers, moved) in enumerate(cycles):
+        print(f"\n{model.name} {impl} offload {n + 1}: {freed / 2**20:.1f} MiB freed ({params / 1e6:.2f}M parameters); {moved}")
+        # BF16 weights + FP32 main weights + two Adam moments + the FP32 gradient buffer: 18 bytes per parameter
+        assert freed >= 0.9 * 18 * params
+        assert set(after) == set(before) and len(before) > len(list(trainer.gpt.parameters()))
+        for name, tensor in before.items():
+            assert torch.equal(after[name], tensor), (n, name)
+        assert all(pinned for _, pinned in buffers.values())
+    assert cycles[1][3] == cycles[0][3]  # the same host buffers, not new ones
+    # the step between the cycles changed the state, so the second cycle's equality shows the buffers were refilled
+    assert any(not torch.equal(cycles[1][0][k], cycles[0][0][k]) for k in cycles[0][0])
+    assert len(set(losses)) == 3 and all(torch.isfinite(torch.tensor(losses)))
