@@ -56,6 +56,7 @@ KERNEL_KINDS = (  # first match wins, on the lower-cased kernel name
     ("optimizer", ("adam", "multi_tensor")),
     ("copies", ("memcpy", "memset")),
 )
+TOP_OTHER_KERNELS = 8  # listed by name under --profile: the "other" column is a third of a 7B-slice step
 DENSE_BF16_PEAK = {"H100": 989e12, "H200": 989e12, "H800": 989e12}  # SXM, FLOP/s
 
 
@@ -76,8 +77,8 @@ def kernel_kind(name: str) -> str:
     return next((kind for kind, marks in KERNEL_KINDS if any(m in lowered for m in marks)), "other")
 
 
-def kernel_time_by_kind(step) -> dict[str, float]:
-    """Seconds of GPU kernel time per kind over one call of `step`."""
+def kernel_time_by_kind(step) -> tuple[dict[str, float], dict[str, float]]:
+    """Seconds of GPU kernel time per kind over one call of `step`, and per kernel name for those of no kind."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
@@ -85,11 +86,14 @@ def kernel_time_by_kind(step) -> dict[str, float]:
         step()
         torch.cuda.synchronize()
     seconds: dict[str, float] = {}
+    others: dict[str, float] = {}
     for event in prof.events():
         if event.device_type == DeviceType.CUDA:
             kind = kernel_kind(event.name)
             seconds[kind] = seconds.get(kind, 0.0) + event.device_time_total / 1e6
-    return seconds
+            if kind == "other":
+                others[event.name] = others.get(event.name, 0.0) + event.device_time_total / 1e6
+    return seconds, others
 
 
 def bf16_peak() -> float | None:
@@ -207,15 +211,19 @@ def main() -> None:
     shutil.rmtree(model_dir)
 
 
-def print_kernel_profiles(profiles: list[tuple[str, float, dict[str, float]]]) -> None:
+def print_kernel_profiles(profiles: list[tuple[str, float, tuple[dict[str, float], dict[str, float]]]]) -> None:
     kinds = [kind for kind, _ in KERNEL_KINDS] + ["other"]
     print("\nGPU kernel time of one profiled step, ms (the median step's wall time beside it)")
     print("| backend | step | " + " | ".join(kinds) + " | all kernels | step minus kernels |")
     print("|---|---:|" + "---:|" * (len(kinds) + 2))
-    for backend, step_s, seconds in profiles:
+    for backend, step_s, (seconds, _) in profiles:
         busy = sum(seconds.values())
         cells = " | ".join(f"{seconds.get(kind, 0.0) * 1e3:.0f}" for kind in kinds)
         print(f"| {backend} | {step_s * 1e3:.0f} | {cells} | {busy * 1e3:.0f} | {max(0.0, step_s - busy) * 1e3:.0f} |")
+    for backend, _, (_, others) in profiles:
+        print(f"\nlargest kernels counted as other, {backend} (ms)")
+        for name, t in sorted(others.items(), key=lambda item: -item[1])[:TOP_OTHER_KERNELS]:
+            print(f"  {t * 1e3:7.1f}  {name[:110]}")
 
 
 if __name__ == "__main__":

@@ -233,6 +233,10 @@ class TrainConfig:
         "and gradient norm on the checkpoint's probe batch equal those recorded when it was saved."
     )
     invariant_logprob_tol: float = flag(1e-3, "--check-invariants: largest mean |trainer - rollout| log-prob difference.")
+    deterministic_mode: bool = flag(
+        False, "Deterministic GPU kernels in the trainer (Megatron's flag): the same batch gives bit-identical "
+        "log-probs and updates, where MoE layers otherwise sum expert outputs with atomics in varying order. Slower; "
+        "on under --check-invariants, whose first-step check compares two forward passes bit for bit.")
 
 
 @dataclass

@@ -9,6 +9,7 @@ of the global batch, so the accumulated gradient is that of the loss over the wh
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Protocol
@@ -34,6 +35,19 @@ def needs_reference(cfg: TrainConfig) -> bool:
 def is_max_stat(stat: str) -> bool:
     """Stats named *_max* are maxima over the batch; the others are means."""
     return "_max" in stat
+
+
+def use_deterministic_kernels(cfg: TrainConfig, on_gpu: bool) -> bool:
+    """Under `--deterministic-mode` or `--check-invariants`, make this process's GPU kernels deterministic (cuBLAS
+    workspace, torch's deterministic implementations such as the MoE token un-permutation's index_add, Transformer
+    Engine's deterministic attention); returns whether it did. CPU kernels are deterministic already. Ops without a
+    deterministic version warn instead of failing the run."""
+    if not (cfg.deterministic_mode or cfg.check_invariants) or not on_gpu:
+        return False
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    os.environ["NVTE_ALLOW_NONDETERMINISTIC_ALGO"] = "0"
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    return True
 
 
 class Offloader(Protocol):

@@ -14,7 +14,7 @@ from async_rl.config.sections import TrainConfig
 from async_rl.routing_replay import replay_routing
 from async_rl.trainer.host_stash import HostStash
 from async_rl.trainer.batch import PackedBatch, response_log_probs
-from async_rl.trainer.policy_trainer import PolicyTrainer, needs_reference
+from async_rl.trainer.policy_trainer import PolicyTrainer, needs_reference, use_deterministic_kernels
 from async_rl.weights.hf_layout import unstack_experts
 
 
@@ -63,6 +63,7 @@ class TorchTrainer(PolicyTrainer):
             torch.set_num_threads(num_threads)
         torch.manual_seed(seed)
         self.device = torch.device(device)
+        use_deterministic_kernels(cfg, self.device.type == "cuda")
         self.load_tokenizer(hf_checkpoint)
         self.model = AutoModelForCausalLM.from_pretrained(hf_checkpoint, dtype=torch.float32).to(self.device)
         self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False) if needs_reference(cfg) else None

@@ -31,7 +31,7 @@ from async_rl.trainer.megatron.optimizer import build_optimizer
 from async_rl.trainer.megatron.param_names import local_parameters
 from async_rl.trainer.megatron.vocab_parallel import vocab_parallel_log_probs
 from async_rl.trainer.megatron.writer_watchdog import watch_writer
-from async_rl.trainer.policy_trainer import PolicyTrainer, is_max_stat, needs_reference
+from async_rl.trainer.policy_trainer import PolicyTrainer, is_max_stat, needs_reference, use_deterministic_kernels
 from async_rl.weights.hf_layout import num_experts, read_hf_config
 
 
@@ -86,6 +86,7 @@ class MegatronTrainer(PolicyTrainer):
         if num_threads:
             torch.set_num_threads(num_threads)
         torch.manual_seed(seed)
+        self.deterministic = use_deterministic_kernels(cfg, torch.cuda.is_available())
         self._cpu = contextlib.ExitStack()
         init_megatron(rank, world_size, master_addr, master_port, mcfg, self._cpu, seed)
         self.rank = rank
@@ -136,7 +137,7 @@ class MegatronTrainer(PolicyTrainer):
             params_dtype=torch.bfloat16 if m.bf16 else torch.float32, bf16=m.bf16,
             recompute_granularity=m.recompute_granularity, recompute_method=m.recompute_method,
             recompute_num_layers=m.recompute_num_layers, expert_model_parallel_size=m.expert_model_parallel_size,
-            **fp8_settings(m.fp8_format, m.fp8_recipe, m.fp8_param_gather),
+            deterministic_mode=self.deterministic, **fp8_settings(m.fp8_format, m.fp8_recipe, m.fp8_param_gather),
             **({"moe_grouped_gemm": m.moe_grouped_gemm, "moe_enable_routing_replay": self.cfg.use_routing_replay}
                if self.local_experts else {}),
         )
