@@ -164,8 +164,3 @@ def kl_penalty(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, kind: str =
         return k3.clamp(-10, 10) if kind == "low_var_kl" else k3
     raise ValueError(f"unknown KL estimator {kind!r}; choose k1, k2, k3 or low_var_kl")
 
-
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of softmax(logits) along the last dimension."""
-    log_p = torch.log_softmax(logits.float(), dim=-1)
-    return -(log_p.exp() * log_p).sum(dim=-1)

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from async_rl.algorithms.losses import entropy_from_logits
 from async_rl.routing_replay import padded_routing
 from async_rl.sample import Sample
+from async_rl.trainer.token_log_probs import token_log_probs
 
 
 @dataclass
@@ -74,37 +74,36 @@ def micro_batch_indices(samples: list[Sample], micro_batch_size: int, max_tokens
     return groups
 
 
-def response_logits(logits: torch.Tensor, batch: PackedBatch, temperature: float,
-                    row_offsets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The tempered float32 logits that score each response token, [batch, max_response, vocab], and the
-    tokens they score, [batch, max_response]. `logits` is [batch, seq, vocab], or, with `row_offsets`, the
-    [tokens, vocab] of the rows packed back to back, row i starting at token row_offsets[i]. Works on a
-    vocabulary slice as well as on the full vocabulary. Positions past a row's end read its last token
-    (masked out by the caller)."""
+def response_rows(batch: PackedBatch, row_offsets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which rows of the logits score the batch's response tokens, and the tokens they score, both [response
+    tokens] in `response_mask` order. The logits are [batch * seq, vocab] flattened from [batch, seq, vocab],
+    or, with `row_offsets`, the rows packed back to back, row i starting at token row_offsets[i]. The logit
+    at position t predicts token t + 1, so response token j of a row is scored by the logit at
+    response_start + j - 1."""
     width = batch.response_mask.shape[1]
-    offsets = torch.arange(width, device=logits.device)
-    last = batch.attention_mask.sum(1, keepdim=True) - 1
-    positions = torch.minimum(batch.response_start[:, None] - 1 + offsets, last)
+    positions = batch.response_start[:, None] - 1 + torch.arange(width, device=batch.input_ids.device)
+    starts = row_offsets if row_offsets is not None else torch.arange(len(positions), device=positions.device) * batch.input_ids.shape[1]
+    real = batch.response_mask.bool()
     targets = batch.input_ids.gather(1, (positions + 1).clamp(max=batch.input_ids.shape[1] - 1))
-    if row_offsets is None:
-        picked = logits.gather(1, positions[:, :, None].expand(-1, -1, logits.shape[-1]))
-    else:
-        picked = logits[row_offsets[:, None] + positions]
-    return picked.float() / temperature, targets
+    return (starts[:, None] + positions)[real], targets[real]
+
+
+def per_response_token(values: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+    """Values in `response_rows` order laid out as [batch, max_response], 0 past each response's end."""
+    out = values.new_zeros(batch.response_mask.shape)
+    out[batch.response_mask.bool()] = values
+    return out
 
 
 def response_log_probs(
     model: torch.nn.Module, batch: PackedBatch, temperature: float, *, with_entropy: bool = False
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """log softmax(logits / temperature) of each response token, [batch, max_response] (0 past the end).
-
-    The logit at position t predicts token t + 1, so response token j of a row is scored by the logit at
-    response_start + j - 1. Temperature matches the rollout's, as the engine samples from that distribution.
-    With `with_entropy`, also the entropy of each of those tempered distributions.
-    """
+    Temperature matches the rollout's, as the engine samples from that distribution. With `with_entropy`,
+    also the entropy of each of those tempered distributions."""
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    picked, targets = response_logits(logits, batch, temperature)
-    token_log_probs = picked.gather(-1, targets[:, :, None]).squeeze(-1) - torch.logsumexp(picked, dim=-1)
+    rows, targets = response_rows(batch)
+    log_probs, entropy = token_log_probs(logits.flatten(0, 1), rows, targets, temperature, with_entropy=with_entropy)
     if with_entropy:
-        return token_log_probs * batch.response_mask, entropy_from_logits(picked) * batch.response_mask
-    return token_log_probs * batch.response_mask
+        return per_response_token(log_probs, batch), per_response_token(entropy, batch)
+    return per_response_token(log_probs, batch)

@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM
 
 from async_rl.config.sections import MegatronConfig, TrainConfig
 from async_rl.sample import Sample
-from async_rl.trainer.batch import PackedBatch, micro_batch_indices, response_logits
+from async_rl.trainer.batch import PackedBatch, micro_batch_indices, per_response_token, response_rows
 from async_rl.trainer.megatron import expert_shards, tp_shards
 from async_rl.routing_replay import megatron_routing_replay, packed_rows, padded_rows
 from async_rl.trainer.megatron.cpu_compat import init_megatron
@@ -29,8 +29,8 @@ from async_rl.trainer.megatron.model_checkpoint import load_model_checkpoint
 from async_rl.trainer.megatron.offload import MegatronOffloader
 from async_rl.trainer.megatron.optimizer import build_optimizer
 from async_rl.trainer.megatron.param_names import local_parameters
-from async_rl.trainer.megatron.vocab_parallel import vocab_parallel_log_probs
 from async_rl.trainer.megatron.writer_watchdog import watch_writer
+from async_rl.trainer.token_log_probs import token_log_probs
 from async_rl.trainer.policy_trainer import PolicyTrainer, is_max_stat, needs_reference, use_deterministic_kernels
 from async_rl.weights.hf_layout import num_experts, read_hf_config
 
@@ -155,24 +155,33 @@ class MegatronTrainer(PolicyTrainer):
         return Float16Module(model.config, model) if self.mcfg.bf16 else model
 
     def forward_log_probs(self, model: Any, batch: PackedBatch, with_entropy: bool = False):
-        picked, targets = self._packed_logits(model, batch) if self.packed else self._padded_logits(model, batch)
-        out = vocab_parallel_log_probs(picked, targets, with_entropy=with_entropy)
+        from megatron.core import parallel_state as ps
+
+        logits, row_offsets = self._packed_logits(model, batch) if self.packed else self._padded_logits(model, batch)
+        rows, targets = response_rows(batch, row_offsets)
+        log_probs, entropy = token_log_probs(
+            logits, rows, targets, self.temperature, vocab_start=ps.get_tensor_model_parallel_rank() * logits.shape[-1],
+            group=ps.get_tensor_model_parallel_group() if self.tp_size > 1 else None, with_entropy=with_entropy)
         if with_entropy:
-            return out[0] * batch.response_mask, out[1] * batch.response_mask
-        return out * batch.response_mask
+            return per_response_token(log_probs, batch), per_response_token(entropy, batch)
+        return per_response_token(log_probs, batch)
+
+    def _logits(self, model: Any, *inputs, **kwargs) -> torch.Tensor:
+        """The model's logits in its own precision: Float16Module would otherwise copy them all to float32."""
+        return model(*inputs, **kwargs, **({"fp32_output": False} if self.mcfg.bf16 else {}))
 
     def _padded_logits(self, model: Any, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows right-padded to one length. Transformer Engine's causal attention needs no mask then: a real token
+        """This rank's logits [rows x seq, vocab / tp] and where each row starts. Rows right-padded to one length. Transformer Engine's causal attention needs no mask then: a real token
         never sees the padding after it."""
         input_ids, attention_mask = self._common_shape(batch)
         positions = torch.arange(input_ids.shape[1], device=self.device).expand_as(input_ids)
         mask = None if self.transformer_impl == "transformer_engine" else causal_mask(attention_mask)
         with self._routing_replay(model, batch, lambda r: padded_rows(r, *input_ids.shape)):
-            logits = model(input_ids, positions, attention_mask=mask)
-        return response_logits(logits[: batch.input_ids.shape[0], : batch.input_ids.shape[1]], batch, self.temperature)
+            logits = self._logits(model, input_ids, positions, attention_mask=mask)
+        return logits.flatten(0, 1), torch.arange(batch.input_ids.shape[0], device=self.device) * input_ids.shape[1]
 
     def _packed_logits(self, model: Any, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows back to back in one sequence (THD) with their boundaries in `PackedSeqParams`, so attention and
+        """This rank's logits [tokens, vocab / tp] and where each row starts. Rows back to back in one sequence (THD) with their boundaries in `PackedSeqParams`, so attention and
         RoPE restart at each row and no compute goes to padding. A trailing segment of padding appears only
         where an alignment asks for it (FP8 GEMMs; the same token count over an expert-parallel group)."""
         from megatron.core.packed_seq_params import PackedSeqParams
@@ -194,8 +203,8 @@ class MegatronTrainer(PolicyTrainer):
         params = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu_seqlens, cu_seqlens_kv=cu_seqlens,
                                  max_seqlen_q=longest, max_seqlen_kv=longest)
         with self._routing_replay(model, batch, lambda r: packed_rows(r, batch.attention_mask, padded)):
-            logits = model(tokens[None], positions[None], attention_mask=None, packed_seq_params=params)
-        return response_logits(logits[0], batch, self.temperature, row_offsets=starts[: len(lengths)])
+            logits = self._logits(model, tokens[None], positions[None], attention_mask=None, packed_seq_params=params)
+        return logits[0], starts[: len(lengths)]
 
     def _routing_replay(self, model: Any, batch: PackedBatch, layout: Callable[[torch.Tensor], torch.Tensor]):
         """The policy's forward routes with the engine's experts (`--use-routing-replay`), laid out as its
