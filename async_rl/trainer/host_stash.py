@@ -21,6 +21,7 @@ class HostStash:
         self.buffers: dict[Hashable, torch.Tensor] = {}  # page-locked where a GPU is present
         self._params: list[torch.Tensor] = []  # parameters whose .data is a host buffer
         self._states: list[tuple[dict, str]] = []  # optimizer state entries that hold a host buffer
+        self._storages: list[tuple[torch.Tensor, torch.Tensor, int]] = []  # (tensor, its host buffer, bytes) freed in place
 
     def _put(self, key: Hashable, tensor: torch.Tensor) -> torch.Tensor:
         """`tensor`'s values in the host buffer kept under `key` (allocated on first use, or when the shape or
@@ -31,19 +32,33 @@ class HostStash:
             self.buffers[key] = buffer
         return buffer.copy_(tensor, non_blocking=True)
 
-    def offload_params(self, key: Hashable, params: Iterable[torch.Tensor]) -> None:
-        """Point each device-resident parameter's `.data` at its host buffer."""
+    def offload_params(self, key: Hashable, params: Iterable[torch.Tensor], skip_storages: frozenset[int] = frozenset()) -> None:
+        """Point each device-resident parameter's `.data` at its host buffer. A parameter that views one of
+        `skip_storages` (data pointers of storages moved whole by `offload_storage`) stays: re-pointing it would
+        cut it off from the storage it must keep sharing."""
         for i, p in enumerate(params):
-            if p.device.type != "cpu":
+            if p.device.type != "cpu" and p.untyped_storage().data_ptr() not in skip_storages:
                 p.data = self._put((key, i), p.data)
                 self._params.append(p)
 
-    def offload_optimizer(self, key: Hashable, optimizer: torch.optim.Optimizer, *, params: bool) -> None:
+    def offload_storage(self, key: Hashable, tensor: torch.Tensor) -> None:
+        """`tensor`'s values to its host buffer, then its storage freed in place (resized to nothing): the tensors
+        that view it, such as the parameters inside a DDP parameter buffer, stay the same objects and read the
+        values again after `onload`, which reallocates the storage and copies them back."""
+        storage = tensor.untyped_storage()
+        if tensor.storage_offset() or tensor.numel() * tensor.element_size() != storage.nbytes():
+            raise ValueError("offload_storage needs a tensor that spans its whole storage")
+        self._storages.append((tensor, self._put(key, tensor), storage.nbytes()))
+        storage.resize_(0)  # later allocations on this stream are ordered after the copy that reads it
+
+    def offload_optimizer(self, key: Hashable, optimizer: torch.optim.Optimizer, *, params: bool,
+                          skip_storages: frozenset[int] = frozenset()) -> None:
         """The optimizer's state tensors (Adam's moments), and with `params` the tensors it updates (megatron's
-        FP32 main weights), to the host, keyed by their place in the optimizer."""
+        FP32 main weights, except those viewing `skip_storages`), to the host, keyed by their place in the
+        optimizer."""
         for g, group in enumerate(optimizer.param_groups):
             if params:
-                self.offload_params((key, g), group["params"])
+                self.offload_params((key, g), group["params"], skip_storages)
             for i, p in enumerate(group["params"]):
                 state = optimizer.state.get(p, {})
                 for name, value in state.items():
@@ -58,4 +73,7 @@ class HostStash:
             p.data = p.data.to(device, non_blocking=True)
         for state, name in self._states:
             state[name] = state[name].to(device, non_blocking=True)
-        self._params, self._states = [], []
+        for tensor, buffer, nbytes in self._storages:
+            tensor.untyped_storage().resize_(nbytes)
+            tensor.copy_(buffer, non_blocking=True)
+        self._params, self._states, self._storages = [], [], []
