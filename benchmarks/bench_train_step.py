@@ -20,7 +20,7 @@ attention, 6 x layers x attention width x sequence length / 2 per token (QK^T an
 pair and width, half the pairs, times the same 3 passes).
 With `--profile`, one more step per backend runs under the torch profiler and its GPU kernel time is split into
 matrix multiplies, attention, FP8 casts, the optimizer, and the rest (elementwise ops and reductions: norms, activations, the
-log-softmax over the vocabulary, casts), against the step's wall time: where the gap to the GEMMs' speed goes.
+log-prob kernels over the vocabulary, casts), against the step's wall time: where the gap to the GEMMs' speed goes.
 Needs a CUDA GPU and megatron-core (Transformer Engine for the te-* rows).
 """
 
