@@ -48,12 +48,12 @@ def colocated_run(model, out) -> list[str]:
     ("torch", "bf16", "tensor"), ("torch", "block", "tensor"), ("torch", "channel", "tensor"),
     ("torch", "bf16", "distributed"), ("torch", "block", "distributed"),
     ("megatron", "bf16", "tensor"), ("megatron", "block", "tensor"), ("megatron", "bf16", "distributed"),
-    ("megatron-fp8", "block", "tensor"),
+    ("megatron-fp8", "block", "tensor"), ("megatron-offload", "block", "tensor"),
 ])
 def test_train_with_sglang_engines_runs_steps_and_logs_metrics(sglang_models, tmp_path, backend, precision, mode):
     if backend.startswith("megatron"):
         pytest.importorskip("megatron.core", reason="the megatron cases need megatron-core")
-    if backend == "megatron-fp8":
+    if backend in ("megatron-fp8", "megatron-offload"):
         pytest.importorskip("transformer_engine", reason="FP8 training needs Transformer Engine")
     out = tmp_path / "run"
     cmd = colocated_run(sglang_models / "bf16", out)
@@ -61,7 +61,8 @@ def test_train_with_sglang_engines_runs_steps_and_logs_metrics(sglang_models, tm
         cmd += ["--rollout-quantization", "fp8", "--rollout-fp8-granularity", precision]
     if mode == "distributed":
         cmd += DISTRIBUTED
-    cmd += {"megatron": MEGATRON, "megatron-fp8": MEGATRON + FP8_TRAINING}.get(backend, ["--train-backend", "torch"])
+    cmd += {"megatron": MEGATRON, "megatron-fp8": MEGATRON + FP8_TRAINING,
+            "megatron-offload": MEGATRON + FP8_TRAINING + ["--offload-train"]}.get(backend, ["--train-backend", "torch"])
     run_to_completion(cmd, timeout=500)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     print(f"\n{backend} {precision} {mode}: " + json.dumps(rows, indent=1))
@@ -70,6 +71,8 @@ def test_train_with_sglang_engines_runs_steps_and_logs_metrics(sglang_models, tm
     assert all("perf/release_memory_time_s" in r for r in rows)  # colocated: engines free memory while training
     limit = 0.05 if precision == "bf16" else 0.3
     assert all(r["train/rollout_logprob_abs_diff"] < limit for r in rows)
+    if backend == "megatron-offload":  # the trainer's state left the GPU around every generation and came back
+        assert all(r["memory/train_onload_gib"] > 0 and r["perf/train_onload_time_s"] > 0 for r in rows)
 
 
 def test_a_calculator_rollout_on_sglang_masks_the_tool_and_keeps_log_probs_in_context(sglang_models, tmp_path):
