@@ -61,7 +61,8 @@ def main() -> None:
     logits = (torch.randn(args.tokens, args.vocab, device="cuda", generator=gen) * 3).to(torch.bfloat16)
     rows = torch.arange(args.tokens, device="cuda")
     targets = torch.randint(0, args.vocab, (args.tokens,), device="cuda", generator=gen)
-    results = {name: measure(fn, logits, rows, targets, args.repeats) for name, fn in (("plain", plain), ("fused", fused))}
+    paths = (("plain", plain), ("fused", fused))
+    results = {name: measure(fn, logits, rows, targets, args.repeats) for name, fn in paths}
     print(f"{torch.cuda.get_device_name()}, {args.tokens} tokens x {args.vocab} vocabulary, BF16 logits\n")
     print("| path | forward + backward ms | vs plain | extra peak GiB |\n|---|---:|---:|---:|")
     for name, (seconds, peak) in results.items():

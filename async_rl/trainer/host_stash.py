@@ -21,7 +21,7 @@ class HostStash:
         self.buffers: dict[Hashable, torch.Tensor] = {}  # page-locked where a GPU is present
         self._params: list[torch.Tensor] = []  # parameters whose .data is a host buffer
         self._states: list[tuple[dict, str]] = []  # optimizer state entries that hold a host buffer
-        self._storages: list[tuple[torch.Tensor, torch.Tensor, int]] = []  # (tensor, its host buffer, bytes) freed in place
+        self._storages: list[tuple[torch.Tensor, torch.Tensor, int]] = []  # freed in place: tensor, host buffer, bytes
 
     def _put(self, key: Hashable, tensor: torch.Tensor) -> torch.Tensor:
         """`tensor`'s values in the host buffer kept under `key` (allocated on first use, or when the shape or
@@ -32,7 +32,8 @@ class HostStash:
             self.buffers[key] = buffer
         return buffer.copy_(tensor, non_blocking=True)
 
-    def offload_params(self, key: Hashable, params: Iterable[torch.Tensor], skip_storages: frozenset[int] = frozenset()) -> None:
+    def offload_params(self, key: Hashable, params: Iterable[torch.Tensor],
+                       skip_storages: frozenset[int] = frozenset()) -> None:
         """Point each device-resident parameter's `.data` at its host buffer. A parameter that views one of
         `skip_storages` (data pointers of storages moved whole by `offload_storage`) stays: re-pointing it would
         cut it off from the storage it must keep sharing."""

@@ -57,7 +57,8 @@ def split_case():
     gen = torch.Generator().manual_seed(1)
     logits = torch.randn(6, 40, generator=gen) * 3
     logits[2, 30] = 50.0  # the max of this row lives on the second rank only
-    return logits, torch.arange(6), torch.tensor([0, 19, 20, 39, 5, 25]), torch.randn(2, 6, generator=gen, dtype=torch.float64)
+    weights = torch.randn(2, 6, generator=gen, dtype=torch.float64)
+    return logits, torch.arange(6), torch.tensor([0, 19, 20, 39, 5, 25]), weights
 
 
 def test_two_ranks_each_holding_half_the_vocabulary_get_the_whole_result(tmp_path):

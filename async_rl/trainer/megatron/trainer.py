@@ -171,8 +171,8 @@ class MegatronTrainer(PolicyTrainer):
         return model(*inputs, **kwargs, **({"fp32_output": False} if self.mcfg.bf16 else {}))
 
     def _padded_logits(self, model: Any, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's logits [rows x seq, vocab / tp] and where each row starts. Rows right-padded to one length. Transformer Engine's causal attention needs no mask then: a real token
-        never sees the padding after it."""
+        """This rank's logits [rows x seq, vocab / tp] and where each row starts. Rows right-padded to one length:
+        Transformer Engine's causal attention needs no mask then, as a real token never sees the padding after it."""
         input_ids, attention_mask = self._common_shape(batch)
         positions = torch.arange(input_ids.shape[1], device=self.device).expand_as(input_ids)
         mask = None if self.transformer_impl == "transformer_engine" else causal_mask(attention_mask)
@@ -181,9 +181,10 @@ class MegatronTrainer(PolicyTrainer):
         return logits.flatten(0, 1), torch.arange(batch.input_ids.shape[0], device=self.device) * input_ids.shape[1]
 
     def _packed_logits(self, model: Any, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's logits [tokens, vocab / tp] and where each row starts. Rows back to back in one sequence (THD) with their boundaries in `PackedSeqParams`, so attention and
-        RoPE restart at each row and no compute goes to padding. A trailing segment of padding appears only
-        where an alignment asks for it (FP8 GEMMs; the same token count over an expert-parallel group)."""
+        """This rank's logits [tokens, vocab / tp] and where each row starts. Rows back to back in one sequence
+        (THD) with their boundaries in `PackedSeqParams`, so attention and RoPE restart at each row and no compute
+        goes to padding. A trailing segment of padding appears only where an alignment asks for it (FP8 GEMMs;
+        the same token count over an expert-parallel group)."""
         from megatron.core.packed_seq_params import PackedSeqParams
 
         lengths = batch.attention_mask.sum(1)
