@@ -74,7 +74,7 @@ def micro_batch_indices(samples: list[Sample], micro_batch_size: int, max_tokens
     return groups
 
 
-def response_rows(batch: PackedBatch, row_offsets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _response_rows(batch: PackedBatch, row_offsets: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Which rows of the logits score the batch's response tokens, and the tokens they score, both [response
     tokens] in `response_mask` order. The logits are [batch * seq, vocab] flattened from [batch, seq, vocab],
     or, with `row_offsets`, the rows packed back to back, row i starting at token row_offsets[i]. The logit
@@ -82,28 +82,38 @@ def response_rows(batch: PackedBatch, row_offsets: torch.Tensor | None = None) -
     response_start + j - 1."""
     width = batch.response_mask.shape[1]
     positions = batch.response_start[:, None] - 1 + torch.arange(width, device=batch.input_ids.device)
-    starts = row_offsets if row_offsets is not None else torch.arange(len(positions), device=positions.device) * batch.input_ids.shape[1]
+    if row_offsets is None:
+        row_offsets = torch.arange(len(positions), device=positions.device) * batch.input_ids.shape[1]
     real = batch.response_mask.bool()
     targets = batch.input_ids.gather(1, (positions + 1).clamp(max=batch.input_ids.shape[1] - 1))
-    return (starts[:, None] + positions)[real], targets[real]
+    return (row_offsets[:, None] + positions)[real], targets[real]
 
 
-def per_response_token(values: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
-    """Values in `response_rows` order laid out as [batch, max_response], 0 past each response's end."""
+def _per_response_token(values: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+    """Values in `_response_rows` order laid out as [batch, max_response], 0 past each response's end."""
     out = values.new_zeros(batch.response_mask.shape)
     out[batch.response_mask.bool()] = values
     return out
 
 
+def score_responses(logits: torch.Tensor, batch: PackedBatch, temperature: float, *,
+                    row_offsets: torch.Tensor | None = None, with_entropy: bool = False, vocab_start: int = 0,
+                    group=None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """log softmax(logits / temperature) of each response token, [batch, max_response] (0 past the end), and
+    with `with_entropy` the entropy of each of those distributions. `logits` [tokens, vocab part] as in
+    `_response_rows`; `vocab_start` and `group` as in `token_log_probs` (a tensor-parallel vocabulary slice)."""
+    rows, targets = _response_rows(batch, row_offsets)
+    log_probs, entropy = token_log_probs(logits, rows, targets, temperature, vocab_start=vocab_start, group=group,
+                                         with_entropy=with_entropy)
+    if with_entropy:
+        return _per_response_token(log_probs, batch), _per_response_token(entropy, batch)
+    return _per_response_token(log_probs, batch)
+
+
 def response_log_probs(
     model: torch.nn.Module, batch: PackedBatch, temperature: float, *, with_entropy: bool = False
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """log softmax(logits / temperature) of each response token, [batch, max_response] (0 past the end).
-    Temperature matches the rollout's, as the engine samples from that distribution. With `with_entropy`,
-    also the entropy of each of those tempered distributions."""
+    """`score_responses` of a Hugging Face model's logits. Temperature matches the rollout's, as the engine samples
+    from that distribution."""
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    rows, targets = response_rows(batch)
-    log_probs, entropy = token_log_probs(logits.flatten(0, 1), rows, targets, temperature, with_entropy=with_entropy)
-    if with_entropy:
-        return per_response_token(log_probs, batch), per_response_token(entropy, batch)
-    return per_response_token(log_probs, batch)
+    return score_responses(logits.flatten(0, 1), batch, temperature, with_entropy=with_entropy)

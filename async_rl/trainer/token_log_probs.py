@@ -31,7 +31,7 @@ def token_log_probs(
     are global ids; `rows` must be distinct (the backward writes each row's gradient once); `group` is the
     tensor-parallel group over which the vocabulary is split, None when it is not.
     """
-    log_probs, entropy = _TokenLogProbs.apply(logits, rows, targets, temperature, vocab_start, group, with_entropy)
+    log_probs, entropy = _TokenLogProbs.apply(logits, rows, targets, temperature, vocab_start, group)
     return log_probs, entropy if with_entropy else None
 
 
@@ -78,7 +78,7 @@ def _chunks(rows: torch.Tensor, vocab: int) -> list[slice]:
 
 class _TokenLogProbs(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, rows, targets, temperature, vocab_start, group, with_entropy):
+    def forward(ctx, logits, rows, targets, temperature, vocab_start, group):
         inv_t = 1.0 / temperature
         logits = logits.contiguous()  # the kernels step through each row with unit stride
         part = logits.shape[-1]
@@ -99,14 +99,13 @@ class _TokenLogProbs(torch.autograd.Function):
         log_z = top + sums[0].log()
         entropy = sums[0].log() - sums[1] / sums[0]
         ctx.save_for_backward(logits, rows, local_targets, log_z, entropy)
-        ctx.inv_t, ctx.with_entropy = inv_t, with_entropy
+        ctx.inv_t = inv_t
         return sums[2] - log_z, entropy
 
     @staticmethod
-    def backward(ctx, g_lp, g_h):
+    def backward(ctx, g_lp, g_h):  # an output nobody used gets a zero gradient here (materialized by autograd)
         logits, rows, local_targets, log_z, entropy = ctx.saved_tensors
-        g_lp = torch.zeros_like(log_z) if g_lp is None else g_lp.float().contiguous()
-        g_h = torch.zeros_like(log_z) if g_h is None or not ctx.with_entropy else g_h.float().contiguous()
         grad = torch.zeros_like(logits)
-        _write_grad(grad, logits, rows, local_targets, log_z, entropy, g_lp, g_h, ctx.inv_t)
-        return grad, None, None, None, None, None, None
+        _write_grad(grad, logits, rows, local_targets, log_z, entropy, g_lp.float().contiguous(),
+                    g_h.float().contiguous(), ctx.inv_t)
+        return grad, None, None, None, None, None

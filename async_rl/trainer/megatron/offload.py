@@ -23,13 +23,12 @@ class MegatronOffloader:
         """`optimizer`: megatron's (possibly chained) optimizer; `frozen`: models without gradients (the reference
         policy), whose weights move too."""
         self.ddp = ddp_model
-        # the distributed optimizer's parameter buffers (None without it)
-        self.param_buffers = [b.param_data for b in [*ddp_model.buffers, *ddp_model.expert_parallel_buffers]
-                              if b.param_data is not None]
+        # DDP buffers that hold parameters: the distributed optimizer's (none without it)
+        holding = [b for b in [*ddp_model.buffers, *ddp_model.expert_parallel_buffers] if b.param_data is not None]
+        self.param_buffers = [b.param_data for b in holding]
         self.inner_optimizers = [o.optimizer for o in getattr(optimizer, "chained_optimizers", [optimizer])
                                  if getattr(o, "optimizer", None) is not None]
-        in_buffers = {id(p) for b in [*ddp_model.buffers, *ddp_model.expert_parallel_buffers] if b.param_data is not None
-                      for p in b.params}
+        in_buffers = {id(p) for b in holding for p in b.params}
         self.params = [*(p for p in ddp_model.module.parameters() if id(p) not in in_buffers),
                        *(p for m in frozen for p in m.parameters())]
         self.stash = HostStash()

@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM
 
 from async_rl.config.sections import MegatronConfig, TrainConfig
 from async_rl.sample import Sample
-from async_rl.trainer.batch import PackedBatch, micro_batch_indices, per_response_token, response_rows
+from async_rl.trainer.batch import PackedBatch, micro_batch_indices, score_responses
 from async_rl.trainer.megatron import expert_shards, tp_shards
 from async_rl.routing_replay import megatron_routing_replay, packed_rows, padded_rows
 from async_rl.trainer.megatron.cpu_compat import init_megatron
@@ -30,7 +30,6 @@ from async_rl.trainer.megatron.offload import MegatronOffloader
 from async_rl.trainer.megatron.optimizer import build_optimizer
 from async_rl.trainer.megatron.param_names import local_parameters
 from async_rl.trainer.megatron.writer_watchdog import watch_writer
-from async_rl.trainer.token_log_probs import token_log_probs
 from async_rl.trainer.policy_trainer import PolicyTrainer, is_max_stat, needs_reference, use_deterministic_kernels
 from async_rl.weights.hf_layout import num_experts, read_hf_config
 
@@ -158,13 +157,10 @@ class MegatronTrainer(PolicyTrainer):
         from megatron.core import parallel_state as ps
 
         logits, row_offsets = self._packed_logits(model, batch) if self.packed else self._padded_logits(model, batch)
-        rows, targets = response_rows(batch, row_offsets)
-        log_probs, entropy = token_log_probs(
-            logits, rows, targets, self.temperature, vocab_start=ps.get_tensor_model_parallel_rank() * logits.shape[-1],
-            group=ps.get_tensor_model_parallel_group() if self.tp_size > 1 else None, with_entropy=with_entropy)
-        if with_entropy:
-            return per_response_token(log_probs, batch), per_response_token(entropy, batch)
-        return per_response_token(log_probs, batch)
+        return score_responses(
+            logits, batch, self.temperature, row_offsets=row_offsets, with_entropy=with_entropy,
+            vocab_start=ps.get_tensor_model_parallel_rank() * logits.shape[-1],
+            group=ps.get_tensor_model_parallel_group() if self.tp_size > 1 else None)
 
     def _logits(self, model: Any, *inputs, **kwargs) -> torch.Tensor:
         """The model's logits in its own precision: Float16Module would otherwise copy them all to float32."""
