@@ -329,9 +329,6 @@ def _validate(cfg: Config, explicit: set[str], async_mode: bool, evaluate_only: 
                           "needs --colocate and --actor-num-gpus-per-node, without --async")
     if c.offload_train and cfg.megatron.fp8_param_gather:
         raise ConfigError("--offload-train does not move FP8 parameters (--fp8-param-gather): drop one of them")
-    if c.offload_train and cfg.megatron.use_distributed_optimizer:
-        raise ConfigError("--offload-train with --use-distributed-optimizer (its parameter buffers move whole) has not "
-                          "passed its GPU test yet (tests/gpu/test_megatron_gpu.py -k offloading): drop one of them")
     if c.colocate and c.rollout_num_gpus is not None:
         raise ConfigError("--colocate puts rollout on the trainer's GPUs; drop --rollout-num-gpus")
     if c.rollout_num_gpus is not None and c.rollout_num_gpus % c.rollout_num_gpus_per_engine:
