@@ -11,6 +11,7 @@ sampling and a held-out eval set, in five arms of the same number of steps:
     4 fp8-tis-async-fp8   arm 2 with FP8 training (Transformer Engine, delayed scaling)
     5 fp8-tis-async-partial  arm 2 with --partial-rollout (generation aborted at each push, continued after it)
       bf16-async          arm 2 with BF16 rollouts (only with --arms: is the async step bound by FP8 or by sharing?)
+      fp8-mis-async       arm 2 with masked importance sampling: tokens whose ratio left [0.5, 2] dropped (only with --arms)
 
     python benchmarks/gpu_learning_run.py --output-dir outputs/learning_run             # GPU
     python benchmarks/gpu_learning_run.py --output-dir /tmp/lr --cpu --num-rollout 2    # CPU: local backends, tiny
@@ -49,8 +50,9 @@ ARMS = {
     "fp8-tis-async-fp8": [*FP8, "--use-tis", "--async", "--fp8-format", "e4m3", "--fp8-recipe", "delayed"],
     "fp8-tis-async-partial": [*FP8, "--use-tis", "--async", "--partial-rollout"],
     "bf16-async": ["--use-tis", "--async"],  # not run by default: separates what async saves from what FP8 costs
+    "fp8-mis-async": [*FP8, "--use-tis", "--tis-mode", "mask", "--tis-clip-low", "0.5", "--async"],
 }
-DEFAULT_ARMS = [arm for arm in ARMS if arm != "bf16-async"]
+DEFAULT_ARMS = [arm for arm in ARMS if arm not in ("bf16-async", "fp8-mis-async")]
 BASELINE = "bf16-sync"
 # GPU: a 25M-parameter model (hidden 512, 6 layers); CPU: the embedded model's size, enough to run every arm
 MODEL = {

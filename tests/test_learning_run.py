@@ -2,6 +2,7 @@
 runs without a GPU trains, and the table and the overlaid plot come from the runs' own metrics; a second seed
 runs beside the first and each arm is summarized over its seeds."""
 
+import json
 import subprocess
 import sys
 
@@ -21,10 +22,15 @@ def test_the_learning_run_trains_every_arm_and_reports_them(tmp_path):
     assert (out / "runs.png").stat().st_size > 10_000
     for arm in arms:
         assert (out / arm / "metrics.jsonl").is_file()
-    # a second seed: seed 1's run is kept, seed 2's runs beside it, and the arm is summarized over both
-    again = subprocess.run(cmd + ["--arms", "bf16-sync", "--seeds", "1", "2"], capture_output=True, text=True, cwd=REPO,
-                           timeout=600)
+    # a second seed: seed 1's run is kept, seed 2's runs beside it, and the arm is summarized over both; the
+    # masked-importance-sampling arm, not a default one, runs when asked for
+    again = subprocess.run(cmd + ["--arms", "bf16-sync", "fp8-mis-async", "--seeds", "1", "2"], capture_output=True,
+                           text=True, cwd=REPO, timeout=900)
     assert again.returncode == 0 and f"[bf16-sync] already complete in {out / 'bf16-sync'}" in again.stderr
     assert (out / "bf16-sync.seed2" / "metrics.jsonl").is_file()
+    masked = [json.loads(line) for line in (out / "fp8-mis-async.seed2" / "metrics.jsonl").read_text().splitlines()]
+    trained = [row for row in masked if "train/loss" in row]
+    assert len(trained) == 2 and all("train/tis_masked_frac" in row for row in trained)
     seeds_table = again.stdout.split("over seeds:")[1]
     assert "| bf16-sync | 2 | " in seeds_table and "| fp8-tis-async | 1 | " in seeds_table
+    assert "| fp8-mis-async | 2 | " in seeds_table
