@@ -19,10 +19,11 @@ sampling and a held-out eval set, in five arms of the same number of steps:
 Arms whose metrics are complete are not run again, so the arms can be spread over several invocations
 (`--arms`); `--parallel` runs the selected arms at once (for curves only: they share the GPU, so compare step
 times only between arms that ran alone; give each engine less memory when many run, e.g.
-`--sglang-mem-fraction-static 0.06` for six on one GPU: flags the script does not know go to every arm). `--seeds 1 2 3` repeats every arm with each RL seed (one SFT model for all;
-seed 1 writes to `ARM/`, seed N to `ARM.seedN/`) and adds a table of each arm's mean and range over its seeds: one
-seed's final eval moves by several points between repeats, too much to compare arms within 5%. It ends with a table per arm (from the runs' own metrics.jsonl), where the step time goes, and
-`runs.png` (tools/plot_run.py) with the arms' curves overlaid.
+`--sglang-mem-fraction-static 0.06` for six on one GPU: flags the script does not know go to every arm).
+`--seeds 1 2 3` repeats every arm with each RL seed (one SFT model for all; seed 1 writes to `ARM/`, seed N to
+`ARM.seedN/`) and adds a table of each arm's mean and range over its seeds: one seed's final eval moves by several
+points between repeats, too much to compare arms within 5%. It ends with a table per arm (from the runs' own
+metrics.jsonl), where the step time goes, and `runs.png` (tools/plot_run.py) with the arms' curves overlaid.
 """
 
 from __future__ import annotations
