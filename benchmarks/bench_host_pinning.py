@@ -94,8 +94,8 @@ def main() -> None:
             print(f"| {case} | failed | | | | | |")
             continue
         ratio = f"{base['alloc_s'] / r['alloc_s']:.2f}x" if base else "-"
-        print(f"| {case} | {r['gib']:.1f} | {r['alloc_s']:.2f} | {ratio} | {r['copy_gbps']:.1f} | {r['held_gib']:.1f} | "
-              f"{r['pinned']} |")
+        print(f"| {case} | {r['gib']:.1f} | {r['alloc_s']:.2f} | {ratio} | {r['copy_gbps']:.1f} | "
+              f"{r['held_gib']:.1f} | {r['pinned']} |")
 
 
 if __name__ == "__main__":

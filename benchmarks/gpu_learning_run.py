@@ -11,7 +11,8 @@ sampling and a held-out eval set, in five arms of the same number of steps:
     4 fp8-tis-async-fp8   arm 2 with FP8 training (Transformer Engine, delayed scaling)
     5 fp8-tis-async-partial  arm 2 with --partial-rollout (generation aborted at each push, continued after it)
       bf16-async          arm 2 with BF16 rollouts (only with --arms: is the async step bound by FP8 or by sharing?)
-      fp8-mis-async       arm 2 with masked importance sampling: tokens whose ratio left [0.5, 2] dropped (only with --arms)
+      fp8-mis-async       arm 2 with masked importance sampling, tokens whose ratio left [0.5, 2] dropped
+                          (only with --arms)
 
     python benchmarks/gpu_learning_run.py --output-dir outputs/learning_run             # GPU
     python benchmarks/gpu_learning_run.py --output-dir /tmp/lr --cpu --num-rollout 2    # CPU: local backends, tiny
