@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from bench_rollout import hf_parameters
 from isolated import report, run_case
 
 REGISTER = "pinned_use_cuda_host_register:True,pinned_num_register_threads:{}"
@@ -33,9 +34,8 @@ REGISTER = "pinned_use_cuda_host_register:True,pinned_num_register_threads:{}"
 
 def layer_shapes(hf: dict, num_layers: int) -> list[tuple[int, int]]:
     """The matrix-multiply weights of `num_layers` decoder layers: q, k, v, o, gate, up, down."""
-    h, i = hf["hidden_size"], hf["intermediate_size"]
-    kv = hf["num_key_value_heads"] * hf.get("head_dim", h // hf["num_attention_heads"])
-    return [(h, h), (kv, h), (kv, h), (h, h), (i, h), (i, h), (h, i)] * num_layers
+    return [shape for name, shape in hf_parameters({**hf, "num_hidden_layers": num_layers})
+            if ".layers." in name and len(shape) == 2]
 
 
 def manual_pinned(numel: int, dtype: torch.dtype) -> torch.Tensor:
