@@ -153,5 +153,6 @@ def main() -> None:
               f"{r['first_update_s']:.2f} | {r['update_s']:.3f} | {r['quantize_s']:.3f} | {r['load_s']:.3f} | {upd_ratio} |",
               flush=True)
 
+
 if __name__ == "__main__":
     main()
