@@ -1,9 +1,12 @@
 """A rollout engine whose process is killed is restarted with the current weights; its work is re-issued."""
 
 import os
+import re
 import signal
+import time
 
 import ray
+from ray._private.internal_api import memory_summary
 
 from async_rl.config import parse_config
 from async_rl.session import TrainingSession
@@ -30,3 +33,29 @@ def check_replaced_with_current_weights(session: TrainingSession, rank: int, vic
     assert {s.weight_version for s in samples} == {1}  # the replacement got the current weights
     replacement = session.rollout.engines[rank]
     assert replacement is not victim and ray.get(replacement.health.remote())["weight_version"] == 1
+
+
+def object_store_objects(settle_s: float = 10.0) -> int:
+    """Objects in Ray's object store (shared host memory), once frees in flight have landed."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        count = int(re.search(r"Plasma memory usage \d+ MiB, (\d+) objects", memory_summary(stats_only=True)).group(1))
+        if count == 0 or time.monotonic() > deadline:
+            return count
+        time.sleep(0.2)
+
+
+def test_weight_buckets_live_in_the_object_store_only_while_engines_load_them(tiny_model, tmp_path):
+    """The manager keeps no copy of the weights in host memory: a held bucket is visible to the probe, and after a
+    push and after refilling a replacement engine the object store is empty again."""
+    cfg, _ = parse_config(run_flags(tiny_model, tmp_path / "run", "--rollout-num-engines", "2", evaluate=False))
+    with TrainingSession(cfg) as session:
+        export_args = session.rollout.weight_sync.export_args
+        held = next(iter(session.trainer.export_weight_buckets.options(num_returns="streaming").remote(*export_args)))
+        assert object_store_objects(settle_s=0) >= 1
+        del held
+        ray.get(session.push_weights(version=1))
+        assert object_store_objects() == 0
+        session.rollout.weight_sync.restore(session.rollout.engines, 1)
+        assert object_store_objects() == 0
+        assert ray.get(session.rollout.engines[1].health.remote())["weight_version"] == 1
