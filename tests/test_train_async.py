@@ -69,6 +69,35 @@ def test_partial_rollout_continues_interrupted_samples_after_the_push(tiny_model
         assert max(abs(a - b) for a, b in zip(lp, s.rollout_log_probs)) < 1e-3
 
 
+def test_groups_dropped_as_too_stale_give_their_place_back_so_the_batch_still_fills(tiny_model, tmp_path):
+    """Partial rollouts continued across two pushes come back older than --max-staleness and are dropped. More
+    than max_staleness batches of such drops used to shrink the admission budget below one batch for good, and
+    the next take_batch waited forever (a GPU learning run stalled this way at its sixth step)."""
+    cfg, _ = parse_config(run_flags(tiny_model, tmp_path / "run", "--async", evaluate=False))
+    with TrainingSession(cfg) as session:
+        producer = session.start_producer()
+        result: dict = {}
+        try:
+            deadline = time.time() + 120
+            while producer.accepted < 8 or producer.snapshot()["retry_prompts"]:  # the budget at version 0: 2 batches
+                assert time.time() < deadline, "the buffer never filled"
+                time.sleep(0.01)
+            for group in producer.snapshot()["buffer"]:
+                assert all(s["weight_version"] == 0 for s in group)
+            for group in list(producer.buffer):  # the fault: all 8 buffered groups are two versions too old
+                for s in group.samples:
+                    s.weight_version = -2
+            taker = threading.Thread(target=lambda: result.update(zip(("samples", "metrics"), producer.take_batch(4))),
+                                     daemon=True)
+            taker.start()
+            taker.join(timeout=120)
+        finally:
+            producer.stop()
+    assert not taker.is_alive(), "take_batch is still waiting: the dropped groups kept their admission budget"
+    assert result["metrics"]["rollout/stale_dropped"] == 8 * 4
+    assert len(result["samples"]) == 16 and {s.weight_version for s in result["samples"]} == {0}
+
+
 def test_async_checkpoint_keeps_the_buffer_and_resume_keeps_the_bound(tiny_model, tmp_path, capsys):
     out, ckpt = tmp_path / "run", tmp_path / "ckpt"
     common = ("--max-staleness", "2", "--save", str(ckpt), "--save-interval", "2")

@@ -5,7 +5,8 @@ Admission control (AReaL's rule) bounds staleness by construction: a new group i
     min(max_running - running, (max_staleness + version + 1) * batch_groups - (accepted + running)) > 0
 
 where `version` is the newest weight version pushed to the engines and `accepted` counts every group
-that ever entered the buffer. A group admitted under version v is trained by step v + max_staleness at
+that entered the buffer and was not dropped as too stale (a dropped group gives its place back, or the
+drops would shrink the budget for the rest of the run until no batch could fill). A group admitted under version v is trained by step v + max_staleness at
 the latest, so no trained sample is more than `max_staleness` versions old, and the buffer never holds
 more than (max_staleness + 1) batches: it is bounded and pushes back on generation. The counters are
 part of the checkpoint, so the bound also holds right after a resume.
@@ -181,6 +182,7 @@ class RolloutProducer:
         (admission lets a few through when more groups pass the filter than expected); returns the groups left."""
         fresh = [g for g in self.buffer if within_staleness(g.samples, self.version, self.admission.max_staleness)]
         self._counts["stale_dropped"] += sum(len(g.samples) for g in self.buffer) - sum(len(g.samples) for g in fresh)
+        self.accepted -= len(self.buffer) - len(fresh)  # admission may replace them
         self.buffer = fresh
         return len(fresh)
 
