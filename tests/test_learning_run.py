@@ -1,5 +1,5 @@
 """benchmarks/gpu_learning_run.py on the CPU (local engine, torch trainer, tiny model, two steps): every arm that
-runs without a GPU trains, and the table and the overlaid plot come from the runs' own metrics; a second seed
+runs without a GPU trains (all at once, as `--parallel` runs them on a GPU), and the table and the overlaid plot come from the runs' own metrics; a second seed
 runs beside the first and each arm is summarized over its seeds."""
 
 import json
@@ -15,8 +15,8 @@ def test_the_learning_run_trains_every_arm_and_reports_them(tmp_path):
            "--num-rollout", "2", "--eval-interval", "1", "--rollout-batch-size", "4"]
     # the default arms and the masked-importance-sampling arm, which runs only when asked for
     arms = ["bf16-sync", "fp8-tis-async", "fp8-async-no-tis", "fp8-tis-async-partial", "fp8-mis-async"]
-    result = subprocess.run(cmd + ["--arms", "fp8-tis-async-fp8", *arms], capture_output=True, text=True, cwd=REPO,
-                            timeout=900)
+    result = subprocess.run(cmd + ["--arms", "fp8-tis-async-fp8", *arms, "--parallel"], capture_output=True, text=True,
+                            cwd=REPO, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     table = [line for line in result.stdout.splitlines() if line.startswith("| ") and " | eval start" not in line]
     assert [line.split(" | ")[0][2:] for line in table[: len(arms)]] == arms
