@@ -1,6 +1,6 @@
 """benchmarks/gpu_learning_run.py on the CPU (local engine, torch trainer, tiny model, two steps): every arm that
-runs without a GPU trains (all at once, as `--parallel` runs them on a GPU), and the table and the overlaid plot come from the runs' own metrics; a second seed
-runs beside the first and each arm is summarized over its seeds."""
+runs without a GPU trains (all at once, as `--parallel` runs them on a GPU), and the table and the overlaid plot
+come from the runs' own metrics; a second seed runs beside the first and each arm is summarized over its seeds."""
 
 import json
 import subprocess
