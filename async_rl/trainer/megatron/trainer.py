@@ -17,6 +17,7 @@ import torch.distributed as dist
 from transformers import AutoModelForCausalLM
 
 from async_rl.config.sections import MegatronConfig, TrainConfig
+from async_rl.net import free_port
 from async_rl.sample import Sample
 from async_rl.trainer.batch import PackedBatch, micro_batch_indices, score_responses
 from async_rl.trainer.megatron import expert_shards, tp_shards
@@ -75,7 +76,7 @@ class MegatronTrainer(PolicyTrainer):
         rank: int = 0,
         world_size: int = 1,
         master_addr: str = "127.0.0.1",
-        master_port: int = 29500,
+        master_port: int | None = None,
         num_threads: int | None = None,
         total_optimizer_steps: int = 1,
     ):
@@ -87,6 +88,10 @@ class MegatronTrainer(PolicyTrainer):
         torch.manual_seed(seed)
         self.deterministic = use_deterministic_kernels(cfg, torch.cuda.is_available())
         self._cpu = contextlib.ExitStack()
+        if master_port is None:  # a lone rank rendezvouses with itself on any free port
+            if world_size > 1:
+                raise ValueError("a megatron group of several ranks needs the master_port they share")
+            master_port = free_port(master_addr)
         init_megatron(rank, world_size, master_addr, master_port, mcfg, self._cpu, seed)
         self.rank = rank
         self.dp_size = ps.get_data_parallel_world_size()
