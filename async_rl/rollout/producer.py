@@ -9,7 +9,8 @@ that entered the buffer and was not dropped as too stale (a dropped group gives 
 drops would shrink the budget for the rest of the run until no batch could fill). A group admitted under
 version v is trained by step v + max_staleness at the latest, so no trained sample is more than
 `max_staleness` versions old, and the buffer never holds more than (max_staleness + 1) batches: it is
-bounded and pushes back on generation. The counters are part of the checkpoint, so the bound also holds right after a resume.
+bounded and pushes back on generation. The counters are part of the checkpoint, so the bound also holds
+right after a resume.
 
 With a dynamic-sampling filter only a fraction of the running groups will enter the buffer, and counting
 each in full would produce a batch in a series of shrinking rounds (one batch's worth, then the share the
