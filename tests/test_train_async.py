@@ -7,6 +7,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import ray
 
 from async_rl import train_async
@@ -122,21 +123,13 @@ def engine_pids() -> list[int]:
     """Rollout engines are Ray actors whose process title names their class, as an operator sees it in ps; only
     this process's own (its Ray's workers descend from it), so that tests running side by side keep theirs."""
     pids = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+    for child in psutil.Process().children(recursive=True):
         try:
-            if cmdline.read_bytes().startswith(b"ray::LocalEngine") and descends_from_us(int(cmdline.parent.name)):
-                pids.append(int(cmdline.parent.name))
-        except OSError:
+            if " ".join(child.cmdline()).startswith("ray::LocalEngine"):
+                pids.append(child.pid)
+        except psutil.Error:  # gone meanwhile
             continue
     return pids
-
-
-def descends_from_us(pid: int) -> bool:
-    while pid > 1:
-        if pid == os.getpid():
-            return True
-        pid = int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])  # the parent
-    return False
 
 
 def test_engine_killed_during_an_async_run_is_restarted_and_every_step_trains_a_full_batch(tiny_model, tmp_path):
