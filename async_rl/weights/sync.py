@@ -14,6 +14,7 @@ import torch
 from async_rl.weights.fp8 import is_fp8_quantizable, quantize_many, scale_name
 
 NamedTensors = list[tuple[str, torch.Tensor]]
+_ALIGN = 256  # bytes: every packed view starts where any dtype's kernels may read it
 
 
 def to_transport(tensor: torch.Tensor) -> torch.Tensor:
@@ -33,22 +34,49 @@ def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
+def _sent_nbytes(name: str, tensor: torch.Tensor, fp8: str | None) -> int:
+    """Bytes `tensor` takes on the wire: one per element once quantized (its scales are a rounding error)."""
+    return tensor.numel() if fp8 and is_fp8_quantizable(name, tensor) else _nbytes(tensor)
+
+
 def weight_buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], *, bucket_bytes: int, fp8: str | None = None,
                    pow2_scale: bool = False) -> Iterator[NamedTensors]:
-    """Yield buckets of at most `bucket_bytes` of source tensors (a larger tensor travels alone).
+    """Yield buckets that send at most `bucket_bytes` each (a larger tensor travels alone).
 
     `fp8`: None sends the tensors as they are; "block" or "channel" quantizes linear weights in that layout.
+    Sizes count the bytes sent, so an FP8 push makes half the loads of a BF16 one: every load has a fixed
+    cost in the engine, and counting source bytes made FP8 pay it as often for half the payload.
     """
     bucket: NamedTensors = []
     size = 0
     for name, tensor in named_tensors:
-        if bucket and size + _nbytes(tensor) > bucket_bytes:
+        nbytes = _sent_nbytes(name, tensor, fp8)
+        if bucket and size + nbytes > bucket_bytes:
             yield _finish(bucket, fp8, pow2_scale)
             bucket, size = [], 0
         bucket.append((name, tensor))
-        size += _nbytes(tensor)
+        size += nbytes
     if bucket:
         yield _finish(bucket, fp8, pow2_scale)
+
+
+def pack_on_device(named_tensors: NamedTensors, device: torch.device | str = "cuda") -> NamedTensors:
+    """The tensors as views of one device allocation (each view 256-byte aligned).
+
+    CUDA IPC shares whole allocations: tensors that each own one make the receiving process open (and later
+    close) one IPC handle per tensor, while views of one buffer travel under a single handle.
+    """
+    offsets, total = [], 0
+    for _, tensor in named_tensors:
+        offsets.append(total)
+        total += -(-_nbytes(tensor) // _ALIGN) * _ALIGN
+    buffer = torch.empty(total, dtype=torch.uint8, device=device)
+    packed = []
+    for (name, tensor), offset in zip(named_tensors, offsets):
+        view = buffer[offset:offset + _nbytes(tensor)].view(tensor.dtype).view(tensor.shape)
+        view.copy_(tensor, non_blocking=True)
+        packed.append((name, view))
+    return packed
 
 
 def _finish(bucket: NamedTensors, fp8: str | None, pow2_scale: bool) -> NamedTensors:
