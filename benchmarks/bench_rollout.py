@@ -3,7 +3,7 @@
 Random ("dummy") weights of a real model shape; each engine runs in its own process:
 
     python benchmarks/bench_rollout.py --model-config benchmarks/model_configs/qwen2.5-7b.json \
-        --modes bf16 fp8 fp8 fp8-channel [--kv-cache-dtype fp8_e4m3] [--attention-backend flashinfer]
+        --modes bf16 fp8 fp8 fp8-channel fp8+kv-fp8 [--kv-cache-dtype fp8_e4m3] [--attention-backend flashinfer]
 
 Start-up: the engine's construction (server up, weights allocated) and its first generation (where kernels
 compiled on first use, such as DeepGEMM's, are built); a mode listed twice shows a second start reusing
@@ -16,7 +16,9 @@ into one allocation, CUDA IPC handles, the HTTP request, SGLang's loader, the ca
 (where Triton compiles the quantizer) is reported apart from the profiled second one, and a third sends
 every tensor under its own IPC handle (`load unpacked`), as the engine did before it packed buckets. `fp8` and `fp8-tuned` serve blockwise FP8
 (`fp8-tuned` installs the JSON files of tools/tune_sglang_fp8_gemm.py into SGLang before starting);
-`fp8-channel` serves channelwise FP8 (CUTLASS scaled-mm). Ratios are against bf16 of the same run.
+`fp8-channel` serves channelwise FP8 (CUTLASS scaled-mm). A mode ending in `+kv-fp8` keeps its KV cache in
+FP8 (`fp8_e4m3`) whatever `--kv-cache-dtype` says, so one run compares both caches. Ratios are against bf16 of
+the same run.
 Needs a CUDA GPU and sglang.
 """
 
@@ -69,14 +71,15 @@ def run_one(mode: str, config_path: Path, args) -> dict:
     config = json.loads(config_path.read_text())
     model_dir = Path(tempfile.mkdtemp())
     shutil.copy(config_path, model_dir / "config.json")
-    fp8 = GRANULARITY[mode]
-    if mode == "fp8-tuned":
+    weights, _, kv = mode.partition("+")
+    fp8 = GRANULARITY[weights]
+    if weights == "fp8-tuned":
         subprocess.run([sys.executable, str(REPO / "tools" / "tune_sglang_fp8_gemm.py"), "--install", args.tuned_configs],
                        check=True)
     server = dict(load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16", attention_backend=args.attention_backend,
                   sampling_backend="pytorch", mem_fraction_static=0.6, context_length=args.prompt_len + args.new_tokens + 64,
                   cuda_graph_max_bs_decode=args.batch, max_running_requests=args.batch,
-                  kv_cache_dtype=args.kv_cache_dtype, log_level=args.log_level)
+                  kv_cache_dtype="fp8_e4m3" if kv else args.kv_cache_dtype, log_level=args.log_level)
     if fp8:
         server["json_model_override_args"] = json.dumps({"quantization_config": quantization_config(fp8)})
     start = time.perf_counter()
@@ -128,7 +131,8 @@ def update(engine, source: list[tuple[str, torch.Tensor]], fp8: str | None, pack
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-config", type=Path, required=True)
-    parser.add_argument("--modes", nargs="+", default=["bf16", "fp8"], choices=list(GRANULARITY))
+    modes = [*GRANULARITY, *(f"{g}+kv-fp8" for g in GRANULARITY)]
+    parser.add_argument("--modes", nargs="+", default=["bf16", "fp8"], choices=modes)
     parser.add_argument("--tuned-configs", help="Directory written by tools/tune_sglang_fp8_gemm.py (fp8-tuned).")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--prompt-len", type=int, default=128)
