@@ -11,10 +11,9 @@ the kernel caches the first one wrote. Decode: a batch of `--batch` prompts of `
 tokens, `--new-tokens` sampled tokens each (EOS ignored), sent at once through the engine's HTTP client to
 its SGLang server, CUDA graphs on. Weight update: every parameter pushed through `SGLangEngine.load_weights`
 in buckets sending 512 MB each from CUDA tensors (FP8: quantized per bucket by async_rl.weights.fp8 first,
-as the trainer does), in stages: quantization and bucketing on the trainer's side, then the loads (packing
-into one allocation, CUDA IPC handles, the HTTP request, SGLang's loader, the cache flush). The first update
-(where Triton compiles the quantizer) is reported apart from the profiled second one, and a third sends
-every tensor under its own IPC handle (`load unpacked`), as the engine did before it packed buckets. `fp8` and `fp8-tuned` serve blockwise FP8
+as the trainer does), in stages: quantization and bucketing on the trainer's side, then the loads (CUDA IPC
+handles, the HTTP request, SGLang's loader, the cache flush). The first update (where Triton compiles the
+quantizer) is reported apart from the profiled second one. `fp8` and `fp8-tuned` serve blockwise FP8
 (`fp8-tuned` installs the JSON files of tools/tune_sglang_fp8_gemm.py into SGLang before starting);
 `fp8-channel` serves channelwise FP8 (CUTLASS scaled-mm). A mode ending in `+kv-fp8` keeps its KV cache in
 FP8 (`fp8_e4m3`) whatever `--kv-cache-dtype` says, so one run compares both caches. Ratios are against bf16 of
@@ -78,8 +77,8 @@ def run_one(mode: str, config_path: Path, args) -> dict:
                        check=True)
     server = dict(load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16", attention_backend=args.attention_backend,
                   sampling_backend="pytorch", mem_fraction_static=0.6, context_length=args.prompt_len + args.new_tokens + 64,
-                  cuda_graph_max_bs_decode=args.batch, max_running_requests=args.batch,
-                  kv_cache_dtype="fp8_e4m3" if kv else args.kv_cache_dtype, log_level=args.log_level)
+                  cuda_graph_max_bs_decode=args.batch, max_running_requests=args.batch, log_level="warning",
+                  kv_cache_dtype="fp8_e4m3" if kv else args.kv_cache_dtype)
     if fp8:
         server["json_model_override_args"] = json.dumps({"quantization_config": quantization_config(fp8)})
     start = time.perf_counter()
@@ -103,16 +102,14 @@ def run_one(mode: str, config_path: Path, args) -> dict:
     source = [(name, torch.randn(shape, device="cuda", dtype=torch.bfloat16) * 0.02) for name, shape in hf_parameters(config)]
     first_update_s = sum(update(engine, source, fp8)[:2])
     quantize_s, load_s, buckets = update(engine, source, fp8)
-    unpacked_load_s = update(engine, source, fp8, pack=False)[1]
     engine.shutdown()
     return {"mode": mode, "output_tok_s": tokens / elapsed, "decode_s": elapsed, "tokens": tokens, "start_s": start_s,
             "first_generate_s": first_generate_s, "first_update_s": first_update_s, "update_s": quantize_s + load_s,
-            "quantize_s": quantize_s, "load_s": load_s, "buckets": buckets, "unpacked_load_s": unpacked_load_s}
+            "quantize_s": quantize_s, "load_s": load_s, "buckets": buckets}
 
 
-def update(engine, source: list[tuple[str, torch.Tensor]], fp8: str | None, pack: bool = True) -> tuple[float, float, int]:
-    """One full weight update, timed by stage: the trainer's quantization and bucketing, then the engine's loads
-    (`pack`: each bucket as one CUDA allocation, as the engine sends it; False: one allocation per tensor).
+def update(engine, source: list[tuple[str, torch.Tensor]], fp8: str | None) -> tuple[float, float, int]:
+    """One full weight update, timed by stage: the trainer's quantization and bucketing, then the engine's loads.
     Returns (quantize s, load s, buckets)."""
     from async_rl.weights.sync import weight_buckets
 
@@ -123,7 +120,7 @@ def update(engine, source: list[tuple[str, torch.Tensor]], fp8: str | None, pack
     quantize_s = time.perf_counter() - start
     start = time.perf_counter()
     for bucket in buckets:
-        engine.load_weights(bucket, pack=pack)
+        engine.load_weights(bucket)
     torch.cuda.synchronize()
     return quantize_s, time.perf_counter() - start, len(buckets)
 
@@ -139,7 +136,6 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--attention-backend", default="triton", help="SGLang's --attention-backend.")
     parser.add_argument("--kv-cache-dtype", default="auto", help="SGLang's --kv-cache-dtype (fp8_e4m3: an FP8 KV cache).")
-    parser.add_argument("--log-level", default="warning", help="SGLang's --log-level (info: where start-up goes).")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run this mode here and print JSON
     args = parser.parse_args()
     if args.one:
@@ -148,8 +144,8 @@ def main() -> None:
     print(f"model {args.model_config.stem}, batch {args.batch}, prompt {args.prompt_len}, new tokens {args.new_tokens}, "
           f"attention {args.attention_backend}, KV cache {args.kv_cache_dtype}, {torch.cuda.get_device_name()}")
     print("| weights | start s | first generate s | output tok/s | vs bf16 | first update s | update s | quantize s | "
-          "load s | buckets | update vs bf16 | load unpacked s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
+          "load s | buckets | update vs bf16 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
     base = None
     for mode in args.modes:  # one process per engine: SGLang's kernels and memory are per process
         r = run_case(mode, [__file__, "--one", mode, *sys.argv[1:]])
@@ -160,7 +156,7 @@ def main() -> None:
         upd_ratio = f"{r['update_s'] / base['update_s']:.2f}x" if base else "-"
         print(f"| {mode} | {r['start_s']:.1f} | {r['first_generate_s']:.1f} | {r['output_tok_s']:,.0f} | {tok_ratio} | "
               f"{r['first_update_s']:.2f} | {r['update_s']:.3f} | {r['quantize_s']:.3f} | {r['load_s']:.3f} | {r['buckets']} | "
-              f"{upd_ratio} | {r['unpacked_load_s']:.3f} |",
+              f"{upd_ratio} |",
               flush=True)
 
 

@@ -34,7 +34,7 @@ from async_rl.rollout.sglang_server import SGLangServer
 from async_rl.sample import FINISHED_STATUSES, Sample, SampleStatus
 from async_rl.weights.fp8 import FP8_SCALE_SUFFIXES, is_fp8_quantizable, scale_name
 from async_rl.weights.hf_layout import read_hf_config
-from async_rl.weights.sync import from_transport, pack_on_device
+from async_rl.weights.sync import from_transport
 
 logger = logging.getLogger(__name__)
 
@@ -137,23 +137,14 @@ class SGLangEngine(WeightVersionMixin, CustomGenerateMixin):
             for rid in self._rids.get(request_id, []):
                 self.client.post("/abort_request", {"rid": rid})
 
-    def load_weights(self, named_tensors: Sequence[tuple[str, torch.Tensor]], pack: bool = True) -> None:
-        """Push one bucket (Hugging Face names) into the server through CUDA IPC; FP8 engines only take FP8 pairs.
-
-        `pack`: the bucket travels as views of one CUDA allocation, so the server opens one IPC handle for it
-        (False, each tensor under its own handle, is there to measure the difference).
-        """
+    def load_weights(self, named_tensors: Sequence[tuple[str, torch.Tensor]]) -> None:
+        """Push one bucket (Hugging Face names) into the server through CUDA IPC; FP8 engines only take FP8 pairs."""
         from sglang.srt.utils import MultiprocessingSerializer
 
         # float8 travels as raw bytes (uint8); nothing else is uint8 in a causal LM
-        tensors = [(name, from_transport(t, torch.float8_e4m3fn)) for name, t in named_tensors]
+        tensors = [(name, from_transport(t, torch.float8_e4m3fn).cuda()) for name, t in named_tensors]
         if self.fp8:
             check_fp8_bucket(tensors, self.fp8)
-        if pack:
-            tensors = pack_on_device(tensors)
-            torch.cuda.current_stream().synchronize()  # the server reads the buffer on its own stream
-        else:
-            tensors = [(name, t.cuda()) for name, t in tensors]
         # one payload per tensor-parallel rank: each rank opens (and releases) its own IPC handles
         payloads = [MultiprocessingSerializer.serialize(tensors, output_str=True) for _ in range(self.server_args.tp_size)]
         self.client.post("/update_weights_from_tensor", {

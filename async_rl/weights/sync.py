@@ -14,7 +14,6 @@ import torch
 from async_rl.weights.fp8 import is_fp8_quantizable, quantize_many, scale_name
 
 NamedTensors = list[tuple[str, torch.Tensor]]
-_ALIGN = 256  # bytes: every packed view starts where any dtype's kernels may read it
 
 
 def to_transport(tensor: torch.Tensor) -> torch.Tensor:
@@ -58,25 +57,6 @@ def weight_buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], *, bucket_
         size += nbytes
     if bucket:
         yield _finish(bucket, fp8, pow2_scale)
-
-
-def pack_on_device(named_tensors: NamedTensors, device: torch.device | str = "cuda") -> NamedTensors:
-    """The tensors as views of one device allocation (each view 256-byte aligned).
-
-    CUDA IPC shares whole allocations: tensors that each own one make the receiving process open (and later
-    close) one IPC handle per tensor, while views of one buffer travel under a single handle.
-    """
-    offsets, total = [], 0
-    for _, tensor in named_tensors:
-        offsets.append(total)
-        total += -(-_nbytes(tensor) // _ALIGN) * _ALIGN
-    buffer = torch.empty(total, dtype=torch.uint8, device=device)
-    packed = []
-    for (name, tensor), offset in zip(named_tensors, offsets):
-        view = buffer[offset:offset + _nbytes(tensor)].view(tensor.dtype).view(tensor.shape)
-        view.copy_(tensor, non_blocking=True)
-        packed.append((name, view))
-    return packed
 
 
 def _finish(bucket: NamedTensors, fp8: str | None, pow2_scale: bool) -> NamedTensors:

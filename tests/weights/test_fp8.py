@@ -16,7 +16,7 @@ from async_rl.weights.fp8 import (
     quantize_many,
     round_up_to_power_of_two,
 )
-from async_rl.weights.sync import pack_on_device, weight_buckets
+from async_rl.weights.sync import weight_buckets
 
 E4M3_RELATIVE_STEP = 2.0**-4  # 3 mantissa bits: rounding moves a normal value by at most half of 2^-3
 
@@ -106,17 +106,6 @@ def test_fp8_buckets_count_the_bytes_they_send_so_they_hold_twice_the_linear_wei
     assert [len(b) for b in weight_buckets(tensors, bucket_bytes=size)] == [2, 2]
     assert [len(b) for b in weight_buckets(tensors, bucket_bytes=size, fp8="block")] == [8]  # 4 weights + scales
 
-
-def test_a_packed_bucket_is_aligned_views_of_one_allocation_holding_the_same_values():
-    bucket = [("a", torch.randn(3, 5)), ("b", torch.randint(0, 255, (7,), dtype=torch.uint8)),
-              ("c", torch.randn(2, 2).to(torch.float8_e4m3fn)), ("d", torch.randn(4, dtype=torch.bfloat16))]
-    packed = pack_on_device(bucket, device="cpu")
-    assert [n for n, _ in packed] == ["a", "b", "c", "d"]
-    for (_, t), (_, v) in zip(bucket, packed):
-        assert v.dtype == t.dtype and v.shape == t.shape
-        assert torch.equal(v.view(torch.uint8), t.view(torch.uint8))
-        assert v.untyped_storage().data_ptr() == packed[0][1].untyped_storage().data_ptr()
-        assert (v.data_ptr() - v.untyped_storage().data_ptr()) % 256 == 0
 
 def test_channel_buckets_carry_one_scale_per_output_row_and_round_trip():
     w = torch.randn(64, 32) * torch.linspace(0.01, 10, 64)[:, None]  # rows of very different ranges
