@@ -127,7 +127,7 @@ class RolloutConfig:
                                    "(a free one when unset).")
     router_policy: str = flag("cache_aware", "sglang-router's routing policy.",
                               choices=["cache_aware", "round_robin", "random", "power_of_two"])
-    update_weight_buffer_size: int = flag(512 * 1024**2, "Bytes of weights per weight-sync bucket.")
+    update_weight_buffer_size: int = flag(512 * 1024**2, "Bytes sent per weight-sync bucket (FP8 weights: one per element).")
     update_weight_mode: str | None = flag(
         None, "SGLang backend: how weight pushes reach the engines. tensor: CUDA IPC handles from the engine's own "
         "actor (buckets cross nodes through Ray's object store); distributed: trainer rank 0 broadcasts each bucket "
