@@ -3,7 +3,7 @@
 Random ("dummy") weights of a real model shape; each engine runs in its own process:
 
     python benchmarks/bench_rollout.py --model-config benchmarks/model_configs/qwen2.5-7b.json \
-        --modes bf16 fp8 fp8 fp8-channel fp8+kv-fp8 [--kv-cache-dtype fp8_e4m3] [--attention-backend flashinfer]
+        --modes bf16 fp8 fp8 fp8-channel fp8+kv-fp8 fp8+no-deepgemm [--attention-backend flashinfer]
 
 Start-up: the engine's construction (server up, weights allocated) and its first generation (where kernels
 compiled on first use, such as DeepGEMM's, are built); a mode listed twice shows a second start reusing
@@ -15,9 +15,10 @@ as the trainer does), in stages: quantization and bucketing on the trainer's sid
 handles, the HTTP request, SGLang's loader, the cache flush). The first update (where Triton compiles the
 quantizer) is reported apart from the profiled second one. `fp8` and `fp8-tuned` serve blockwise FP8
 (`fp8-tuned` installs the JSON files of tools/tune_sglang_fp8_gemm.py into SGLang before starting);
-`fp8-channel` serves channelwise FP8 (CUTLASS scaled-mm). A mode ending in `+kv-fp8` keeps its KV cache in
-FP8 (`fp8_e4m3`) whatever `--kv-cache-dtype` says, so one run compares both caches. Ratios are against bf16 of
-the same run.
+`fp8-channel` serves channelwise FP8 (CUTLASS scaled-mm). Options follow a mode after `+`, so that one run
+compares them: `+kv-fp8` keeps the KV cache in FP8 (`fp8_e4m3`) whatever `--kv-cache-dtype` says, and
+`+no-deepgemm` turns DeepGEMM off (`SGLANG_ENABLE_JIT_DEEPGEMM=0`; block weights then run SGLang's Triton FP8
+GEMM). Ratios are against bf16 of the same run.
 Needs a CUDA GPU and sglang.
 """
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -40,6 +42,16 @@ from async_rl.weights.fp8 import quantization_config
 
 REPO = Path(__file__).resolve().parents[1]
 GRANULARITY = {"bf16": None, "fp8": "block", "fp8-tuned": "block", "fp8-channel": "channel"}
+OPTIONS = ("kv-fp8", "no-deepgemm")
+
+
+def parse_mode(text: str) -> str:
+    """A `--modes` entry: weights, then options after `+` (`fp8+kv-fp8+no-deepgemm`)."""
+    weights, *options = text.split("+")
+    if weights not in GRANULARITY or not set(options) <= set(OPTIONS):
+        raise argparse.ArgumentTypeError(f"{text!r}: weights are one of {', '.join(GRANULARITY)}, options "
+                                         f"{', '.join('+' + o for o in OPTIONS)}")
+    return text
 
 
 def hf_parameters(config: dict):
@@ -70,15 +82,17 @@ def run_one(mode: str, config_path: Path, args) -> dict:
     config = json.loads(config_path.read_text())
     model_dir = Path(tempfile.mkdtemp())
     shutil.copy(config_path, model_dir / "config.json")
-    weights, _, kv = mode.partition("+")
+    weights, *options = mode.split("+")
     fp8 = GRANULARITY[weights]
+    if "no-deepgemm" in options:  # read by the engine when it starts its server
+        os.environ["SGLANG_ENABLE_JIT_DEEPGEMM"] = "0"
     if weights == "fp8-tuned":
         subprocess.run([sys.executable, str(REPO / "tools" / "tune_sglang_fp8_gemm.py"), "--install", args.tuned_configs],
                        check=True)
     server = dict(load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16", attention_backend=args.attention_backend,
                   sampling_backend="pytorch", mem_fraction_static=0.6, context_length=args.prompt_len + args.new_tokens + 64,
                   cuda_graph_max_bs_decode=args.batch, max_running_requests=args.batch, log_level="warning",
-                  kv_cache_dtype="fp8_e4m3" if kv else args.kv_cache_dtype)
+                  kv_cache_dtype="fp8_e4m3" if "kv-fp8" in options else args.kv_cache_dtype)
     if fp8:
         server["json_model_override_args"] = json.dumps({"quantization_config": quantization_config(fp8)})
     start = time.perf_counter()
@@ -128,8 +142,8 @@ def update(engine, source: list[tuple[str, torch.Tensor]], fp8: str | None) -> t
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-config", type=Path, required=True)
-    modes = [*GRANULARITY, *(f"{g}+kv-fp8" for g in GRANULARITY)]
-    parser.add_argument("--modes", nargs="+", default=["bf16", "fp8"], choices=modes)
+    parser.add_argument("--modes", nargs="+", default=["bf16", "fp8"], type=parse_mode,
+                        help=f"weights ({', '.join(GRANULARITY)}), each optionally followed by {' '.join(f'+{o}' for o in OPTIONS)}")
     parser.add_argument("--tuned-configs", help="Directory written by tools/tune_sglang_fp8_gemm.py (fp8-tuned).")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--prompt-len", type=int, default=128)
