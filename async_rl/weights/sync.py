@@ -44,7 +44,8 @@ def weight_buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], *, bucket_
 
     `fp8`: None sends the tensors as they are; "block" or "channel" quantizes linear weights in that layout.
     Sizes count the bytes sent, so an FP8 push makes half the loads of a BF16 one: every load has a fixed
-    cost in the engine, and counting source bytes made FP8 pay it as often for half the payload.
+    cost in the engine, and counting source bytes made FP8 pay it as often for half the payload. While it is
+    quantized, an FP8 bucket's source tensors come to about twice `bucket_bytes`.
     """
     bucket: NamedTensors = []
     size = 0

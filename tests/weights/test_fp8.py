@@ -99,7 +99,6 @@ def test_buckets_respect_the_size_and_carry_fp8_pairs():
     assert fp8[2][1].dtype == torch.float32
 
 
-
 def test_fp8_buckets_count_the_bytes_they_send_so_they_hold_twice_the_linear_weights():
     tensors = [(f"model.layers.{i}.mlp.up_proj.weight", torch.randn(64, 32, dtype=torch.bfloat16)) for i in range(4)]
     size = 2 * 64 * 32 * 2  # two BF16 weights
