@@ -8,16 +8,21 @@ Hugging Face names handed to the server through CUDA IPC (`load_weights`), or
 (`receive_weights`, see `async_rl.weights.broadcast`). An FP8 engine takes float8 weights with their
 float32 scales in its layout (`weight_scale_inv` per block, `weight_scale` per channel), and anything else
 sent to its FP8 parameters is refused here, because SGLang accepts it and then silently generates garbage.
+After its first push an FP8 engine also checks that it serves in FP8 exactly the layers the push sent in FP8
+(`sglang_fp8_layers`).
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import os
 import subprocess
+import tempfile
 import time
 import uuid
+from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
 import aiohttp
@@ -25,10 +30,11 @@ import ray
 import torch
 
 from async_rl.net import LOOPBACK, free_port, node_address
-from async_rl.rollout import sglang_channel_fp8
+from async_rl.rollout import sglang_channel_fp8, sglang_fp8_layers
 from async_rl.rollout.custom_generate import CustomGenerateMixin
 from async_rl.rollout.engine import FINISHED_AT, SamplingParams, WeightVersionMixin
 from async_rl.rollout.http_client import HttpClient
+from async_rl.rollout.sglang_fp8_layers import fp8_layer_difference
 from async_rl.rollout.sglang_router import register_with_router
 from async_rl.rollout.sglang_server import SGLangServer
 from async_rl.sample import FINISHED_STATUSES, Sample, SampleStatus
@@ -56,8 +62,9 @@ class SGLangEngine(WeightVersionMixin, CustomGenerateMixin):
         """
         from sglang.srt.server_args import ServerArgs
 
-        if fp8 == "channel":
-            server_args["custom_weight_loader"] = [*server_args.get("custom_weight_loader", []), sglang_channel_fp8.LOAD_FORMAT]
+        if fp8:  # SGLang runs only the custom loaders its server was started with
+            loaders = [sglang_fp8_layers.LOAD_FORMAT] + ([sglang_channel_fp8.LOAD_FORMAT] if fp8 == "channel" else [])
+            server_args["custom_weight_loader"] = [*server_args.get("custom_weight_loader", []), *loaders]
         host = host or node_address(single_machine=False)
         self.server_args = ServerArgs(model_path=hf_checkpoint, random_seed=seed, host=host, port=free_port(host),
                                       weight_version="0", **server_args)
@@ -82,6 +89,8 @@ class SGLangEngine(WeightVersionMixin, CustomGenerateMixin):
         self.load_format = sglang_channel_fp8.LOAD_FORMAT if fp8 == "channel" else None
         self.weight_version = 0
         self.paused = False
+        self._pushed_fp8: set[str] = set()  # names pushed as float8, compared with the engine's after the first push
+        self._fp8_layers_checked = False
         self._rids: dict[int, list[str]] = {}  # request id -> SGLang rids of its samples
 
     @property
@@ -139,16 +148,20 @@ class SGLangEngine(WeightVersionMixin, CustomGenerateMixin):
 
     def load_weights(self, named_tensors: Sequence[tuple[str, torch.Tensor]]) -> None:
         """Push one bucket (Hugging Face names) into the server through CUDA IPC; FP8 engines only take FP8 pairs."""
-        from sglang.srt.utils import MultiprocessingSerializer
-
         # float8 travels as raw bytes (uint8); nothing else is uint8 in a causal LM
         tensors = [(name, from_transport(t, torch.float8_e4m3fn).cuda()) for name, t in named_tensors]
         if self.fp8:
             check_fp8_bucket(tensors, self.fp8)
+            self._pushed_fp8.update(name for name, t in tensors if t.dtype == torch.float8_e4m3fn)
+        self._post_tensors(tensors, self.load_format, flush_cache=True)
+
+    def _post_tensors(self, tensors: list[tuple[str, torch.Tensor]], load_format: str | None, flush_cache: bool) -> None:
+        from sglang.srt.utils import MultiprocessingSerializer
+
         # one payload per tensor-parallel rank: each rank opens (and releases) its own IPC handles
         payloads = [MultiprocessingSerializer.serialize(tensors, output_str=True) for _ in range(self.server_args.tp_size)]
         self.client.post("/update_weights_from_tensor", {
-            "serialized_named_tensors": payloads, "load_format": self.load_format, "flush_cache": True,
+            "serialized_named_tensors": payloads, "load_format": load_format, "flush_cache": flush_cache,
         })
 
     def init_weight_update_group(self, master_address: str, master_port: int, rank_offset: int, world_size: int,
@@ -167,6 +180,7 @@ class SGLangEngine(WeightVersionMixin, CustomGenerateMixin):
         if self.fp8:  # the bucket's layout is known before its bytes arrive
             check_fp8_bucket([(n, torch.empty(s, dtype=getattr(torch, d), device="meta"))
                               for n, d, s in zip(names, dtypes, shapes)], self.fp8)
+            self._pushed_fp8.update(n for n, d in zip(names, dtypes) if getattr(torch, d) == torch.float8_e4m3fn)
         self.client.post("/update_weights_from_distributed", {
             "names": names, "dtypes": dtypes, "shapes": shapes, "group_name": group_name,
             "load_format": "flattened_bucket", "flush_cache": True,
@@ -183,6 +197,19 @@ class SGLangEngine(WeightVersionMixin, CustomGenerateMixin):
         """Record the version in the server too: it stamps every response with it (`meta_info.weight_version`)."""
         self.client.post("/update_weight_version", {"new_version": str(version), "abort_all_requests": False})
         self.weight_version = version
+        if self.fp8 and not self._fp8_layers_checked:  # the first push is complete: it sent every FP8 layer
+            report = self.fp8_modules()
+            difference = fp8_layer_difference(self._pushed_fp8, report["fp8_modules"], report["fused"])
+            if difference:
+                raise RuntimeError(f"{self.url}: {difference}")
+            self._fp8_layers_checked = True
+
+    def fp8_modules(self) -> dict:
+        """The server's own account of the modules it serves in FP8, and of its fused projections."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "fp8_modules.json")
+            self._post_tensors([(path, torch.zeros(1, device="cuda"))], sglang_fp8_layers.LOAD_FORMAT, flush_cache=False)
+            return json.loads(Path(path).read_text())
 
     def rng_state(self) -> torch.Tensor:
         """SGLang seeds each request itself; there is no sampling stream to save."""

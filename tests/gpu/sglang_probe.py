@@ -18,8 +18,10 @@ import torch
 from async_rl.config.sections import TrainConfig
 from async_rl.rollout.engine import SamplingParams
 from async_rl.rollout.sglang_engine import SGLangEngine
+from async_rl.rollout.sglang_fp8_layers import fp8_layer_difference
 from async_rl.sample import Sample
 from async_rl.trainer.torch_trainer import TorchTrainer
+from async_rl.weights.fp8 import is_fp8_quantizable
 from async_rl.weights.sync import weight_buckets
 from tests.gpu.conftest import SGLANG_SERVER
 
@@ -80,7 +82,14 @@ def probe(model: str, fp8: str | None, report: dict) -> None:
     before = engine.generate(fresh(tokenizer), greedy)
     report[f"{key}/greedy_agreement_new_weights_before_push"] = greedy_agreement(before, new)
     push(engine, new, fp8)
-    engine.set_weight_version(1)
+    engine.set_weight_version(1)  # an FP8 engine compares its FP8 layers with the push's here, and raises on a difference
+    if fp8:
+        served = engine.fp8_modules()
+        pushed = [name for name, t in new.export_weights() if is_fp8_quantizable(name, t)]
+        report[f"{key}/fp8_modules_served"] = len(served["fp8_modules"])
+        report[f"{key}/fp8_layer_difference"] = fp8_layer_difference(pushed, served["fp8_modules"], served["fused"])
+        report[f"{key}/fp8_layer_difference_one_weight_unpushed"] = fp8_layer_difference(
+            [n for n in pushed if not n.endswith("layers.0.mlp.down_proj.weight")], served["fp8_modules"], served["fused"])
     after = engine.generate(fresh(tokenizer), greedy)
     report[f"{key}/greedy_agreement_new_weights_after_push"] = greedy_agreement(after, new)
     report[f"{key}/weight_version_after_push"] = after[0].weight_version

@@ -55,5 +55,9 @@ def test_fp8_engine_takes_fp8_pairs_and_refuses_bf16(sglang_models, tmp_path, gr
     assert r[f"{key}/gib_freed_by_release"] > 1
     assert r[f"{key}/greedy_agreement_after_release_resume_push"] > 0.8
     assert "was sent torch.float32" in r[f"{key}/bf16_push_refused"]
+    # the engine's own account of its FP8 layers matches the push, and would name a layer the push left out
+    assert r[f"{key}/fp8_modules_served"] > 0 and r[f"{key}/fp8_layer_difference"] is None
+    assert r[f"{key}/fp8_layer_difference_one_weight_unpushed"].endswith(
+        "1 served in FP8 but not pushed in FP8 (e.g. model.layers.0.mlp.down_proj)")
     # a push leaves the engine exactly as a fresh start from the same weights would (no stale re-layout)
     assert r[f"{key}/greedy_tokens_equal_fresh_engine_from_fp8_checkpoint"], r[f"{key}/greedy_first_difference"]
