@@ -36,10 +36,12 @@ def check_replaced_with_current_weights(session: TrainingSession, rank: int, vic
 
 
 def object_store_objects(settle_s: float = 10.0) -> int:
-    """Objects in Ray's object store (shared host memory), once frees in flight have landed."""
+    """Objects in this test's Ray object store (shared host memory), once frees in flight have landed."""
     deadline = time.monotonic() + settle_s
+    address = ray.get_runtime_context().gcs_address  # not auto-detected: a parallel test worker may run a Ray too
     while True:
-        count = int(re.search(r"Plasma memory usage \d+ MiB, (\d+) objects", memory_summary(stats_only=True)).group(1))
+        summary = memory_summary(address=address, stats_only=True)
+        count = int(re.search(r"Plasma memory usage \d+ MiB, (\d+) objects", summary).group(1))
         if count == 0 or time.monotonic() > deadline:
             return count
         time.sleep(0.2)
