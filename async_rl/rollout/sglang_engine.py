@@ -197,7 +197,7 @@ class SGLangEngine(WeightVersionMixin, CustomGenerateMixin):
         """Record the version in the server too: it stamps every response with it (`meta_info.weight_version`)."""
         self.client.post("/update_weight_version", {"new_version": str(version), "abort_all_requests": False})
         self.weight_version = version
-        if self.fp8 and not self._fp8_layers_checked:  # the first push is complete: it sent every FP8 layer
+        if self._pushed_fp8 and not self._fp8_layers_checked:  # the first push is complete: it sent every FP8 layer
             report = self.fp8_modules()
             difference = fp8_layer_difference(self._pushed_fp8, report["fp8_modules"], report["fused"])
             if difference:
