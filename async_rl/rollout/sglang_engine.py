@@ -34,7 +34,6 @@ from async_rl.rollout import sglang_channel_fp8, sglang_fp8_layers
 from async_rl.rollout.custom_generate import CustomGenerateMixin
 from async_rl.rollout.engine import FINISHED_AT, SamplingParams, WeightVersionMixin
 from async_rl.rollout.http_client import HttpClient
-from async_rl.rollout.sglang_fp8_layers import fp8_layer_difference
 from async_rl.rollout.sglang_router import register_with_router
 from async_rl.rollout.sglang_server import SGLangServer
 from async_rl.sample import FINISHED_STATUSES, Sample, SampleStatus
@@ -89,8 +88,8 @@ class SGLangEngine(WeightVersionMixin, CustomGenerateMixin):
         self.load_format = sglang_channel_fp8.LOAD_FORMAT if fp8 == "channel" else None
         self.weight_version = 0
         self.paused = False
-        self._pushed_fp8: set[str] = set()  # names pushed as float8, compared with the engine's after the first push
-        self._fp8_layers_checked = False
+        # names pushed as float8 until the first push is complete and compared with the engine's (then None)
+        self._unchecked_fp8: set[str] | None = set() if fp8 else None
         self._rids: dict[int, list[str]] = {}  # request id -> SGLang rids of its samples
 
     @property
@@ -152,7 +151,8 @@ class SGLangEngine(WeightVersionMixin, CustomGenerateMixin):
         tensors = [(name, from_transport(t, torch.float8_e4m3fn).cuda()) for name, t in named_tensors]
         if self.fp8:
             check_fp8_bucket(tensors, self.fp8)
-            self._pushed_fp8.update(name for name, t in tensors if t.dtype == torch.float8_e4m3fn)
+        if self._unchecked_fp8 is not None:
+            self._unchecked_fp8.update(name for name, t in tensors if t.dtype == torch.float8_e4m3fn)
         self._post_tensors(tensors, self.load_format, flush_cache=True)
 
     def _post_tensors(self, tensors: list[tuple[str, torch.Tensor]], load_format: str | None, flush_cache: bool) -> None:
@@ -180,7 +180,8 @@ class SGLangEngine(WeightVersionMixin, CustomGenerateMixin):
         if self.fp8:  # the bucket's layout is known before its bytes arrive
             check_fp8_bucket([(n, torch.empty(s, dtype=getattr(torch, d), device="meta"))
                               for n, d, s in zip(names, dtypes, shapes)], self.fp8)
-            self._pushed_fp8.update(n for n, d in zip(names, dtypes) if getattr(torch, d) == torch.float8_e4m3fn)
+        if self._unchecked_fp8 is not None:
+            self._unchecked_fp8.update(n for n, d in zip(names, dtypes) if getattr(torch, d) == torch.float8_e4m3fn)
         self.client.post("/update_weights_from_distributed", {
             "names": names, "dtypes": dtypes, "shapes": shapes, "group_name": group_name,
             "load_format": "flattened_bucket", "flush_cache": True,
@@ -197,12 +198,12 @@ class SGLangEngine(WeightVersionMixin, CustomGenerateMixin):
         """Record the version in the server too: it stamps every response with it (`meta_info.weight_version`)."""
         self.client.post("/update_weight_version", {"new_version": str(version), "abort_all_requests": False})
         self.weight_version = version
-        if self._pushed_fp8 and not self._fp8_layers_checked:  # the first push is complete: it sent every FP8 layer
+        if self._unchecked_fp8:  # the first push that sent float8 weights is complete: it sent every FP8 layer
             report = self.fp8_modules()
-            difference = fp8_layer_difference(self._pushed_fp8, report["fp8_modules"], report["fused"])
+            difference = sglang_fp8_layers.fp8_layer_difference(self._unchecked_fp8, report["fp8_modules"], report["fused"])
             if difference:
                 raise RuntimeError(f"{self.url}: {difference}")
-            self._fp8_layers_checked = True
+            self._unchecked_fp8 = None
 
     def fp8_modules(self) -> dict:
         """The server's own account of the modules it serves in FP8, and of its fused projections."""

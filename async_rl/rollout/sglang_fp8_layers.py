@@ -21,10 +21,11 @@ from typing import Iterable, Mapping, Sequence
 
 import torch
 
+from async_rl.weights.hf_layout import EXPERT_WEIGHT
+
 LOAD_FORMAT = f"{__name__}.report_fp8_modules"
 # SGLang's fused projections (its models' `stacked_params_mapping`); a model's `packed_modules_mapping` adds to them
 FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
-_EXPERT_WEIGHT = re.compile(r"(.*\.experts)\.\d+\.\w+\.weight$")  # one FusedMoE module holds every expert
 _EXPERTS_MODULE = re.compile(r"(\.experts)\..*$")
 
 
@@ -41,9 +42,9 @@ def report_fp8_modules(model: torch.nn.Module, named_tensors: Sequence[tuple[str
 
 def engine_module(hf_weight: str, fused: Mapping[str, Sequence[str]]) -> str:
     """The engine module a pushed Hugging Face weight lands in: fused projections and MoE experts share one."""
-    expert = _EXPERT_WEIGHT.match(hf_weight)
-    if expert:
-        return expert.group(1)
+    expert = EXPERT_WEIGHT.match(hf_weight)
+    if expert:  # one FusedMoE module holds every expert of a layer
+        return expert.group(1).removesuffix(".")
     prefix, _, leaf = hf_weight.removesuffix(".weight").rpartition(".")
     leaf = next((name for name, parts in fused.items() if leaf in parts), leaf)
     return f"{prefix}.{leaf}"

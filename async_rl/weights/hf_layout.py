@@ -16,7 +16,8 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-_EXPERT = re.compile(r"(.*\.mlp\.experts\.)(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
+# one expert's weight in the per-expert checkpoint layout: (layer prefix ending in "experts.", expert, projection)
+EXPERT_WEIGHT = re.compile(r"(.*\.mlp\.experts\.)(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
 
 
 def read_hf_config(hf_dir: str) -> dict:
@@ -53,7 +54,7 @@ def stack_experts(checkpoint_state: dict[str, torch.Tensor]) -> dict[str, torch.
     out: dict[str, torch.Tensor] = {}
     experts: dict[str, dict[str, dict[int, torch.Tensor]]] = {}
     for name, tensor in checkpoint_state.items():
-        match = _EXPERT.match(name)
+        match = EXPERT_WEIGHT.match(name)
         if match:
             experts.setdefault(match[1], {}).setdefault(match[3], {})[int(match[2])] = tensor
         else:
@@ -70,7 +71,7 @@ def destination(name: str, targets: dict[str, torch.Tensor]) -> torch.Tensor:
     """Where a checkpoint-layout tensor goes in a transformers model's `targets`: itself, or its expert's slice."""
     if name in targets:
         return targets[name]
-    match = _EXPERT.match(name)
+    match = EXPERT_WEIGHT.match(name)
     if match and match[1] + "down_proj" in targets:
         j = int(match[2])
         if match[3] == "down_proj":
