@@ -3,7 +3,7 @@
 Random ("dummy") weights of a real model shape; each engine runs in its own process:
 
     python benchmarks/bench_rollout.py --model-config benchmarks/model_configs/qwen2.5-7b.json \
-        --modes bf16 fp8 fp8 fp8-channel fp8+kv-fp8 fp8+no-deepgemm [--attention-backend flashinfer]
+        --modes bf16 fp8 fp8 fp8-channel fp8+kv-fp8 fp8+no-deepgemm bf16+flashinfer
 
 Start-up: the engine's construction (server up, weights allocated) and its first generation (where kernels
 compiled on first use, such as DeepGEMM's, are built); a mode listed twice shows a second start reusing
@@ -18,7 +18,8 @@ quantizer) is reported apart from the profiled second one. `fp8` and `fp8-tuned`
 `fp8-channel` serves channelwise FP8 (CUTLASS scaled-mm). Options follow a mode after `+`, so that one run
 compares them: `+kv-fp8` keeps the KV cache in FP8 (`fp8_e4m3`) whatever `--kv-cache-dtype` says, and
 `+no-deepgemm` turns DeepGEMM off (`SGLANG_ENABLE_JIT_DEEPGEMM=0`; block weights then run SGLang's Triton FP8
-GEMM). Ratios are against bf16 of the same run.
+GEMM); `+triton`, `+flashinfer` or `+fa3` picks the mode's attention backend over `--attention-backend`.
+Ratios are against bf16 of the same run.
 Needs a CUDA GPU and sglang.
 """
 
@@ -42,16 +43,22 @@ from async_rl.weights.fp8 import quantization_config
 
 REPO = Path(__file__).resolve().parents[1]
 GRANULARITY = {"bf16": None, "fp8": "block", "fp8-tuned": "block", "fp8-channel": "channel"}
-OPTIONS = ("kv-fp8", "no-deepgemm")
+ATTENTION = ("triton", "flashinfer", "fa3")  # SGLang attention backends a mode can name after `+`
+OPTIONS = ("kv-fp8", "no-deepgemm", *ATTENTION)
 
 
 def parse_mode(text: str) -> str:
     """A `--modes` entry: weights, then options after `+` (`fp8+kv-fp8+no-deepgemm`)."""
     weights, *options = text.split("+")
-    if weights not in GRANULARITY or not set(options) <= set(OPTIONS):
+    if weights not in GRANULARITY or not set(options) <= set(OPTIONS) or len(set(options) & set(ATTENTION)) > 1:
         raise argparse.ArgumentTypeError(f"{text!r}: weights are one of {', '.join(GRANULARITY)}, options "
-                                         f"{', '.join('+' + o for o in OPTIONS)}")
+                                         f"{', '.join('+' + o for o in OPTIONS)} (at most one attention backend)")
     return text
+
+
+def attention_backend(mode: str, default: str) -> str:
+    """The attention backend a mode names after `+`, else `--attention-backend`."""
+    return next((o for o in mode.split("+")[1:] if o in ATTENTION), default)
 
 
 def hf_parameters(config: dict):
@@ -89,8 +96,9 @@ def run_one(mode: str, config_path: Path, args) -> dict:
     if weights == "fp8-tuned":
         subprocess.run([sys.executable, str(REPO / "tools" / "tune_sglang_fp8_gemm.py"), "--install", args.tuned_configs],
                        check=True)
-    server = dict(load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16", attention_backend=args.attention_backend,
-                  sampling_backend="pytorch", mem_fraction_static=0.6, context_length=args.prompt_len + args.new_tokens + 64,
+    server = dict(load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16",
+                  attention_backend=attention_backend(mode, args.attention_backend), sampling_backend="pytorch",
+                  mem_fraction_static=0.6, context_length=args.prompt_len + args.new_tokens + 64,
                   cuda_graph_max_bs_decode=args.batch, max_running_requests=args.batch, log_level="warning",
                   kv_cache_dtype="fp8_e4m3" if "kv-fp8" in options else args.kv_cache_dtype)
     if fp8:
