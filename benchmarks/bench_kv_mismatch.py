@@ -40,7 +40,7 @@ def run_cell(cell: str, args) -> dict:
     fp8 = None if weights == "bf16" else weights
     engine = SGLangEngine(args.fp8_model_dir if fp8 else str(args.model_dir), seed=0, fp8=fp8, dtype="bfloat16",
                           kv_cache_dtype=kv_cache, attention_backend=args.attention_backend, sampling_backend="pytorch",
-                          mem_fraction_static=0.3, context_length=512, log_level="warning")
+                          mem_fraction_static=0.3, context_length=256, log_level="warning")
     rows = [json.loads(line) for line in (args.model_dir / "data" / "eval.jsonl").read_text().splitlines()[: args.prompts]]
     samples = [Sample(prompt=r["prompt"], prompt_tokens=engine.tokenizer(r["prompt"], add_special_tokens=False)["input_ids"],
                       group_id=i) for i, r in enumerate(rows) for _ in range(args.n_samples)]
