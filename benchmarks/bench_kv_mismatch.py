@@ -81,10 +81,11 @@ def main() -> None:
     print("| weights | KV cache | tokens | mean abs log-prob diff | p99 | ratio outside [0.5, 2] | vs bf16/bf16 |")
     print("|---|---|---:|---:|---:|---:|---:|", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        fp8_dir = fp8_checkpoint(args.model_dir, Path(tmp) / "fp8")
+        fp8 = ["--fp8-model-dir", str(fp8_checkpoint(args.model_dir, Path(tmp) / "fp8"))] if any(
+            c.startswith("block/") for c in args.cells) else []
         base = None
         for cell in args.cells:  # one process per engine
-            r = run_case(cell, [__file__, *sys.argv[1:], "--one", cell, "--fp8-model-dir", str(fp8_dir)])
+            r = run_case(cell, [__file__, *sys.argv[1:], "--one", cell, *fp8])
             if r is None:
                 continue
             base = base or (r if cell == CELLS[0] else None)
