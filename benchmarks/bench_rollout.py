@@ -19,7 +19,7 @@ quantizer) is reported apart from the profiled second one. `fp8` and `fp8-tuned`
 compares them: `+kv-fp8` keeps the KV cache in FP8 (`fp8_e4m3`) whatever `--kv-cache-dtype` says, and
 `+no-deepgemm` turns DeepGEMM off (`SGLANG_ENABLE_JIT_DEEPGEMM=0`; block weights then run SGLang's Triton FP8
 GEMM); `+triton`, `+flashinfer` or `+fa3` picks the mode's attention backend over `--attention-backend`.
-Ratios are against bf16 of the same run.
+Ratios are against the run's first mode with BF16 weights and a BF16 KV cache (`bf16`, `bf16+flashinfer`, ...).
 Needs a CUDA GPU and sglang.
 """
 
@@ -173,7 +173,7 @@ def main() -> None:
         r = run_case(mode, [__file__, "--one", mode, *sys.argv[1:]])
         if r is None:
             continue
-        base = base or (r if mode == "bf16" else None)
+        base = base or (r if mode.split("+")[0] == "bf16" and "kv-fp8" not in mode else None)
         tok_ratio = f"{r['output_tok_s'] / base['output_tok_s']:.2f}x" if base else "-"
         upd_ratio = f"{r['update_s'] / base['update_s']:.2f}x" if base else "-"
         print(f"| {mode} | {r['start_s']:.1f} | {r['first_generate_s']:.1f} | {r['output_tok_s']:,.0f} | {tok_ratio} | "

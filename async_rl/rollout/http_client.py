@@ -76,6 +76,14 @@ class HttpClient:
 
         return self._run(gather())
 
+    def post_all(self, path: str, payloads: Sequence[Any]) -> list[Any]:
+        """Control requests sent at once, outside the generation slots (an abort of every sample of a batch: one
+        round trip instead of one per sample, while the batch holds every slot)."""
+        async def gather() -> list[Any]:
+            return await asyncio.gather(*(self._request("POST", path, p) for p in payloads))
+
+        return self._run(gather())
+
     def close(self) -> None:
         self._run(self._session.close())
         self._loop.call_soon_threadsafe(self._loop.stop)

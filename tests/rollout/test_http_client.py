@@ -17,6 +17,7 @@ class Server:
         self.in_flight = self.most_in_flight = 0
         self.release = None
         self.ready = threading.Event()
+        self.arrived = 0  # /together requests so far
 
     async def generate(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -30,6 +31,16 @@ class Server:
         self.release.set()
         return web.json_response({"held": self.in_flight})
 
+    async def together(self, request: web.Request) -> web.Response:
+        """Answers once `expected` of these requests are in at the same time: one sent after another never is."""
+        expected = (await request.json())["expected"]
+        self.arrived += 1
+        for _ in range(500):
+            if self.arrived >= expected:
+                return web.json_response({"arrived": self.arrived})
+            await asyncio.sleep(0.01)
+        return web.Response(status=408, text=f"only {self.arrived} of {expected} arrived together")
+
     async def fail(self, request: web.Request) -> web.Response:
         return web.Response(status=400, text="bad sampling params")
 
@@ -38,7 +49,7 @@ class Server:
             self.release = asyncio.Event()
             app = web.Application()
             app.add_routes([web.post("/generate", self.generate), web.post("/abort_request", self.control),
-                            web.post("/fail", self.fail)])
+                            web.post("/together", self.together), web.post("/fail", self.fail)])
             runner = web.AppRunner(app)
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -78,6 +89,20 @@ def test_generation_is_bounded_and_control_requests_pass_a_full_batch(server):
         assert server.most_in_flight == 3
         with pytest.raises(HttpError, match="HTTP 400: bad sampling params"):
             client.post("/fail")
+    finally:
+        client.close()
+
+
+def test_control_requests_go_out_together_while_generation_holds_every_slot(server):
+    client = HttpClient(f"http://127.0.0.1:{server.port}", max_concurrency=2)
+    try:
+        batch = threading.Thread(target=lambda: client.post_many("/generate", [{"i": i} for i in range(2)]))
+        batch.start()
+        while server.in_flight < 2:
+            threading.Event().wait(0.01)
+        assert client.post_all("/together", [{"expected": 6}] * 6) == [{"arrived": 6}] * 6
+        client.post("/abort_request", {"rid": "x"})
+        batch.join(10)
     finally:
         client.close()
 
