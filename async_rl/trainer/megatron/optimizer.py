@@ -18,10 +18,9 @@ from async_rl.config.sections import MegatronConfig, TrainConfig
 
 
 class _Wrapped:
-    """Learning rate and state of the wrapped optimizer (`inner`)."""
+    """The learning rate of the wrapped optimizer (`inner`)."""
 
     inner: Any
-    sharded = False  # whether the state is checkpointed through megatron.core.dist_checkpointing
 
     @property
     def lr(self) -> float:
@@ -31,17 +30,9 @@ class _Wrapped:
         for group in self.inner.param_groups:
             group["lr"] = lr
 
-    def state_dict(self) -> dict[str, Any]:
-        return self.inner.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.inner.load_state_dict(state)
-
 
 class MegatronAdam(_Wrapped):
     """Megatron's Adam (mixed precision with FP32 main weights under --bf16, distributed optimizer if asked)."""
-
-    sharded = True
 
     def __init__(self, ddp_model, cfg: TrainConfig, mcfg: MegatronConfig):
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
@@ -122,6 +113,31 @@ class CpuAdamW(_Wrapped):
 
     def zero_grad(self) -> None:
         self.inner.zero_grad(set_to_none=True)
+
+    def sharded_state_dict(self, model_sharded_state_dict: dict, is_loading: bool = False) -> dict:
+        """AdamW's moments as torch_dist tensors sharded like the weights they belong to, so that a checkpoint
+        written under one tensor- or expert-parallel layout loads under another, as Megatron's optimizers do.
+        The step, the same for every parameter, goes with each parameter group."""
+        from megatron.core.dist_checkpointing.optimizer import (get_param_id_to_sharded_param_map,
+                                                                optim_state_to_sharding_state)
+
+        for p in self.params:  # a fresh AdamW has no state to describe or load into; zeros at step 0 are its start
+            if not self.inner.state[p]:
+                self.inner.state[p] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(p),
+                                       "exp_avg_sq": torch.zeros_like(p)}
+        state = self.inner.state_dict()
+        for group in state["param_groups"]:
+            group["step"] = float(state["state"][group["params"][0]]["step"]) if group["params"] else 0.0
+        optim_state_to_sharding_state(state, get_param_id_to_sharded_param_map(model_sharded_state_dict, self.params),
+                                      exclude_keys=("step",))
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for group in state["param_groups"]:  # AdamW wants the step in every parameter's state
+            step = group.pop("step", None)  # none in a CPU checkpoint written before the state was sharded
+            for param_id in group["params"] if step is not None else ():
+                state["state"][param_id]["step"] = torch.tensor(step)
+        self.inner.load_state_dict(state)
 
     def grad_norm(self) -> float:
         from megatron.core import parallel_state

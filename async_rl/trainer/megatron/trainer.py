@@ -9,6 +9,7 @@ Statistics are all-reduced over data-parallel ranks, so rank 0 returns the globa
 from __future__ import annotations
 
 import contextlib
+import logging
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -33,6 +34,8 @@ from async_rl.trainer.megatron.param_names import local_parameters
 from async_rl.trainer.megatron.writer_watchdog import watch_writer
 from async_rl.trainer.policy_trainer import PolicyTrainer, is_max_stat, needs_reference, use_deterministic_kernels
 from async_rl.weights.hf_layout import num_experts, read_hf_config
+
+logger = logging.getLogger(__name__)
 
 
 def _wait(refs: list) -> list:
@@ -404,38 +407,47 @@ class MegatronTrainer(PolicyTrainer):
 
     # ---- checkpoints ----------------------------------------------------------------------------------------
     def save(self, path: str) -> None:
-        """Weights in torch_dist under `megatron/`; Megatron's optimizer state in torch_dist under `optimizer/`
-        (on a CPU, AdamW's per rank in `trainer_state/`); each rank's RNG state under `trainer_state/`."""
+        """Weights in torch_dist under `megatron/`, the optimizer's state in torch_dist under `optimizer/` (both
+        load under another parallel layout); each rank's RNG state and the layout under `trainer_state/`."""
         from megatron.core import dist_checkpointing
 
         refs = [p.save.remote(path) for p in self.peers]
         out = Path(path)
-        for part in ("megatron", "trainer_state", *(("optimizer",) if self.optimizer.sharded else ())):
+        for part in ("megatron", "trainer_state", "optimizer"):
             (out / part).mkdir(parents=True, exist_ok=True)
-        state = {"version": self.version, "optimizer_steps": self.optimizer_steps, "torch_rng": torch.get_rng_state()}
+        state = {"version": self.version, "optimizer_steps": self.optimizer_steps, "torch_rng": torch.get_rng_state(),
+                 "layout": self.layout()}
         with watch_writer(f"megatron trainer rank {self.rank}", str(out)):
             dist_checkpointing.save(self.gpt.sharded_state_dict(), str(out / "megatron"))
-            if self.optimizer.sharded:
-                dist_checkpointing.save(self.optimizer.sharded_state_dict(self.gpt.sharded_state_dict()),
-                                        str(out / "optimizer"))
-        if not self.optimizer.sharded:
-            state["optimizer"] = self.optimizer.state_dict()
+            dist_checkpointing.save(self.optimizer.sharded_state_dict(self.gpt.sharded_state_dict()), str(out / "optimizer"))
         torch.save(state, out / "trainer_state" / f"rank_{self.rank}.pt")
         _wait(refs)
 
+    def layout(self) -> dict[str, int]:
+        """The parallel layout a checkpoint was written under: ranks' RNG states only mean something in the same one."""
+        return {"world": dist.get_world_size(), "tensor": self.tp_size, "expert": self.ep_size, "data": self.dp_size}
+
     def load(self, path: str) -> None:
+        """Weights and optimizer state under this run's layout, whatever the checkpoint's; RNG states only under
+        the same layout (Megatron-LM also drops them when the layout changes)."""
         from megatron.core import dist_checkpointing
 
         refs = [p.load.remote(path) for p in self.peers]
         src = Path(path)
         load_model_checkpoint(self.gpt, str(src / "megatron"))
-        state = torch.load(src / "trainer_state" / f"rank_{self.rank}.pt", weights_only=False)
-        if self.optimizer.sharded:
+        state = torch.load(src / "trainer_state" / "rank_0.pt", weights_only=False)
+        written_under = state.get("layout", self.layout())  # checkpoints from before the layout was recorded
+        if written_under == self.layout():
+            state = torch.load(src / "trainer_state" / f"rank_{self.rank}.pt", weights_only=False)
+            torch.set_rng_state(state["torch_rng"])
+        elif self.rank == 0:
+            logger.warning("%s: written under %s, loaded under %s: weights and optimizer state resharded, RNG states "
+                           "not restored", path, written_under, self.layout())
+        if (src / "optimizer").is_dir():
             sharded = self.optimizer.sharded_state_dict(self.gpt.sharded_state_dict(), is_loading=True)
             self.optimizer.load_state_dict(dist_checkpointing.load(sharded, str(src / "optimizer")))
-        else:
+        else:  # a CPU checkpoint written before AdamW's state was sharded: same layout only
             self.optimizer.load_state_dict(state["optimizer"])
         self.version, self.optimizer_steps = state["version"], state["optimizer_steps"]
-        torch.set_rng_state(state["torch_rng"])
         self._recast_fp8_weights()
         _wait(refs)
