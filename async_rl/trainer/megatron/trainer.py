@@ -416,14 +416,14 @@ class MegatronTrainer(PolicyTrainer):
         for part in ("megatron", "trainer_state", "optimizer"):
             (out / part).mkdir(parents=True, exist_ok=True)
         state = {"version": self.version, "optimizer_steps": self.optimizer_steps, "torch_rng": torch.get_rng_state(),
-                 "layout": self.layout()}
+                 "layout": self.parallel_layout()}
         with watch_writer(f"megatron trainer rank {self.rank}", str(out)):
             dist_checkpointing.save(self.gpt.sharded_state_dict(), str(out / "megatron"))
             dist_checkpointing.save(self.optimizer.sharded_state_dict(self.gpt.sharded_state_dict()), str(out / "optimizer"))
         torch.save(state, out / "trainer_state" / f"rank_{self.rank}.pt")
         _wait(refs)
 
-    def layout(self) -> dict[str, int]:
+    def parallel_layout(self) -> dict[str, int]:
         """The parallel layout a checkpoint was written under: ranks' RNG states only mean something in the same one."""
         return {"world": dist.get_world_size(), "tensor": self.tp_size, "expert": self.ep_size, "data": self.dp_size}
 
@@ -436,13 +436,13 @@ class MegatronTrainer(PolicyTrainer):
         src = Path(path)
         load_model_checkpoint(self.gpt, str(src / "megatron"))
         state = torch.load(src / "trainer_state" / "rank_0.pt", weights_only=False)
-        written_under = state.get("layout", self.layout())  # checkpoints from before the layout was recorded
-        if written_under == self.layout():
+        written_under = state.get("layout", self.parallel_layout())  # checkpoints from before the layout was recorded
+        if written_under == self.parallel_layout():
             state = torch.load(src / "trainer_state" / f"rank_{self.rank}.pt", weights_only=False)
             torch.set_rng_state(state["torch_rng"])
         elif self.rank == 0:
             logger.warning("%s: written under %s, loaded under %s: weights and optimizer state resharded, RNG states "
-                           "not restored", path, written_under, self.layout())
+                           "not restored", path, written_under, self.parallel_layout())
         if (src / "optimizer").is_dir():
             sharded = self.optimizer.sharded_state_dict(self.gpt.sharded_state_dict(), is_loading=True)
             self.optimizer.load_state_dict(dist_checkpointing.load(sharded, str(src / "optimizer")))
