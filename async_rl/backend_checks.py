@@ -113,6 +113,22 @@ def check_megatron(cfg: Config) -> None:
         raise UserInputError(f"--global-batch-size {cfg.global_batch_size} must split over {dp} data-parallel ranks")
 
 
+def check_distributed_optimizer_resume(cfg: Config, checkpoint: Path) -> None:
+    """Megatron's distributed optimizer checkpoints its state in its own gradient-buffer layout (`dp_reshardable`),
+    which reshards across data-parallel ranks only: a tensor- or expert-parallel change would fail inside the load."""
+    from async_rl.trainer.megatron.trainer import recorded_layout
+
+    written = recorded_layout(checkpoint)
+    m = cfg.megatron
+    now = {"tensor": m.tensor_model_parallel_size, "expert": m.expert_model_parallel_size}
+    flags = {"tensor": "--tensor-model-parallel-size", "expert": "--expert-model-parallel-size"}
+    changed = [f"{flags[k]} {written[k]} (now {now[k]})" for k in now if written and written[k] != now[k]]
+    if changed:
+        raise UserInputError(f"--load {checkpoint}: written under {', '.join(changed)}; with --use-distributed-optimizer "
+                             "the optimizer state reshards across data-parallel ranks only: resume under the "
+                             "checkpoint's sizes")
+
+
 def check_transformer_engine(cfg: Config) -> None:
     """What needs Transformer Engine's layers has GPUs and TE; an FP8 recipe this GPU cannot run is refused."""
     from async_rl.trainer.megatron.model import transformer_engine_importable

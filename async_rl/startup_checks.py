@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Callable
 
 from async_rl.backend_checks import (
-    check_colocated_engines, check_fp8_rollout, check_local_engine, check_megatron, check_routing_replay, check_sglang,
+    check_colocated_engines, check_distributed_optimizer_resume, check_fp8_rollout, check_local_engine, check_megatron,
+    check_routing_replay, check_sglang,
 )
 from async_rl.checkpoint import resolve_checkpoint
 from async_rl.config import Config
@@ -128,8 +129,11 @@ def check_trainer_backend(cfg: Config) -> None:
 
 
 def check_load(cfg: Config) -> None:
-    if cfg.checkpoint.load:
-        resolve_checkpoint(cfg.checkpoint.load)
+    if not cfg.checkpoint.load:
+        return
+    checkpoint = resolve_checkpoint(cfg.checkpoint.load)
+    if cfg.backend.train_backend == "megatron" and cfg.megatron.use_distributed_optimizer:
+        check_distributed_optimizer_resume(cfg, checkpoint)
 
 
 def check_debug_data(cfg: Config) -> None:

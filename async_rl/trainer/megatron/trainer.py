@@ -38,6 +38,13 @@ from async_rl.weights.hf_layout import num_experts, read_hf_config
 logger = logging.getLogger(__name__)
 
 
+def recorded_layout(checkpoint: str | Path) -> dict[str, int] | None:
+    """The parallel layout a megatron checkpoint was written under (None: another backend's, or one written before
+    the layout was recorded)."""
+    rank0 = Path(checkpoint) / "trainer_state" / "rank_0.pt"
+    return torch.load(rank0, weights_only=False).get("layout") if rank0.is_file() else None
+
+
 def _wait(refs: list) -> list:
     """Results of the peers' Ray calls (none on a single rank, which runs without Ray)."""
     if not refs:

@@ -7,7 +7,9 @@ import pytest
 import ray
 import torch
 
+from async_rl.config import parse_config
 from async_rl.config.sections import MegatronConfig, TrainConfig
+from async_rl.errors import UserInputError
 from async_rl.placement import in_bundle, init_loopback_ray, reserve_trainer_bundles
 from async_rl.trainer.batch import micro_batch_indices
 from async_rl.trainer.torch_trainer import TorchTrainer
@@ -15,6 +17,7 @@ from tests.trainer.test_torch_trainer import advantages, assert_same_update, rol
 
 pytest.importorskip("megatron.core", reason="megatron-core is not installed (pip install -e '.[test]')")
 
+from async_rl.backend_checks import check_distributed_optimizer_resume  # noqa: E402
 from async_rl.trainer.megatron.actor_group import create_megatron_group  # noqa: E402
 from async_rl.trainer.megatron.trainer import MegatronTrainer, data_parallel_shards  # noqa: E402
 
@@ -223,3 +226,22 @@ def test_a_cpu_checkpoint_of_the_earlier_layout_still_resumes(tiny_model, sample
     saver.load(str(tmp_path / "ckpt"))  # weights, AdamW's moments and steps all come from the checkpoint
     saver.train_step(samples, adv)
     assert max_diff(saver.compute_log_probs(samples), expected) < 1e-6
+
+
+def test_a_distributed_optimizer_resume_under_another_tensor_parallel_size_is_refused_before_the_start(
+        tiny_model, samples, in_process, tmp_path):
+    """Megatron's distributed optimizer state reshards across data-parallel ranks only; the layout the checkpoint
+    recorded tells a start that would fail inside the load."""
+    trainer = in_process(str(tiny_model), CFG, MegatronConfig(), global_batch_size=4, temperature=0.8)
+    trainer.save(str(tmp_path / "ckpt"))
+
+    def resume(tp: int) -> None:
+        cfg, _ = parse_config(["--hf-checkpoint", str(tiny_model), "--prompt-data", "x.jsonl", "--train-backend",
+                               "megatron", "--actor-num-gpus-per-node", "2", "--use-distributed-optimizer",
+                               "--tensor-model-parallel-size", str(tp), "--load", str(tmp_path / "ckpt")])
+        check_distributed_optimizer_resume(cfg, tmp_path / "ckpt")
+
+    resume(1)
+    with pytest.raises(UserInputError, match=r"written under --tensor-model-parallel-size 1 \(now 2\); with "
+                                             r"--use-distributed-optimizer"):
+        resume(2)
