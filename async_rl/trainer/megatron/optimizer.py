@@ -17,6 +17,16 @@ import torch.distributed as dist
 from async_rl.config.sections import MegatronConfig, TrainConfig
 
 
+def start_adam_state(adam: torch.optim.Optimizer) -> None:
+    """Give every parameter without Adam state the state Adam starts from (zero moments at step 0), so that a
+    sharded description of the state exists before the first step."""
+    for group in adam.param_groups:
+        for p in group["params"]:
+            if not adam.state[p]:
+                adam.state[p] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(p),
+                                 "exp_avg_sq": torch.zeros_like(p)}
+
+
 class _Wrapped:
     """The learning rate of the wrapped optimizer (`inner`)."""
 
@@ -65,11 +75,7 @@ class MegatronAdam(_Wrapped):
         Apex): megatron-core reads every parameter's 'step' to describe that state and fails on an empty one.
         The checkpoint being loaded overwrites the moments; the steps are restored after it."""
         for adam in self._torch_adams():
-            for group in adam.param_groups:
-                for p in group["params"]:
-                    if not adam.state[p]:
-                        adam.state[p] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(p),
-                                         "exp_avg_sq": torch.zeros_like(p)}
+            start_adam_state(adam)
 
     def _restore_torch_adam_steps(self) -> None:
         """Each parameter's Adam step from the loaded parameter groups. megatron-core's load puts one shared step
@@ -121,10 +127,7 @@ class CpuAdamW(_Wrapped):
         from megatron.core.dist_checkpointing.optimizer import (get_param_id_to_sharded_param_map,
                                                                 optim_state_to_sharding_state)
 
-        for p in self.params:  # a fresh AdamW has no state to describe or load into; zeros at step 0 are its start
-            if not self.inner.state[p]:
-                self.inner.state[p] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(p),
-                                       "exp_avg_sq": torch.zeros_like(p)}
+        start_adam_state(self.inner)  # a fresh AdamW has no state to describe or load into
         state = self.inner.state_dict()
         for group in state["param_groups"]:
             group["step"] = float(state["state"][group["params"][0]]["step"]) if group["params"] else 0.0
