@@ -38,10 +38,13 @@ from async_rl.weights.hf_layout import num_experts, read_hf_config
 logger = logging.getLogger(__name__)
 
 
+TRAINER_STATE = "trainer_state"  # each rank's RNG state, step counters and the parallel layout: rank_N.pt
+
+
 def recorded_layout(checkpoint: str | Path) -> dict[str, int] | None:
     """The parallel layout a megatron checkpoint was written under (None: another backend's, or one written before
     the layout was recorded)."""
-    rank0 = Path(checkpoint) / "trainer_state" / "rank_0.pt"
+    rank0 = Path(checkpoint) / TRAINER_STATE / "rank_0.pt"
     return torch.load(rank0, weights_only=False).get("layout") if rank0.is_file() else None
 
 
@@ -420,14 +423,15 @@ class MegatronTrainer(PolicyTrainer):
 
         refs = [p.save.remote(path) for p in self.peers]
         out = Path(path)
-        for part in ("megatron", "trainer_state", "optimizer"):
+        for part in ("megatron", TRAINER_STATE, "optimizer"):
             (out / part).mkdir(parents=True, exist_ok=True)
         state = {"version": self.version, "optimizer_steps": self.optimizer_steps, "torch_rng": torch.get_rng_state(),
                  "layout": self.parallel_layout()}
         with watch_writer(f"megatron trainer rank {self.rank}", str(out)):
             dist_checkpointing.save(self.gpt.sharded_state_dict(), str(out / "megatron"))
-            dist_checkpointing.save(self.optimizer.sharded_state_dict(self.gpt.sharded_state_dict()), str(out / "optimizer"))
-        torch.save(state, out / "trainer_state" / f"rank_{self.rank}.pt")
+            dist_checkpointing.save(self.optimizer.sharded_state_dict(self.gpt.sharded_state_dict()),
+                                    str(out / "optimizer"))
+        torch.save(state, out / TRAINER_STATE / f"rank_{self.rank}.pt")
         _wait(refs)
 
     def parallel_layout(self) -> dict[str, int]:
@@ -442,10 +446,10 @@ class MegatronTrainer(PolicyTrainer):
         refs = [p.load.remote(path) for p in self.peers]
         src = Path(path)
         load_model_checkpoint(self.gpt, str(src / "megatron"))
-        state = torch.load(src / "trainer_state" / "rank_0.pt", weights_only=False)
-        written_under = state.get("layout", self.parallel_layout())  # checkpoints from before the layout was recorded
-        if written_under == self.parallel_layout():
-            state = torch.load(src / "trainer_state" / f"rank_{self.rank}.pt", weights_only=False)
+        written_under = recorded_layout(src) or self.parallel_layout()  # None: written before it was recorded
+        same_layout = written_under == self.parallel_layout()
+        state = torch.load(src / TRAINER_STATE / f"rank_{self.rank if same_layout else 0}.pt", weights_only=False)
+        if same_layout:
             torch.set_rng_state(state["torch_rng"])
         elif self.rank == 0:
             logger.warning("%s: written under %s, loaded under %s: weights and optimizer state resharded, RNG states "
