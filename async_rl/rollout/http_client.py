@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from typing import Any, Coroutine, Sequence
+from typing import Any, Coroutine, Iterable, Sequence
 
 import aiohttp
 
@@ -69,20 +69,18 @@ class HttpClient:
     def get_text(self, path: str, timeout_s: float | None = None) -> str:
         return self._run(self._request("GET", path, timeout_s=timeout_s, as_json=False))
 
+    @staticmethod
+    async def _gather(requests: Iterable[Coroutine]) -> list[Any]:
+        return await asyncio.gather(*requests)
+
     def post_many(self, path: str, payloads: Sequence[Any]) -> list[Any]:
         """Send every payload at once, at most `max_concurrency` in flight; answers in payload order."""
-        async def gather() -> list[Any]:
-            return await asyncio.gather(*(self._generation_request(path, p) for p in payloads))
-
-        return self._run(gather())
+        return self._run(self._gather(self._generation_request(path, p) for p in payloads))
 
     def post_all(self, path: str, payloads: Sequence[Any]) -> list[Any]:
         """Control requests sent at once, outside the generation slots (an abort of every sample of a batch: one
         round trip instead of one per sample, while the batch holds every slot)."""
-        async def gather() -> list[Any]:
-            return await asyncio.gather(*(self._request("POST", path, p) for p in payloads))
-
-        return self._run(gather())
+        return self._run(self._gather(self._request("POST", path, p) for p in payloads))
 
     def close(self) -> None:
         self._run(self._session.close())
