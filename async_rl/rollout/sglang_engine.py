@@ -30,6 +30,7 @@ import ray
 import torch
 
 from async_rl.net import LOOPBACK, free_port, node_address
+from async_rl.rollout.attention_default import default_attention
 from async_rl.rollout import sglang_channel_fp8, sglang_fp8_layers
 from async_rl.rollout.custom_generate import CustomGenerateMixin
 from async_rl.rollout.engine import FINISHED_AT, SamplingParams, WeightVersionMixin
@@ -52,7 +53,8 @@ class SGLangEngine(WeightVersionMixin, CustomGenerateMixin):
                  **server_args: Any):
         """Start an SGLang server for `hf_checkpoint` on `host` (None: this node's cluster address) and a free port.
 
-        `server_args` are SGLang `ServerArgs` fields (mem_fraction_static, attention_backend, tp_size, ...).
+        `server_args` are SGLang `ServerArgs` fields (mem_fraction_static, attention_backend, tp_size, ...); with
+        no attention backend named, `attention_default` may pick one where SGLang's own pick is not installed.
         `fp8` ("block" or "channel"): the engine serves FP8 linear weights in that layout (from an FP8
         checkpoint of `tools/bf16_cast_fp8.py`, or dummy weights until the first push), so weight pushes must
         carry FP8 pairs of that layout. At most `max_concurrent_requests` generation requests are in flight.
@@ -64,6 +66,7 @@ class SGLangEngine(WeightVersionMixin, CustomGenerateMixin):
         if fp8:  # SGLang runs only the custom loaders its server was started with
             loaders = [sglang_fp8_layers.LOAD_FORMAT] + ([sglang_channel_fp8.LOAD_FORMAT] if fp8 == "channel" else [])
             server_args["custom_weight_loader"] = [*server_args.get("custom_weight_loader", []), *loaders]
+        server_args |= default_attention(server_args)
         host = host or node_address(single_machine=False)
         self.server_args = ServerArgs(model_path=hf_checkpoint, random_seed=seed, host=host, port=free_port(host),
                                       weight_version="0", **server_args)
