@@ -26,7 +26,7 @@ from async_rl.config import Config
 from async_rl.data.prompt_dataset import PromptDataset
 from async_rl.errors import TrainingAborted
 from async_rl.evaluation import Evaluator, eval_sets_from_flag
-from async_rl.invariants import check_first_step, check_probe
+from async_rl.invariants import check_first_step, check_probe, probe_tolerance
 from async_rl.metrics_logger import MetricsLogger, WandbSettings
 from async_rl.placement import (
     check_training_gpus, create_engine, create_trainer, needs_initial_weights, start_ray, start_router, trainer_bundles,
@@ -306,7 +306,8 @@ class TrainingSession:
         if self.cfg.train.check_invariants and self._last_batch:
             samples, advantages = self._last_batch
             probe = {"samples": [sample_to_dict(s) for s in samples], "advantages": advantages,
-                     "result": ray.get(self.trainer.probe.remote(samples, advantages))}
+                     "result": ray.get(self.trainer.probe.remote(samples, advantages)),
+                     "layout": ray.get(self.trainer.parallel_layout.remote())}
 
         def write(path: str) -> None:
             ray.get(self.trainer.save.remote(path))
@@ -317,15 +318,28 @@ class TrainingSession:
 
         self.last_checkpoint = save_checkpoint(self.cfg.checkpoint.save, step, driver_state, write)
 
+    def _check_probe(self, checkpoint: Path) -> None:
+        probe = json.loads((checkpoint / PROBE).read_text())
+        layout = ray.get(self.trainer.parallel_layout.remote())
+        saved_layout = probe.get("layout", layout)  # checkpoints from before the layout was recorded: the same one
+        bf16 = self.cfg.backend.train_backend == "megatron" and self.cfg.megatron.bf16
+        tolerance = probe_tolerance(saved_layout, layout, bf16)
+        if tolerance is None:
+            print(f"invariant not checked after --load: the probe was recorded under {saved_layout}, and BF16 sums under "
+                  f"{layout} run in another order", flush=True)
+            return
+        samples = [sample_from_dict(d) for d in probe["samples"]]
+        recomputed = ray.get(self.trainer.probe.remote(samples, probe["advantages"]))
+        check_probe(probe["result"], recomputed, str(checkpoint), tolerance)
+        print(f"invariant holds after --load: probe loss and grad norm equal ({probe['result']} saved, {recomputed} "
+              f"now, relative tolerance {tolerance[0]:g})", flush=True)
+
     def _load(self, checkpoint: Path) -> None:
         state = read_driver_state(checkpoint)
         with self.training_turn():
             ray.get(self.trainer.load.remote(str(checkpoint)))
             if self.cfg.train.check_invariants and (checkpoint / PROBE).is_file():
-                probe = json.loads((checkpoint / PROBE).read_text())
-                samples = [sample_from_dict(d) for d in probe["samples"]]
-                check_probe(probe["result"], ray.get(self.trainer.probe.remote(samples, probe["advantages"])), str(checkpoint))
-                print(f"invariant holds after --load: probe loss and grad norm equal ({probe['result']})", flush=True)
+                self._check_probe(checkpoint)
         engine_rng = torch.load(checkpoint / ENGINE_RNG)
         if len(engine_rng) == len(self.rollout.engines):  # same engine count: continue their sampling streams
             ray.get([e.load_rng_state.remote(s) for e, s in zip(self.rollout.engines, engine_rng) if s is not None])

@@ -230,7 +230,8 @@ class TrainConfig:
     check_invariants: bool = flag(
         False, "Stop with an error when a correctness invariant fails: at the first step, trainer log-probs equal "
         "the rollout's (on-policy samples, unquantized rollout) and the PPO ratio is 1; after --load, the loss "
-        "and gradient norm on the checkpoint's probe batch equal those recorded when it was saved."
+        "and gradient norm on the checkpoint's probe batch equal those recorded when it was saved (under another "
+        "parallel layout: within FP32 reduction-order noise, not compared in BF16)."
     )
     invariant_logprob_tol: float = flag(1e-3, "--check-invariants: largest mean |trainer - rollout| log-prob difference.")
     deterministic_mode: bool = flag(
