@@ -30,8 +30,8 @@ import ray
 import torch
 
 from async_rl.net import LOOPBACK, free_port, node_address
-from async_rl.rollout.attention_default import default_attention
 from async_rl.rollout import sglang_channel_fp8, sglang_fp8_layers
+from async_rl.rollout.attention_default import default_attention
 from async_rl.rollout.custom_generate import CustomGenerateMixin
 from async_rl.rollout.engine import FINISHED_AT, SamplingParams, WeightVersionMixin
 from async_rl.rollout.http_client import HttpClient
