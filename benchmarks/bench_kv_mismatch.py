@@ -84,16 +84,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         fp8 = ["--fp8-model-dir", str(fp8_checkpoint(args.model_dir, Path(tmp) / "fp8"))] if any(
             c.startswith("block/") for c in args.cells) else []
-        base = None
+        base, done = None, {}
         for cell in args.cells:  # one process per engine
             r = run_case(cell, [__file__, *sys.argv[1:], "--one", cell, *fp8])
             if r is None:
                 continue
+            done[cell] = r
             base = base or (r if cell == CELLS[0] else None)
             weights, kv_cache = cell.split("/")
             ratio = f"{r['mean_abs'] / base['mean_abs']:.2f}x" if base else "-"
             print(f"| {weights} | {'bf16' if kv_cache == 'auto' else kv_cache} | {r['tokens']:,} | {r['mean_abs']:.4f} | "
                   f"{r['p99_abs']:.3f} | {r['outside_ratio_0.5_2']:.2%} | {ratio} |", flush=True)
+    if base and next(iter(done)) != CELLS[0]:  # rows printed before the base cell ran have no ratio above
+        print("vs bf16/bf16: " + ", ".join(f"{c} {r['mean_abs'] / base['mean_abs']:.2f}x" for c, r in done.items()))
 
 
 if __name__ == "__main__":
