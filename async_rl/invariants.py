@@ -47,7 +47,7 @@ def check_first_step(step: int, samples: list[Sample], metrics: dict[str, float]
     return checked
 
 
-def probe_tolerance(saved_layout: dict[str, int], layout: dict[str, int], bf16: bool) -> tuple[float, float] | None:
+def probe_tolerance(saved_layout: dict[str, int] | None, layout: dict[str, int] | None, bf16: bool) -> tuple[float, float] | None:
     """(relative, absolute) tolerance of the probe comparison after a load; None for BF16 under another layout,
     whose reordered sums move the probe far more than FP32 noise, by an amount not measured against wrong weights."""
     if saved_layout == layout:

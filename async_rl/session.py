@@ -40,6 +40,7 @@ from async_rl.rollout.producer import AdmissionControl, RolloutProducer, sample_
 from async_rl.rollout.weight_sync import make_weight_sync
 from async_rl.sample import Sample
 from async_rl.startup_checks import check_startup, prepare_output_dir
+from async_rl.trainer.megatron.trainer import recorded_layout
 from rewards.deepscaler import lacks_reasoning_marker
 from rewards.grading import RewardGrader
 from rewards.registry import resolve_reward
@@ -306,8 +307,7 @@ class TrainingSession:
         if self.cfg.train.check_invariants and self._last_batch:
             samples, advantages = self._last_batch
             probe = {"samples": [sample_to_dict(s) for s in samples], "advantages": advantages,
-                     "result": ray.get(self.trainer.probe.remote(samples, advantages)),
-                     "layout": ray.get(self.trainer.parallel_layout.remote())}
+                     "result": ray.get(self.trainer.probe.remote(samples, advantages))}
 
         def write(path: str) -> None:
             ray.get(self.trainer.save.remote(path))
@@ -320,8 +320,9 @@ class TrainingSession:
 
     def _check_probe(self, checkpoint: Path) -> None:
         probe = json.loads((checkpoint / PROBE).read_text())
-        layout = ray.get(self.trainer.parallel_layout.remote())
-        saved_layout = probe.get("layout", layout)  # checkpoints from before the layout was recorded: the same one
+        # None: a one-process (torch) trainer's checkpoint, or one from before layouts were recorded
+        saved_layout = recorded_layout(checkpoint)
+        layout = ray.get(self.trainer.parallel_layout.remote()) if saved_layout else None
         bf16 = self.cfg.backend.train_backend == "megatron" and self.cfg.megatron.bf16
         tolerance = probe_tolerance(saved_layout, layout, bf16)
         if tolerance is None:

@@ -183,10 +183,6 @@ class PolicyTrainer:
             if self.ref_model is not None:
                 mb.ref = self.forward_log_probs(self.ref_model, mb.batch)
 
-    def parallel_layout(self) -> dict[str, int]:
-        """How the model is split over ranks; one process holds all of it."""
-        return {"world": 1}
-
     def compute_log_probs(self, samples: list[Sample]) -> list[list[float]]:
         out: list[list[float]] = [[] for _ in samples]
         steps = self._split(samples)

@@ -435,7 +435,8 @@ class MegatronTrainer(PolicyTrainer):
         _wait(refs)
 
     def parallel_layout(self) -> dict[str, int]:
-        """The parallel layout a checkpoint was written under: ranks' RNG states only mean something in the same one."""
+        """This run's parallel layout, recorded with each checkpoint: RNG states are restored, and the resume probe
+        compared exactly, only under the same one."""
         return {"world": dist.get_world_size(), "tensor": self.tp_size, "expert": self.ep_size, "data": self.dp_size}
 
     def load(self, path: str) -> None:
