@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,11 +31,17 @@ class WandbSettings:
 
 
 class MetricsLogger:
-    def __init__(self, output_dir: str, tensorboard_dir: str | None = None, wandb: WandbSettings | None = None):
+    """`resume_step`: a run resumed from a checkpoint of that many steps logs those steps again, so the rows and
+    TensorBoard points a crashed run wrote after its checkpoint are dropped first (no doubled points in plots)."""
+
+    def __init__(self, output_dir: str, tensorboard_dir: str | None = None, wandb: WandbSettings | None = None,
+                 resume_step: int | None = None):
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None:
+            _drop_rows_from(out / "metrics.jsonl", resume_step)
         self.jsonl = (out / "metrics.jsonl").open("a", encoding="utf-8")
-        self.writer = SummaryWriter(tensorboard_dir or str(out / "tensorboard"))
+        self.writer = SummaryWriter(tensorboard_dir or str(out / "tensorboard"), purge_step=resume_step)
         self.wandb_run = _start_wandb(wandb, out) if wandb else None
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
@@ -54,6 +61,19 @@ class MetricsLogger:
         self.writer.close()
         if self.wandb_run is not None:
             self.wandb_run.finish()
+
+
+def _drop_rows_from(path: Path, step: int) -> None:
+    """Rewrite `path` without its rows of `step` and later (a temporary file, then a rename)."""
+    if not path.is_file():
+        return
+    rows = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [row for row in rows if not row.strip() or json.loads(row)["step"] < step]
+    if len(kept) == len(rows):
+        return
+    staging = path.with_name(path.name + ".tmp")
+    staging.write_text("".join(kept), encoding="utf-8")
+    os.replace(staging, path)
 
 
 def _start_wandb(settings: WandbSettings, output_dir: Path):

@@ -113,7 +113,8 @@ class TrainingSession:
 
         lg = cfg.logging
         wandb = WandbSettings(lg.wandb_project, lg.wandb_mode, cfg.to_flat_dict()) if lg.use_wandb else None
-        self.metrics_logger = MetricsLogger(lg.output_dir, lg.tensorboard_dir, wandb)
+        resume_step = int(read_driver_state(checkpoint)["step"]) if checkpoint is not None else None
+        self.metrics_logger = MetricsLogger(lg.output_dir, lg.tensorboard_dir, wandb, resume_step=resume_step)
         start_ray(cfg)
         self.router: Any = None
         try:  # a failure past this point must not leave Ray and its actors running

@@ -11,11 +11,13 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from omegaconf import OmegaConf
+
 from async_rl.backend_checks import (
     check_colocated_engines, check_distributed_optimizer_resume, check_fp8_rollout, check_local_engine, check_megatron,
     check_routing_replay, check_sglang,
 )
-from async_rl.checkpoint import resolve_checkpoint
+from async_rl.checkpoint import LATEST, resolve_checkpoint
 from async_rl.config import Config
 from async_rl.errors import UserInputError
 from async_rl.evaluation import eval_sets_from_flag
@@ -81,8 +83,19 @@ def check_outputs(cfg: Config) -> None:
         if path:
             _check_writable(flag, path)
     if (Path(lg.output_dir) / "metrics.jsonl").is_file() and not cfg.checkpoint.load and not lg.overwrite_output_dir:
-        raise UserInputError(f"--output-dir {lg.output_dir} holds a run already: resume it with --load, choose another "
-                             f"--output-dir, or pass --overwrite-output-dir")
+        checkpoint = _earlier_runs_checkpoint(Path(lg.output_dir))
+        resume = f"resume it with --load {checkpoint}, " if checkpoint else "it saved no checkpoint to resume: "
+        raise UserInputError(f"--output-dir {lg.output_dir} holds an earlier run: {resume}choose another --output-dir, "
+                             f"or pass --overwrite-output-dir to start afresh there")
+
+
+def _earlier_runs_checkpoint(output_dir: Path) -> str | None:
+    """The --save root of the run recorded in `output_dir/config.yaml`, where it holds a checkpoint."""
+    try:
+        save = OmegaConf.load(output_dir / "config.yaml").get("save")
+    except Exception:  # an unreadable or absent config.yaml: nothing to point at
+        return None
+    return save if save and (Path(save) / LATEST).is_file() else None
 
 
 def check_reward(cfg: Config) -> None:

@@ -3,7 +3,8 @@
 Sync reward functions run in a pool of worker processes, each call under a per-sample timeout (an alarm
 inside the worker, and a hard deadline outside it that replaces the pool if a worker is stuck in C code).
 Async functions run on an event loop under `asyncio.wait_for`. A call that times out or raises gives
-the configured default reward and is counted; the run goes on.
+the configured default reward and is counted, with one warning per batch; the run goes on, unless the
+function has never returned a valid reward, in which case the run stops with that function's first error.
 """
 
 from __future__ import annotations
@@ -21,11 +22,16 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, wait
 from typing import Any
 
+from async_rl.errors import TrainingAborted
 from rewards.registry import RewardSpec
 
 logger = logging.getLogger(__name__)
 _HARD_DEADLINE_GRACE_S = 5.0
 _WORKER_START_TIMEOUT_S = 120.0
+
+
+class RewardFunctionBroken(TrainingAborted):
+    """The reward function failed on every sample it was given: the run stops rather than learn from nothing."""
 
 
 class _Timeout(Exception):
@@ -74,6 +80,7 @@ class RewardGrader:
         self.timeout = timeout
         self.default = default
         self._pool: ProcessPoolExecutor | None = None
+        self._succeeded = False  # any valid reward yet; until then, a call that only errors stops the run
         if not spec.is_async:
             try:
                 pickle.dumps(spec.fn)
@@ -147,33 +154,55 @@ class RewardGrader:
             units = [[s] for s in samples]
         outcomes = asyncio.run(self._run_async(units)) if self.spec.is_async else self._run_in_pool(units)
         counts: Counter = Counter()
+        failures: list[str] = []
         rewards: dict[int, float | dict] = {}
         for unit, (status, value) in zip(units, outcomes):
-            values = self._check(unit, status, value, counts)
+            values, failure = self._check(unit, status, value)
+            if failure is None:
+                self._succeeded = True
+            else:
+                counts["timeouts" if status == "timeout" else "errors"] += len(unit)
+                failures.append(failure)
             for sample, reward in zip(unit, values):
                 rewards[id(sample)] = reward
+        if failures:
+            self._report(failures, counts, len(samples))
         return [rewards[id(s)] for s in samples], counts
 
-    def _check(self, unit: list, status: str, value: Any, counts: Counter) -> list[float | dict]:
-        """The unit's rewards, or the default for each of its samples with a counted, logged reason."""
-        where = f"group {unit[0].group_id}" + ("" if self.spec.group else f", sample {unit[0].index}")
+    def _check(self, unit: list, status: str, value: Any) -> tuple[list[float | dict], str | None]:
+        """The unit's rewards and None, or the default for each of its samples and the reason, naming the unit."""
         if status == "ok":
             values = value if self.spec.group else [value]
             if self.spec.group and (not isinstance(value, list) or len(value) != len(unit)):
-                status, value = "error", f"returned {value!r}, expected a list of {len(unit)} rewards"
+                status, value = "error", f"returned {_clip(value)}, expected a list of {len(unit)} rewards"
             elif not all(_is_reward(v) for v in values):
-                status, value = "error", f"returned {value!r}, expected a float or a dict with 'score'"
+                status, value = "error", f"returned {_clip(value)}, expected a float or a dict with 'score'"
             else:
-                return values
-        counts["timeouts" if status == "timeout" else "errors"] += len(unit)
+                return values, None
+        where = f"group {unit[0].group_id}" + ("" if self.spec.group else f", sample {unit[0].index}")
         reason = f"timed out after {self.timeout:g}s" if status == "timeout" else f"failed: {value}"
-        logger.warning("reward %s %s on %s; scoring %g", self.spec.name, reason, where, self.default)
-        return [self.default] * len(unit)
+        return [self.default] * len(unit), f"{reason} on {where}"
+
+    def _report(self, failures: list[str], counts: Counter, n_samples: int) -> None:
+        """One line per call, however many samples failed; a function that has failed on every sample it was
+        ever given (not merely timed out) is broken, and the run stops instead of training on default rewards."""
+        failed = counts["errors"] + counts["timeouts"]
+        summary = (f"reward {self.spec.name}: {failed} of {n_samples} samples scored {self.default:g} "
+                   f"({counts['errors']} errors, {counts['timeouts']} timeouts); first: {failures[0]}")
+        if not self._succeeded and counts["errors"] == n_samples:
+            raise RewardFunctionBroken(f"{summary}. It has not returned a valid reward for any sample yet: fix the "
+                                       f"reward function (--custom-rm-path / --rm-type) and start again")
+        logger.warning(summary)
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+
+def _clip(value: Any, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
 def _is_reward(value: Any) -> bool:

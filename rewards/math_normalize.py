@@ -18,7 +18,10 @@ _UNITS = ("degree", "cm", "centimeter", "meter", "mile", "second", "minute", "ho
           "year", "foot", "feet", "inch", "yard")
 _UNIT_PATTERNS = [re.compile(rf"{unit}(es)?(s)? *(\^[0-9]+)?") for unit in _UNITS]
 _REFUSED_SUBSTRINGS = ("^{", "^(", "**")
-_REFUSED_PATTERNS = (re.compile(r"\^[0-9]+\^"), re.compile(r"\^[0-9][0-9]+"))
+_REFUSED_PATTERNS = (
+    re.compile(r"\^[0-9]+\^"), re.compile(r"\^[0-9][0-9]+"),  # towers and large exponents
+    re.compile(r"[0-9]{4,}!"), re.compile(r"\)!"),  # factorials of 1000 and up, or of an expression
+)
 _MAX_SYMPY_CHARS = 1000
 _BRACKETS = "()[]"
 _SYMPY_NAMES = {k: v for k, v in sympy.__dict__.items() if not k.startswith("_")}
@@ -185,7 +188,7 @@ def sympy_normalize(expr: str | None) -> str | None:
 
 
 def _may_evaluate(expr: str) -> bool:
-    """Refuse free text (more than two distinct letters) and powers that could explode."""
+    """Refuse free text (more than two distinct letters), and powers and factorials that could explode."""
     letters = {c for c in expr.replace("sqrt", "").replace("frac", "") if c.isalpha()}
     return (
         len(letters) <= 2

@@ -152,39 +152,85 @@ def test_non_finite_steps_are_skipped_counted_and_bounded(tiny_model, tmp_path):
     assert row["train/skipped_steps"] == 1
 
 
-@pytest.mark.parametrize("signal_name, loop", [("SIGTERM", "sync"), ("SIGINT", "async")])
-def test_a_stop_signal_ends_after_the_step_saves_and_says_where(tiny_model, tmp_path, signal_name, loop):
+def start_long_run(tiny_model, tmp_path, *extra):
+    """A 500-step run in its own process group, returned once its first step is in metrics.jsonl."""
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "async_rl.train", *extra,
+           *run_flags(tiny_model, out, "--num-rollout", "500", "--save", str(tmp_path / "ckpt"), evaluate=False)]
+    process = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    deadline = time.time() + 120
+    while not ((out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text().strip()):
+        if time.time() > deadline or process.poll() is not None:
+            process.kill()
+            pytest.fail(f"no step logged: {process.communicate()[1][-3000:]}")
+        time.sleep(0.5)
+    return process, out
+
+
+@pytest.mark.parametrize("signal_name, loop, signals, reader", [
+    ("SIGTERM", "sync", 1, "kept"), ("SIGINT", "async", 1, "kept"), ("SIGINT", "sync", 2, "gone"),
+])
+def test_a_stop_signal_ends_after_the_step_saves_and_says_where(tiny_model, tmp_path, signal_name, loop, signals, reader):
     """SIGTERM (plain `timeout`, a scheduler) or Ctrl-C (a terminal), each sent to every process of the run's group:
-    the run finishes its step, saves, and says so in one line; no worker dies of it or prints a traceback."""
+    the run finishes its step, saves, and says so in one line; no worker dies of it or prints a traceback. Ctrl-C
+    pressed twice under `| tee` (which dies of the first, so stdout has no reader) still saves, and the line that
+    stdout can no longer carry comes on stderr."""
     import os
     import signal
     import time
 
     signum = getattr(signal, signal_name)
-    out, ckpt = tmp_path / "run", tmp_path / "ckpt"
-    cmd = [sys.executable, "-m", "async_rl.train", *(["--async"] if loop == "async" else []),
-           *run_flags(tiny_model, out, "--num-rollout", "500", "--save", str(ckpt), evaluate=False)]
-    process = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+    process, out = start_long_run(tiny_model, tmp_path, *(["--async"] if loop == "async" else []))
     try:
-        deadline = time.time() + 120
-        while not ((out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text().strip()):
-            assert time.time() < deadline and process.poll() is None, process.stderr.read() if process.poll() else "no step"
-            time.sleep(0.5)
-        os.killpg(process.pid, signum)
-        stdout, stderr = process.communicate(timeout=120)
+        if reader == "gone":
+            process.stdout.close()
+        for _ in range(signals):
+            os.killpg(process.pid, signum)
+            time.sleep(0.2)
+        stdout = process.stdout.read() if reader == "kept" else ""
+        stderr = process.stderr.read()
+        process.wait(timeout=120)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode == 128 + signum, stderr
     steps = [r["step"] for r in metrics_of(out)]
     assert len(steps) < 500
+    ckpt = tmp_path / "ckpt"
     saved = ckpt / f"step_{steps[-1] + 1:06d}"
     assert (ckpt / "latest").read_text() == saved.name and (saved / "model" / "model.safetensors").is_file()
-    assert f"stopped by {signal_name} after step {steps[-1] + 1}: checkpoint of step {steps[-1] + 1} saved at {saved} " \
-           f"(resume with --load {ckpt})" in stdout
-    for noise in ("Traceback", "KeyboardInterrupt", "BrokenProcessPool"):
+    line = f"stopped by {signal_name} after step {steps[-1]}: checkpoint saved at {saved} (resume with --load {ckpt})"
+    assert line in (stdout if reader == "kept" else stderr)
+    if signals == 2:
+        assert "still stopping after this step, and saving it" in stderr
+    for noise in ("Traceback", "KeyboardInterrupt", "BrokenProcessPool", "BrokenPipeError"):
         assert noise not in stderr, stderr[-3000:]
+
+
+def test_a_driver_killed_outright_leaves_no_process_behind(tiny_model, tmp_path):
+    """kill -9 (what the out-of-memory killer does): reward workers, the resource tracker and the local Ray the
+    driver started all end within 30 s."""
+    import signal
+    import time
+
+    import psutil
+
+    process, _ = start_long_run(tiny_model, tmp_path)
+    driver = psutil.Process(process.pid)
+    left = [p for p in driver.children(recursive=True) if "async_rl.orphan_reaper" not in " ".join(p.cmdline())]
+    assert len(left) >= 3, [p.cmdline() for p in left]  # two reward workers and Ray at least
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        left = [p for p in left if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        if not left:
+            break
+        time.sleep(1)
+    assert not left, [(p.pid, p.cmdline()[:3]) for p in left]
 
 
 @pytest.mark.parametrize("estimator", ["gspo", "cispo"])

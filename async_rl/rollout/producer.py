@@ -35,6 +35,7 @@ import ray
 import torch
 
 from async_rl.data.prompt_dataset import PromptDataset, PromptRow
+from async_rl.errors import TrainingAborted
 from async_rl.rollout.engine import FINISHED_AT, SamplingParams
 from async_rl.rollout.manager import (
     DynamicSampling, KeepRate, PendingRollout, RolloutManager, indexed, reward_failure_metrics, split_groups,
@@ -154,6 +155,8 @@ class RolloutProducer:
                                    "rounds' worth of groups; training on what passed", len(self.buffer), target_groups)
                     break
                 self._cond.wait(timeout=1.0)
+            if isinstance(self._error, TrainingAborted):  # a deliberate stop, said in one line like the sync loop's
+                raise self._error
             if self._error is not None:
                 raise RuntimeError("the rollout producer failed") from self._error
             taken, self.buffer = self.buffer[:target_groups], self.buffer[target_groups:]
@@ -252,7 +255,8 @@ class RolloutProducer:
                 if ready:
                     self._receive(ready[0])
         except BaseException as e:  # surfaced to the trainer by take_batch
-            logger.exception("rollout producer failed")
+            if not isinstance(e, TrainingAborted):
+                logger.exception("rollout producer failed")
             with self._cond:
                 self._error = e
                 self._cond.notify_all()

@@ -52,13 +52,17 @@ HOSTILE = [
     "<think>x</think>\\boxed{10^{1000000}}",
     "<think>x</think>\\boxed{(" * 500 + ")" * 500 + "}",
     "<think>x</think>\\boxed{" + "\\frac{1}{" * 300 + "2" + "}" * 300 + "}",
+    "<think>x</think>\\boxed{1000000!}",
+    "<think>x</think>\\boxed{99999!!}",
+    "<think>x</think>\\boxed{(999+1)!}",
 ]
 
 
+@pytest.mark.parametrize("label", ["85", "\\frac{1}{2}"])  # a non-integer label reaches the symbolic comparison
 @pytest.mark.parametrize("response", HOSTILE, ids=range(len(HOSTILE)))
-def test_hostile_responses_are_graded_quickly_in_process(response):
+def test_hostile_responses_are_graded_quickly_in_process(response, label):
     start = time.perf_counter()
-    assert score(response, "85") == 0.0
+    assert score(response, label) == 0.0
     assert time.perf_counter() - start < 5.0
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from async_rl.errors import UserInputError
 from async_rl.sample import Sample
-from rewards.grading import RewardGrader
+from rewards.grading import RewardFunctionBroken, RewardGrader
 from rewards.registry import resolve_reward
 
 ARGS = argparse.Namespace(rollout_batch_size=7)
@@ -49,7 +49,9 @@ def test_plugin_that_raises_or_hangs_is_counted_and_scored_default(caplog):
     assert time.perf_counter() - start < 10
     assert rewards == [-1.0, -1.0, 1.0, -1.0, -1.0, 1.0]
     assert counts == {"errors": 2, "timeouts": 2}
-    assert f"--custom-rm-path {PLUGINS}:flaky failed: ValueError: plugin bug on group 0, sample 0" in caplog.text
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "rewards.grading"]
+    assert line == (f"reward --custom-rm-path {PLUGINS}:flaky: 4 of 6 samples scored -1 (2 errors, 2 timeouts); "
+                    f"first: failed: ValueError: plugin bug on group 0, sample 0")
 
 
 def test_a_worker_stuck_in_c_code_is_replaced_after_the_hard_deadline():
@@ -82,9 +84,26 @@ def test_every_worker_ignores_stop_signals_before_the_pool_takes_work(signum):
         grader.close()
 
 
-def test_a_reward_of_the_wrong_type_is_an_error_not_a_crash():
-    rewards, counts = grade(resolve_reward("deepscaler", f"{PLUGINS}:returns_nonsense"), samples(2))
-    assert rewards == [0.0, 0.0] and counts["errors"] == 2
+def test_a_function_that_never_returns_a_reward_stops_the_run_in_one_line():
+    with pytest.raises(RewardFunctionBroken) as stopped:
+        grade(resolve_reward("deepscaler", f"{PLUGINS}:returns_nonsense"), samples(200))
+    message = str(stopped.value)
+    assert "\n" not in message and len(message) < 600
+    assert message.startswith(f"reward --custom-rm-path {PLUGINS}:returns_nonsense: 200 of 200 samples scored 0 "
+                              f"(200 errors, 0 timeouts); first: failed: returned 'yes', expected a float")
+    assert "has not returned a valid reward for any sample yet" in message
+
+
+def test_a_function_that_has_worked_only_warns_when_a_whole_batch_fails(caplog):
+    grader = RewardGrader(resolve_reward("deepscaler", f"{PLUGINS}:exact_label"), args=ARGS)
+    try:
+        assert grader.grade(samples(2, response="4"))[0] == [1.0, 1.0]
+        grader.spec = resolve_reward("deepscaler", f"{PLUGINS}:returns_nonsense")
+        rewards, counts = grader.grade(samples(3))
+        assert rewards == [0.0] * 3 and counts["errors"] == 3
+    finally:
+        grader.close()
+    assert "3 of 3 samples scored 0 (3 errors, 0 timeouts)" in caplog.text
 
 
 @pytest.mark.parametrize(
