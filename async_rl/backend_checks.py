@@ -15,6 +15,9 @@ from async_rl.errors import UserInputError
 from async_rl.weights.fp8 import checkpoint_granularity, is_fp8_quantizable, scale_name
 from async_rl.weights.hf_layout import num_experts, read_hf_config
 
+# from a checkout (the project is installed from its source directory); the extra names the GPU packages
+GPU_INSTALL = "pip install -e '.[gpu]' in the async_rl directory"
+
 
 def check_backends(cfg: Config) -> None:
     """Fail before anything starts when a backend cannot run here (missing package, no GPU, bad server flag)."""
@@ -49,7 +52,7 @@ def check_sglang(cfg: Config) -> None:
     try:
         from sglang.srt.server_args import ServerArgs
     except ImportError:
-        raise UserInputError("--rollout-backend sglang needs SGLang: pip install 'async_rl[gpu]'") from None
+        raise UserInputError(f"--rollout-backend sglang needs SGLang: {GPU_INSTALL}") from None
     if cfg.cluster.actor_num_gpus_per_node == 0:
         raise UserInputError("--rollout-backend sglang runs on GPUs: set --actor-num-gpus-per-node")
     if cfg.num_rollout_engines < 1:
@@ -64,7 +67,7 @@ def check_megatron(cfg: Config) -> None:
     try:
         import megatron.core  # noqa: F401
     except ImportError:
-        raise UserInputError("--train-backend megatron needs megatron-core: pip install 'async_rl[gpu]'") from None
+        raise UserInputError(f"--train-backend megatron needs megatron-core: {GPU_INSTALL}") from None
     from async_rl.trainer.megatron.model import SUPPORTED, moe_config, rope_arguments
 
     hf = read_hf_config(cfg.model.hf_checkpoint)
@@ -142,7 +145,7 @@ def check_transformer_engine(cfg: Config) -> None:
         if cfg.cluster.actor_num_gpus_per_node == 0:
             raise UserInputError(f"{flag} runs Transformer Engine's layers, which need GPUs: set --actor-num-gpus-per-node")
         if not transformer_engine_importable():
-            raise UserInputError(f"{flag} needs Transformer Engine: pip install 'async_rl[gpu]'")
+            raise UserInputError(f"{flag} needs Transformer Engine: {GPU_INSTALL}")
     if m.fp8_recipe == "mxfp8" and torch.cuda.is_available() and torch.cuda.get_device_capability() < (10, 0):
         raise UserInputError(f"--fp8-recipe mxfp8 needs a Blackwell GPU (compute capability 10+), not "
                              f"{torch.cuda.get_device_name()}: use tensorwise or delayed")

@@ -6,6 +6,7 @@ the plan, then every problem, and exits 2 if there is one, so a recipe that pass
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -19,6 +20,7 @@ from async_rl.backend_checks import (
 )
 from async_rl.checkpoint import LATEST, resolve_checkpoint
 from async_rl.config import Config
+from async_rl.data.prompt_dataset import check_prompt_file
 from async_rl.errors import UserInputError
 from async_rl.evaluation import eval_sets_from_flag
 from async_rl.placement_plan import plan_placement
@@ -60,12 +62,28 @@ def check_model(cfg: Config) -> None:
 
 
 def check_data(cfg: Config) -> None:
-    files = {"--prompt-data": [cfg.data.prompt_data] if cfg.data.prompt_data else []}
+    """Every prompt file exists and holds rows a start would load (the fields --input-key and --label-key name,
+    valid JSON lines); each file's first problem is reported, all files at once."""
+    d = cfg.data
+    files = {"--prompt-data": [d.prompt_data] if d.prompt_data else []}
     files["--eval-prompt-data"] = list(eval_sets_from_flag(cfg.eval.eval_prompt_data).values())
+    problems = []
     for flag, paths in files.items():
         for path in paths:
-            if not _built_before_start(path) and not Path(path).is_file():
-                raise UserInputError(f"{flag} {path}: file not found")
+            if _built_before_start(path):
+                continue
+            try:
+                check_prompt_file(path, input_key=d.input_key, label_key=d.label_key,
+                                  apply_chat_template=d.apply_chat_template, skip_bad_rows=d.skip_bad_rows)
+            except UserInputError as e:
+                problems.append(f"{flag} {e}")
+    if problems:
+        raise StartupCheckFailed(problems)
+
+
+def check_logging(cfg: Config) -> None:
+    if cfg.logging.use_wandb and importlib.util.find_spec("wandb") is None:
+        raise UserInputError("--use-wandb needs the wandb package: pip install wandb")
 
 
 def _check_writable(flag: str, path: str) -> None:
@@ -122,7 +140,7 @@ def _model_config_readable(cfg: Config) -> bool:
 
 def check_rollout_backend(cfg: Config) -> None:
     check_colocated_engines(cfg)
-    if cfg.backend.rollout_backend == "sglang" and _model_config_readable(cfg):
+    if cfg.backend.rollout_backend == "sglang":
         check_sglang(cfg)
     if cfg.backend.rollout_backend == "local" and _model_config_readable(cfg):
         check_local_engine(cfg)
@@ -162,7 +180,7 @@ def check_debug_data(cfg: Config) -> None:
 
 
 CHECKS: list[Callable[[Config], None]] = [
-    check_model, check_data, check_outputs, check_reward, check_filter, check_generate_function, check_rollout_backend,
+    check_model, check_data, check_outputs, check_logging, check_reward, check_filter, check_generate_function, check_rollout_backend,
     check_rollout_weights, check_trainer_backend, plan_placement, check_load, check_debug_data,
 ]
 
@@ -173,6 +191,8 @@ def startup_problems(cfg: Config) -> list[str]:
     for check in CHECKS:
         try:
             check(cfg)
+        except StartupCheckFailed as e:
+            problems.extend(e.problems)
         except UserInputError as e:
             problems.append(str(e))
     return problems

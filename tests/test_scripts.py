@@ -1,6 +1,7 @@
 """Launch scripts: every --dry-run works on a CPU machine, its GPU plan adds up, and YAML twins agree."""
 
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -44,9 +45,13 @@ def stub_root(tmp_path_factory, tiny_model) -> Path:
         for f in tiny_model.glob("tokenizer*"):
             shutil.copy(f, model / f.name)
     rows = REPO / "tests" / "fixtures" / "gsm8k_test_head24.jsonl"
-    for data in ("dapo-math-17k.jsonl", "aime-2024.jsonl", "gsm8k/train.jsonl", "gsm8k/test.jsonl"):
-        (root / "data" / data).parent.mkdir(parents=True, exist_ok=True)
+    (root / "data" / "gsm8k").mkdir(parents=True)
+    for data in ("dapo-math-17k.jsonl", "aime-2024.jsonl"):
         shutil.copy(rows, root / "data" / data)
+    hf_gsm8k = [json.dumps({"question": r["prompt"], "answer": f"... #### {r['label']}"})  # the Hub's layout
+                for r in map(json.loads, rows.read_text().splitlines())]
+    for split in ("train", "test"):
+        (root / "data" / "gsm8k" / f"{split}.jsonl").write_text("\n".join(hf_gsm8k) + "\n")
     stage1 = root / "checkpoints" / "qwen2.5-7b-dapo-fp8" / "stage1"
     stage1.mkdir(parents=True)
     (stage1 / "driver_state.json").write_text("{}")

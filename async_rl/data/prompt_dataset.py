@@ -27,8 +27,9 @@ class PromptRow:
     metadata: dict[str, Any]
 
 
-def read_rows(path: str, *, skip_bad_rows: bool = False) -> list[dict[str, Any]]:
-    """Rows of a .jsonl or .parquet file, each a dict.
+def read_rows(path: str, *, skip_bad_rows: bool = False) -> list[tuple[int, dict[str, Any]]]:
+    """Rows of a .jsonl or .parquet file, each a dict with its number: the line of a .jsonl file, the row of a
+    .parquet one, the number every message about the row uses.
 
     A malformed line is an error naming file and line, or, with `skip_bad_rows`, counted and logged.
     """
@@ -38,7 +39,7 @@ def read_rows(path: str, *, skip_bad_rows: bool = False) -> list[dict[str, Any]]
     if p.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        return pq.read_table(p).to_pylist()
+        return list(enumerate(pq.read_table(p).to_pylist(), start=1))
     rows, bad = [], []
     with p.open(encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
@@ -50,7 +51,7 @@ def read_rows(path: str, *, skip_bad_rows: bool = False) -> list[dict[str, Any]]
             except json.JSONDecodeError as e:
                 problem = f"not valid JSON ({e.msg})"
             if problem is None:
-                rows.append(row)
+                rows.append((line_no, row))
             elif skip_bad_rows:
                 bad.append(line_no)
             else:
@@ -58,6 +59,36 @@ def read_rows(path: str, *, skip_bad_rows: bool = False) -> list[dict[str, Any]]
     if bad:
         logger.warning("%s: skipped %d malformed line(s): %s", path, len(bad), ", ".join(map(str, bad[:20])))
     return rows
+
+
+def row_fields(row: dict[str, Any], where: str, input_key: str, label_key: str | None,
+               apply_chat_template: bool) -> tuple[Any, str | None]:
+    """The row's prompt (text, or chat messages with `apply_chat_template`) and label, or a DatasetError naming
+    `where` and the flag that would fix it."""
+    if input_key not in row:
+        raise DatasetError(f"{where}: missing input key '{input_key}' (have: {', '.join(row)}; --input-key)")
+    prompt = row[input_key]
+    if not apply_chat_template and not isinstance(prompt, str):
+        raise DatasetError(f"{where}: '{input_key}' is not text; pass --apply-chat-template for chat messages")
+    label = row.get(label_key) if label_key else None
+    if label_key and label is None:
+        raise DatasetError(f"{where}: missing label key '{label_key}' (--label-key)")
+    return prompt, None if label is None else str(label)
+
+
+def check_prompt_file(path: str, *, input_key: str, label_key: str | None, apply_chat_template: bool,
+                      skip_bad_rows: bool) -> None:
+    """What loading the file would refuse, without a tokenizer: a start's and a dry run's check alike."""
+    usable = 0
+    for row_no, row in read_rows(path, skip_bad_rows=skip_bad_rows):
+        try:
+            row_fields(row, f"{path}:{row_no}", input_key, label_key, apply_chat_template)
+            usable += 1
+        except DatasetError:
+            if not skip_bad_rows:
+                raise
+    if not usable:
+        raise DatasetError(f"{path}: no rows")
 
 
 class PromptDataset:
@@ -80,9 +111,9 @@ class PromptDataset:
         self.shuffle = shuffle
         self.seed = seed
         self.rows, skipped = [], []
-        for i, row in enumerate(read_rows(path, skip_bad_rows=skip_bad_rows)):
+        for row_no, row in read_rows(path, skip_bad_rows=skip_bad_rows):
             try:
-                self.rows.append(self._to_prompt_row(row, i + 1, tokenizer, input_key, label_key, apply_chat_template))
+                self.rows.append(self._to_prompt_row(row, row_no, tokenizer, input_key, label_key, apply_chat_template))
             except DatasetError as e:
                 if not skip_bad_rows:
                     raise
@@ -102,21 +133,13 @@ class PromptDataset:
         self._order = self._epoch_order()
 
     def _to_prompt_row(self, row, row_no, tokenizer, input_key, label_key, apply_chat_template) -> PromptRow:
-        where = f"{self.path} row {row_no}"
-        if input_key not in row:
-            raise DatasetError(f"{where}: missing input key '{input_key}' (have: {', '.join(row)})")
-        prompt = row[input_key]
+        prompt, label = row_fields(row, f"{self.path}:{row_no}", input_key, label_key, apply_chat_template)
         if apply_chat_template:
             messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
             prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        elif not isinstance(prompt, str):
-            raise DatasetError(f"{where}: '{input_key}' is not text; pass --apply-chat-template for chat messages")
-        label = row.get(label_key) if label_key else None
-        if label_key and label is None:
-            raise DatasetError(f"{where}: missing label key '{label_key}'")
         metadata = {k: v for k, v in row.items() if k not in (input_key, label_key)}
         tokens = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        return PromptRow(prompt, tokens, None if label is None else str(label), metadata)
+        return PromptRow(prompt, tokens, label, metadata)
 
     def __len__(self) -> int:
         return len(self.rows)
