@@ -23,7 +23,7 @@ from async_rl.config import Config, parse_config
 from async_rl.evaluation import Evaluator
 from async_rl.errors import UserInputError
 from async_rl.backend_checks import check_backends
-from async_rl.placement import create_engine, start_ray
+from async_rl.placement import create_engine, dispatch_per_group, start_ray
 from async_rl.rollout.engine import SamplingParams
 from async_rl.rollout.manager import RolloutManager
 from async_rl.rollout.weight_sync import CheckpointWeights
@@ -45,7 +45,8 @@ def evaluate(cfg: Config) -> dict[str, float]:
     start_ray(cfg)
     try:
         manager = RolloutManager(lambda rank: create_engine(cfg, rank), cfg.num_rollout_engines, grader,
-                                 CheckpointWeights(), custom_generate=cfg.rollout.custom_generate_function_path)
+                                 CheckpointWeights(), custom_generate=cfg.rollout.custom_generate_function_path,
+                                 per_group=dispatch_per_group(cfg))
         e = cfg.eval
         params = SamplingParams(e.eval_temperature, cfg.rollout.rollout_top_p, e.eval_max_response_len,
                                 cfg.rollout.rollout_max_context_len)

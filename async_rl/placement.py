@@ -17,6 +17,7 @@ from async_rl.config import Config
 from async_rl.errors import UserInputError
 from async_rl.net import LOOPBACK, node_address
 from async_rl.placement_plan import plan_placement
+from async_rl.rollout.engine import GENERATE_GROUP
 from async_rl.weights.fp8 import checkpoint_granularity, quantization_config
 
 logger = logging.getLogger(__name__)
@@ -192,15 +193,25 @@ def create_engine(cfg: Config, rank: int, router_url: str | None = None, bundles
         return _create_sglang_engine(cfg, rank, router_url, options)
     from async_rl.rollout.local_engine import LocalEngine
 
-    return _engine_actor(LocalEngine).options(**options).remote(
+    return engine_actor(LocalEngine).options(**options).remote(
         cfg.model.hf_checkpoint, seed=cfg.logging.seed + 1000 * (rank + 1), num_threads=_threads_per_process(cfg),
         device="cuda" if options["num_gpus"] else "cpu",
         fp8=cfg.rollout.fp8_layout, record_routing=cfg.train.use_routing_replay,
     )
 
 
-def _engine_actor(engine_class: type) -> Any:
-    return ray.remote(max_concurrency=1, concurrency_groups={"control": 1})(engine_class)
+def engine_actor(engine_class: type, concurrent_generates: int = 0) -> Any:
+    """Calls run one at a time, in order (weight pushes after the generate calls queued before them); `control`
+    has a thread of its own, and with `concurrent_generates`, so do that many generate calls at once (an engine
+    that batches them itself; see `dispatch_per_group`)."""
+    groups = {"control": 1} | ({GENERATE_GROUP: concurrent_generates} if concurrent_generates else {})
+    return ray.remote(max_concurrency=1, concurrency_groups=groups)(engine_class)
+
+
+def dispatch_per_group(cfg: Config) -> bool:
+    """SGLang batches concurrent requests continuously, so its engines take a call per group, all at once; the
+    local engine batches within one call, so it takes chunks of groups."""
+    return cfg.backend.rollout_backend == "sglang"
 
 
 def checkpoint_fp8_granularity(path: str) -> str | None:
@@ -226,7 +237,7 @@ def _create_sglang_engine(cfg: Config, rank: int, router_url: str | None, option
         # layout instead, filled by the first weight push
         server_args |= {"load_format": "dummy",
                         "json_model_override_args": json.dumps({"quantization_config": quantization_config(cfg.rollout.fp8_layout)})}
-    return _engine_actor(SGLangEngine).options(**options).remote(
+    return engine_actor(SGLangEngine, concurrent_generates=cfg.rollout.rollout_max_concurrency).options(**options).remote(
         cfg.model.hf_checkpoint, seed=cfg.logging.seed + 1000 * (rank + 1), fp8=cfg.rollout.fp8_layout,
         host=LOOPBACK if cfg.cluster.ray_address is None else None,  # else the engine's node
         max_concurrent_requests=cfg.rollout.rollout_max_concurrency, router_url=router_url,

@@ -29,7 +29,8 @@ from async_rl.evaluation import Evaluator, eval_sets_from_flag
 from async_rl.invariants import check_first_step, check_probe, probe_tolerance
 from async_rl.metrics_logger import MetricsLogger, WandbSettings
 from async_rl.placement import (
-    check_training_gpus, create_engine, create_trainer, needs_initial_weights, start_ray, start_router, trainer_bundles,
+    check_training_gpus, create_engine, create_trainer, dispatch_per_group, needs_initial_weights, start_ray,
+    start_router, trainer_bundles,
 )
 from async_rl.rollout.debug_data import load_rollout, save_rollout
 from async_rl.rollout.engine import SamplingParams
@@ -129,7 +130,8 @@ class TrainingSession:
             router_url = self.router.url if self.router is not None else None
             self.rollout = RolloutManager(lambda rank: create_engine(cfg, rank, router_url, bundles), cfg.num_rollout_engines,
                                           grader, make_weight_sync(cfg, self.trainer),
-                                          custom_generate=cfg.rollout.custom_generate_function_path)
+                                          custom_generate=cfg.rollout.custom_generate_function_path,
+                                          per_group=dispatch_per_group(cfg))
             self.start_step = 0
             self.resumed_rollout_state: dict[str, Any] | None = None
             self._last_batch: tuple[list[Sample], list[float]] | None = None

@@ -99,7 +99,7 @@ def sft(model, tokenizer, train_problems, *, steps: int, batch_size: int, lr: fl
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
     eos = tokenizer.eos_token_id
     model.train()
-    bar = tqdm(range(steps), desc="SFT warm-up")
+    bar = tqdm(range(steps), desc="SFT warm-up", disable=None)  # no bar in a log file: the summary line says it
     for _ in bar:
         rows, targets = [], []
         for prompt, _ in rng.sample(train_problems, batch_size):

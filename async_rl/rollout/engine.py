@@ -13,6 +13,8 @@ from async_rl.sample import Sample
 # Engines stamp each sample's metadata with the wall-clock time its generation finished, so the manager
 # can report how long generation took even when the driver was busy elsewhere (async mode).
 FINISHED_AT = "rollout_finished_at"
+GENERATE_GROUP = "generate"  # an engine actor's concurrency group for generate calls that run at once
+ROW_MAX_NEW_TOKENS = "max_new_tokens"  # a prompt row's own response budget, below --rollout-max-response-len
 
 
 @dataclass(frozen=True)
@@ -24,8 +26,9 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()  # besides EOS: a turn of a custom generate function may end at a tool call
 
     def remaining_tokens(self, sample: Sample) -> int:
-        """New tokens `sample` may still generate: its response budget, within the context length."""
-        limit = self.max_new_tokens
+        """New tokens `sample` may still generate: its response budget, within the context length. A prompt row may
+        lower the budget for its own responses with a `max_new_tokens` field (e.g. by difficulty)."""
+        limit = min(self.max_new_tokens, int(sample.metadata.get(ROW_MAX_NEW_TOKENS, self.max_new_tokens)))
         if self.max_context_len is not None:
             limit = min(limit, self.max_context_len - len(sample.prompt_tokens))
         return max(0, limit - sample.response_length)

@@ -15,7 +15,7 @@ import ray
 from tqdm import tqdm
 
 from async_rl.data.prompt_dataset import PromptRow
-from async_rl.rollout.engine import FINISHED_AT, SamplingParams
+from async_rl.rollout.engine import FINISHED_AT, GENERATE_GROUP, SamplingParams
 from async_rl.rollout.filters import GroupFilter
 from async_rl.rollout.weight_sync import WeightSync
 from async_rl.sample import Sample
@@ -96,9 +96,15 @@ class DynamicSampling:
 
 class RolloutManager:
     def __init__(self, engine_factory: Callable[[int], Any], num_engines: int, grader: RewardGrader,
-                 weight_sync: WeightSync, *, chunks_per_engine: int = 2, custom_generate: str | None = None):
+                 weight_sync: WeightSync, *, chunks_per_engine: int = 2, custom_generate: str | None = None,
+                 per_group: bool = False):
         """`engine_factory(rank)` starts engine `rank`; it is called again to replace an engine that died.
-        `custom_generate` (`--custom-generate-function-path`) replaces the engines' own generation loop."""
+        `custom_generate` (`--custom-generate-function-path`) replaces the engines' own generation loop.
+
+        `per_group`: engines that batch concurrent calls themselves (SGLang's continuous batching) get one call per
+        group, all at once, in their `generate` concurrency group, so each group is graded and filtered as soon as
+        its own samples finish, and no call waits for another's slowest sample. Otherwise (the local engine, which
+        batches within a call) groups go out in `chunks_per_engine` chunks per engine, run one after another."""
         self.engine_factory = engine_factory
         self.engines = [engine_factory(rank) for rank in range(num_engines)]
         self.grader = grader
@@ -106,6 +112,7 @@ class RolloutManager:
         weight_sync.connect(self.engines)
         self.restarts = 0
         self.chunks_per_engine = chunks_per_engine
+        self.per_group = per_group
         self.custom_generate = custom_generate
         self._group_ids = itertools.count()  # thread-safe: eval and the async producer both make groups
         self._request_ids = itertools.count()
@@ -130,9 +137,10 @@ class RolloutManager:
         return groups
 
     def submit(self, rows: Sequence[PromptRow], n_samples: int, params: SamplingParams, description: str = "rollout") -> PendingRollout:
-        """Send every group to an engine, round-robin in chunks of whole groups; returns at once."""
+        """Send every group to an engine, round-robin, a call per group or per chunk of whole groups (`per_group`);
+        returns at once."""
         groups = self.make_groups(rows, n_samples)
-        n_chunks = min(len(groups), len(self.engines) * self.chunks_per_engine)
+        n_chunks = len(groups) if self.per_group else min(len(groups), len(self.engines) * self.chunks_per_engine)
         pending = PendingRollout({}, params, description, time.time())
         for i in range(n_chunks):
             self.dispatch(pending, [s for g in groups[i::n_chunks] for s in g], i % len(self.engines))
@@ -142,10 +150,12 @@ class RolloutManager:
         """Queue one chunk on engine `rank` and record the call in `pending`."""
         with self._engines_lock:
             call = EngineCall(rank, self.engines[rank], chunk, next(self._request_ids))
+            options = {"concurrency_group": GENERATE_GROUP} if self.per_group else {}
             if self.custom_generate:
-                ref = call.engine.generate_custom.remote(self.custom_generate, chunk, pending.params, call.request_id)
+                ref = call.engine.generate_custom.options(**options).remote(
+                    self.custom_generate, chunk, pending.params, call.request_id)
             else:
-                ref = call.engine.generate.remote(chunk, pending.params, call.request_id)
+                ref = call.engine.generate.options(**options).remote(chunk, pending.params, call.request_id)
         pending.requests[ref] = call
         return ref
 

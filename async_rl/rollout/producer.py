@@ -124,7 +124,8 @@ class RolloutProducer:
         self._parked: list[list[Sample]] = []  # aborted chunks waiting for the new weights
         self._abort_version: int | None = None
         n_engines = len(manager.engines)
-        self._chunk_groups = max(1, math.ceil(admission.max_running / (n_engines * manager.chunks_per_engine)))
+        self._chunk_groups = 1 if manager.per_group else max(
+            1, math.ceil(admission.max_running / (n_engines * manager.chunks_per_engine)))
         self._keep_rate = KeepRate(window=2 * admission.batch_groups)
         self._counts: Counter[str] = Counter()
         self._reward_counts: Counter = Counter()

@@ -1,9 +1,9 @@
 """The learning workload on verl (`verl.trainer.main_ppo`): FSDP actor and SGLang rollout colocated on one GPU.
 
-verl is installed separately (`bundle_verl.sh`). Its prompts go through the tokenizer's chat template, so the
-model copy it loads gets one that returns the prompt unchanged: both systems see the same tokens. Without
-flash-attn, verl's actor runs with sdpa attention and without packed batches (sdpa would attend across packed
-sequences); that is said beside its numbers.
+verl is installed separately (`bundle_verl.sh`, whose install script sets VERL_PYTHONPATH). Its prompts go
+through the tokenizer's chat template, so the model copy it loads gets one that returns the prompt unchanged:
+both systems see the same tokens. Without flash-attn, verl's actor runs with sdpa attention and without packed
+batches (sdpa would attend across packed sequences); that is said beside its numbers.
 """
 
 from __future__ import annotations
@@ -103,7 +103,8 @@ def run(w: Workload, model: Path, out: Path, seed: int, extra: list[str]) -> Res
     write_parquet(model / "data" / "train.jsonl", out / "train.parquet", "train")
     write_parquet(model / "data" / "eval.jsonl", out / "eval.parquet", "eval")
     cmd = [sys.executable, "-m", "verl.trainer.main_ppo", *overrides(w, verl_model, out, seed), *extra]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    paths = [os.environ.get("VERL_PYTHONPATH", ""), str(REPO), os.environ.get("PYTHONPATH", "")]  # see bundle_verl.sh
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p))
     with PeakGpuMemory() as memory, (out / "verl.log").open("w") as log:
         code = subprocess.run(cmd, cwd=out, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
     text = (out / "verl.log").read_text(errors="replace")
