@@ -32,7 +32,7 @@ setup(
         # SGLang: the rollout engine is verified with 0.5.17 (tests/gpu, docs/gpu-testing.md)
         "gpu": ["sglang>=0.5.17,<0.6", "sglang-router>=0.3", "megatron-core>=0.16", "transformer-engine>=2.0"],
         # megatron-core runs on the CPU for checkpoint conversion and its tests (0.16: Float16Module(fp32_output=False))
-        "test": ["pytest>=8", "pytest-xdist>=3", "megatron-core>=0.16"],
+        "test": ["pytest>=8", "pytest-xdist>=3", "megatron-core>=0.16", "ruff>=0.6"],
         "wandb": ["wandb>=0.17"],
     },
     entry_points={

@@ -17,12 +17,12 @@ from typing import Sequence
 import ray
 from transformers import AutoTokenizer
 
+from async_rl.backend_checks import check_backends
 from async_rl.checkpoint import resolve_checkpoint
 from async_rl.cli import run_cli
 from async_rl.config import Config, parse_config
-from async_rl.evaluation import Evaluator
 from async_rl.errors import UserInputError
-from async_rl.backend_checks import check_backends
+from async_rl.evaluation import Evaluator
 from async_rl.placement import create_engine, dispatch_per_group, start_ray
 from async_rl.rollout.engine import SamplingParams
 from async_rl.rollout.manager import RolloutManager

@@ -29,8 +29,14 @@ from async_rl.evaluation import Evaluator, eval_sets_from_flag
 from async_rl.invariants import check_first_step, check_probe, probe_tolerance
 from async_rl.metrics_logger import MetricsLogger, WandbSettings
 from async_rl.placement import (
-    check_training_gpus, create_engine, create_trainer, dispatch_per_group, needs_initial_weights, start_ray,
-    start_router, trainer_bundles,
+    check_training_gpus,
+    create_engine,
+    create_trainer,
+    dispatch_per_group,
+    needs_initial_weights,
+    start_ray,
+    start_router,
+    trainer_bundles,
 )
 from async_rl.rollout.debug_data import load_rollout, save_rollout
 from async_rl.rollout.engine import SamplingParams

@@ -15,8 +15,13 @@ from typing import Callable
 from omegaconf import OmegaConf
 
 from async_rl.backend_checks import (
-    check_colocated_engines, check_distributed_optimizer_resume, check_fp8_rollout, check_local_engine, check_megatron,
-    check_routing_replay, check_sglang,
+    check_colocated_engines,
+    check_distributed_optimizer_resume,
+    check_fp8_rollout,
+    check_local_engine,
+    check_megatron,
+    check_routing_replay,
+    check_sglang,
 )
 from async_rl.checkpoint import LATEST, resolve_checkpoint
 from async_rl.config import Config

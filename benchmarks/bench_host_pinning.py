@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from bench_rollout import hf_parameters
 from isolated import report, run_case
 

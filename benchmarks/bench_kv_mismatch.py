@@ -23,7 +23,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-
 from isolated import report, run_case
 
 REPO = Path(__file__).resolve().parents[1]

@@ -36,7 +36,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from isolated import report, run_case
 
 from async_rl.weights.fp8 import quantization_config

@@ -37,7 +37,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from isolated import report, run_case
 
 TE = dict(transformer_impl="transformer_engine", bf16=True)

@@ -6,11 +6,16 @@ import pytest
 import ray
 import torch
 
+from async_rl.backend_checks import check_backends
 from async_rl.config import parse_config
 from async_rl.errors import UserInputError
-from async_rl.backend_checks import check_backends
 from async_rl.placement import (
-    check_gpus_here, check_training_gpus, engine_options, init_loopback_ray, start_ray, trainer_bundles,
+    check_gpus_here,
+    check_training_gpus,
+    engine_options,
+    init_loopback_ray,
+    start_ray,
+    trainer_bundles,
     trainer_rank_options,
 )
 

@@ -97,7 +97,8 @@ def check_plan_adds_up(cfg: dict, plan: str) -> None:
         assert len(re.findall(rf"engine {engine} \(tp", plan)) == per_engine
     if not cfg["colocate"]:
         assert all(line.count("+") == 0 for line in gpu_lines)  # disaggregated: no GPU does two jobs
-    mode = "tensor" if cfg["colocate"] or cfg["rollout_fp8_granularity"] == "channel" and cfg["rollout_quantization"] == "fp8" else "distributed"
+    channel_fp8 = cfg["rollout_fp8_granularity"] == "channel" and cfg["rollout_quantization"] == "fp8"
+    mode = "tensor" if cfg["colocate"] or channel_fp8 else "distributed"
     assert f"--update-weight-mode {mode})" in plan
 
 

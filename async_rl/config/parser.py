@@ -18,15 +18,14 @@ from typing import Any, Sequence
 import yaml
 from omegaconf import OmegaConf
 
-from async_rl.errors import UserInputError
 from async_rl.config.sections import (
     SECTIONS,
     BackendConfig,
     CheckpointConfig,
     ClusterConfig,
     DataConfig,
-    EvalConfig,
     DebugConfig,
+    EvalConfig,
     LoggingConfig,
     MegatronConfig,
     ModelConfig,
@@ -34,6 +33,7 @@ from async_rl.config.sections import (
     RolloutConfig,
     TrainConfig,
 )
+from async_rl.errors import UserInputError
 
 
 class ConfigError(UserInputError):

@@ -9,7 +9,6 @@ import torch
 
 from async_rl.sample import Sample
 
-
 # Engines stamp each sample's metadata with the wall-clock time its generation finished, so the manager
 # can report how long generation took even when the driver was busy elsewhere (async mode).
 FINISHED_AT = "rollout_finished_at"

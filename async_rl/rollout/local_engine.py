@@ -16,10 +16,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from async_rl.rollout.custom_generate import CustomGenerateMixin
 from async_rl.rollout.engine import FINISHED_AT, SamplingParams, WeightVersionMixin
-from async_rl.rollout.sampling import sample_tokens
-from async_rl.sample import FINISHED_STATUSES, Sample, SampleStatus
 from async_rl.rollout.fp8_linear import convert_to_fp8
+from async_rl.rollout.sampling import sample_tokens
 from async_rl.routing_replay import RoutingRecorder
+from async_rl.sample import FINISHED_STATUSES, Sample, SampleStatus
 from async_rl.weights.fp8 import FP8_SCALE_SUFFIXES, is_fp8_quantizable, quantize_many, scale_name
 from async_rl.weights.hf_layout import destination
 from async_rl.weights.sync import from_transport

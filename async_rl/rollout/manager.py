@@ -240,7 +240,7 @@ class RolloutManager:
     ) -> tuple[list[Sample], dict[str, float]]:
         """Fill a batch of `target_groups` groups that pass the filter, over-sampling in rounds.
 
-        Once the batch is full, engine calls still queued are cancelled and what still arrives is
+        Once the batch is full, engine calls still running or queued are aborted and what they return is
         discarded (counted as `rollout/groups_aborted`). If `max_rounds` rounds cannot fill it, warn and
         return the groups that passed, rather than stop the run.
         """
@@ -265,8 +265,10 @@ class RolloutManager:
                     else:
                         counts["groups_surplus"] += 1
                 if len(kept) == target_groups:
-                    for ref in remaining:
-                        ray.cancel(ref)
+                    # running calls cannot be cancelled: abort them and wait, so no generation outlives the batch
+                    # (a colocated engine releases its memory next)
+                    self.abort(pending.requests[r] for r in remaining)
+                    ray.wait(remaining, num_returns=len(remaining))
                     counts["groups_aborted"] += sum(len(pending.requests[r].chunk) for r in remaining) // n_samples
                     break
             if len(kept) == target_groups:

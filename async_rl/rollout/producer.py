@@ -38,7 +38,13 @@ from async_rl.data.prompt_dataset import PromptDataset, PromptRow
 from async_rl.errors import TrainingAborted
 from async_rl.rollout.engine import FINISHED_AT, SamplingParams
 from async_rl.rollout.manager import (
-    DynamicSampling, KeepRate, PendingRollout, RolloutManager, indexed, reward_failure_metrics, split_groups,
+    DynamicSampling,
+    KeepRate,
+    PendingRollout,
+    RolloutManager,
+    indexed,
+    reward_failure_metrics,
+    split_groups,
 )
 from async_rl.sample import Sample, SampleStatus
 

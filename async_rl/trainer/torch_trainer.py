@@ -12,8 +12,8 @@ from transformers import AutoModelForCausalLM
 
 from async_rl.config.sections import TrainConfig
 from async_rl.routing_replay import replay_routing
-from async_rl.trainer.host_stash import HostStash
 from async_rl.trainer.batch import PackedBatch, response_log_probs
+from async_rl.trainer.host_stash import HostStash
 from async_rl.trainer.policy_trainer import PolicyTrainer, needs_reference, use_deterministic_kernels
 from async_rl.weights.hf_layout import unstack_experts
 

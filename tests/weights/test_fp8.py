@@ -10,9 +10,9 @@ from async_rl.weights.fp8 import (
     dequantize,
     dequantize_blockwise,
     is_fp8_quantizable,
+    quantization_config,
     quantize_activations,
     quantize_blockwise,
-    quantization_config,
     quantize_many,
     round_up_to_power_of_two,
 )

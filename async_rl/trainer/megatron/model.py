@@ -107,8 +107,7 @@ def layer_spec(config, transformer_impl: str):
     """The transformer layer spec. Both specs write one torch_dist layout: the local spec's norms are saved under
     the names of TE's fused norm + linear (Megatron maps them), except a MoE layer's pre-MLP norm, which TE keeps
     separate and Megatron's local map would still rename; that mapping is dropped so MoE checkpoints match too."""
-    from megatron.core.models.gpt.gpt_layer_specs import (get_gpt_layer_local_spec,
-                                                          get_gpt_layer_with_transformer_engine_spec)
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec, get_gpt_layer_with_transformer_engine_spec
 
     experts = config.num_moe_experts
     if transformer_impl == "transformer_engine":

@@ -124,8 +124,7 @@ class CpuAdamW(_Wrapped):
         """AdamW's moments as torch_dist tensors sharded like the weights they belong to, so that a checkpoint
         written under one tensor- or expert-parallel layout loads under another, as Megatron's optimizers do.
         The step, the same for every parameter, goes with each parameter group."""
-        from megatron.core.dist_checkpointing.optimizer import (get_param_id_to_sharded_param_map,
-                                                                optim_state_to_sharding_state)
+        from megatron.core.dist_checkpointing.optimizer import get_param_id_to_sharded_param_map, optim_state_to_sharding_state
 
         start_adam_state(self.inner)  # a fresh AdamW has no state to describe or load into
         state = self.inner.state_dict()

@@ -19,14 +19,13 @@ from transformers import AutoModelForCausalLM
 
 from async_rl.config.sections import MegatronConfig, TrainConfig
 from async_rl.net import free_port
+from async_rl.routing_replay import megatron_routing_replay, packed_rows, padded_rows
 from async_rl.sample import Sample
 from async_rl.trainer.batch import PackedBatch, micro_batch_indices, score_responses
 from async_rl.trainer.megatron import expert_shards, tp_shards
-from async_rl.routing_replay import megatron_routing_replay, packed_rows, padded_rows
 from async_rl.trainer.megatron.cpu_compat import init_megatron
 from async_rl.trainer.megatron.hf_weights import hf_to_megatron, megatron_to_hf
-from async_rl.trainer.megatron.model import (build_gpt_model, causal_mask, fp8_settings,
-                                             resolve_transformer_impl)
+from async_rl.trainer.megatron.model import build_gpt_model, causal_mask, fp8_settings, resolve_transformer_impl
 from async_rl.trainer.megatron.model_checkpoint import load_model_checkpoint
 from async_rl.trainer.megatron.offload import MegatronOffloader
 from async_rl.trainer.megatron.optimizer import build_optimizer
