@@ -227,7 +227,12 @@ def load_yaml_defaults(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Flag defaults from a YAML file, and its `sglang_*` server arguments; an unknown key is an error naming it."""
     if not Path(path).is_file():
         raise ConfigError(f"--config: file not found: {path}")
-    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    try:
+        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"--config {path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"--config: {path} must hold a mapping of flag names to values")
     specs = _field_specs()
@@ -257,6 +262,8 @@ def _validate(cfg: Config, explicit: set[str], async_mode: bool, evaluate_only: 
         "n_samples_per_eval_prompt": cfg.eval.n_samples_per_eval_prompt,
         "rollout_max_concurrency": r.rollout_max_concurrency,
     }
+    optional_positive = {"eval_interval": cfg.eval.eval_interval, "save_interval": cfg.checkpoint.save_interval}
+    positive |= {dest: value for dest, value in optional_positive.items() if value is not None}
     for dest, value in positive.items():
         if value < 1:
             raise ConfigError(f"{_flag_name(dest)} must be >= 1, got {value}")
@@ -300,6 +307,8 @@ def _validate(cfg: Config, explicit: set[str], async_mode: bool, evaluate_only: 
         raise ConfigError("--kl-loss-coef weighs the KL loss: add --use-kl-loss")
     if t.lr_warmup_iters < 0 or (t.lr_decay_iters is not None and t.lr_decay_iters < 1):
         raise ConfigError("--lr-warmup-iters must be >= 0 and --lr-decay-iters >= 1")
+    if t.lr <= 0:
+        raise ConfigError(f"--lr must be > 0, got {t.lr}")
     if not 0 <= t.min_lr <= t.lr:
         raise ConfigError(f"--min-lr {t.min_lr} must be in [0, --lr {t.lr}]")
     if r.rollout_max_context_len is not None and r.rollout_max_context_len < 2:
@@ -342,7 +351,7 @@ def _validate(cfg: Config, explicit: set[str], async_mode: bool, evaluate_only: 
         raise ConfigError("--reward-timeout must be > 0 and --reward-num-workers >= 1")
     if cfg.checkpoint.save_interval is not None and not cfg.checkpoint.save:
         raise ConfigError("--save-interval is set but --save is not")
-    if cfg.eval.eval_interval is not None and not cfg.eval.eval_prompt_data:
+    if cfg.eval.eval_interval is not None and cfg.eval.eval_prompt_data is None:  # [] is evaluation turned off
         raise ConfigError("--eval-interval is set but --eval-prompt-data is not")
     if cfg.eval.eval_prompt_data and len(cfg.eval.eval_prompt_data) > 1 and len(cfg.eval.eval_prompt_data) % 2:
         raise ConfigError("--eval-prompt-data takes one PATH or NAME PATH pairs")

@@ -256,7 +256,8 @@ class RewardConfig:
 class EvalConfig:
     eval_interval: int | None = flag(None, "Evaluate every this many rollout steps (and at step 0 and the end).")
     eval_prompt_data: list[str] | None = flag(
-        None, "Eval sets: a path, or NAME PATH pairs.", nargs="+"
+        None, "Eval sets: a path, or NAME PATH pairs; the flag alone turns off the sets a --config file names.",
+        nargs="*",
     )
     n_samples_per_eval_prompt: int = flag(1, "Responses sampled per eval prompt.")
     eval_temperature: float = flag(1.0, "Sampling temperature for evaluation.")

@@ -108,6 +108,9 @@ def test_async_flag_selects_async_mode():
         (["--num-steps-per-rollout", "3"], "--num-steps-per-rollout 3 must divide"),
         (["--num-steps-per-rollout", "2", "--global-batch-size", "32"], "disagree"),
         (["--min-lr", "1"], "--min-lr"),
+        (["--lr", "-0.1"], "--lr must be > 0, got -0.1"),
+        (["--eval-prompt-data", "e.jsonl", "--eval-interval", "-5"], "--eval-interval must be >= 1, got -5"),
+        (["--save", "ckpt", "--save-interval", "0"], "--save-interval must be >= 1, got 0"),
         (["--rollout-max-context-len", "1"], "--rollout-max-context-len"),
         (["--advantage-estimator", "dr_grpo"], "--advantage-estimator"),
         (["--overlong-buffer-len", "100"], "--overlong-buffer-len"),
@@ -140,6 +143,17 @@ def test_unknown_yaml_key_names_key_and_file(capsys, tmp_path):
 def test_yaml_value_of_wrong_type_is_named(capsys, tmp_path):
     path = write_yaml(tmp_path, "use_tis: maybe\n")
     assert "use_tis" in error_of(capsys, *REQUIRED, "--config", path)
+
+
+def test_malformed_yaml_is_one_line_naming_file_and_line(capsys, tmp_path):
+    path = write_yaml(tmp_path, "lr: [1, 2\nnum_rollout: 3\n")
+    assert f"--config {path}: not valid YAML (line 2, column 12)" in error_of(capsys, *REQUIRED, "--config", path)
+
+
+def test_the_flag_alone_turns_off_the_eval_sets_a_config_names(tmp_path):
+    path = write_yaml(tmp_path, "eval_prompt_data: [e.jsonl]\neval_interval: 5\n")
+    cfg, _ = parse_config([*REQUIRED, "--config", path, "--eval-prompt-data"])
+    assert cfg.eval.eval_prompt_data == []
 
 
 def test_missing_config_file_is_named(capsys, tmp_path):
