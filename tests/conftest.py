@@ -47,10 +47,11 @@ def tiny_moe_model(tmp_path_factory, tiny_model) -> Path:
     return out
 
 
-def run_flags(tiny_model: Path, output_dir: Path, *extra: str, evaluate: bool = True) -> list[str]:
+def run_flags(tiny_model: Path, output_dir: Path, *extra: str, evaluate: bool = True,
+              check_invariants: bool = True) -> list[str]:
     """Flags for a small, fast run of the embedded default (without `--config`, so eval can be left out).
 
-    `--check-invariants` is on: every test run also checks first-step log-probs and resume probes.
+    `--check-invariants` is on unless asked otherwise: test runs also check first-step log-probs and resume probes.
     """
     eval_flags = ["--eval-prompt-data", "arithmetic", str(tiny_model / "data" / "eval.jsonl"), "--eval-interval", "1",
                   "--n-samples-per-eval-prompt", "2", "--eval-max-response-len", "32"]
@@ -59,7 +60,17 @@ def run_flags(tiny_model: Path, output_dir: Path, *extra: str, evaluate: bool = 
         "--prompt-data", str(tiny_model / "data" / "train.jsonl"),
         "--output-dir", str(output_dir),
         "--rollout-batch-size", "4", "--n-samples-per-prompt", "4", "--micro-batch-size", "8",
-        "--rollout-max-response-len", "32", "--lr", "3e-4", "--use-tis", "--torch-num-threads", "1", "--check-invariants",
+        "--rollout-max-response-len", "32", "--lr", "3e-4", "--use-tis", "--torch-num-threads", "1",
+        *(["--check-invariants"] if check_invariants else []),
         *(eval_flags if evaluate else []),
         *extra,
     ]
+
+
+def assert_drawn(png: Path) -> None:
+    """A PNG that decodes to a figure with something on it (not a blank canvas)."""
+    from matplotlib.image import imread
+
+    image = imread(png)
+    assert image.ndim == 3 and min(image.shape[:2]) > 200, image.shape
+    assert image[..., :3].std() > 0.05

@@ -10,7 +10,7 @@ import pytest
 from async_rl import evaluate, train
 from async_rl.evaluation import pass_at_k, score_groups
 from async_rl.sample import Sample
-from tests.conftest import REPO, run_flags
+from tests.conftest import REPO, assert_drawn, run_flags
 
 
 def test_pass_at_k_is_the_unbiased_estimator():
@@ -56,5 +56,5 @@ def test_plot_run_draws_the_reward_curve(tiny_model, tmp_path):
     png = tmp_path / "run.png"
     result = subprocess.run([sys.executable, str(REPO / "tools" / "plot_run.py"), str(out / "metrics.jsonl"), "-o", str(png)],
                             capture_output=True, text=True, check=True)
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert_drawn(png)
     assert "rollout/reward_mean" in result.stderr and "eval/reward_mean" in result.stderr

@@ -29,7 +29,7 @@ def test_async_run_trains_on_one_version_old_samples(tiny_model, tmp_path):
     assert [r["step"] for r in steps] == [0, 1, 2]
     assert [r["rollout/staleness_max"] for r in steps] == [0.0, 1.0, 1.0]
     assert all(r["rollout/stale_dropped"] == 0 and "train/loss" in r for r in steps)
-    assert all(0 <= r["perf/overlap_ratio"] <= 1 for r in steps)
+    assert any(r["perf/overlap_ratio"] > 0 for r in steps[1:])  # later batches were generated while training
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert "eval/reward_mean" in last and last["step"] == 3
 

@@ -93,6 +93,15 @@ class DynamicSampling:
         if self.keep_rate is not None:
             self.keep_rate.add(kept)
 
+    def judge(self, group: list[Sample], counts: Counter) -> bool:
+        """Whether a finished, graded group passes the filter; counts it as generated and, if dropped, why."""
+        counts["groups_generated"] += 1
+        result = self.group_filter(group) if self.group_filter else None
+        if result is not None and not result.keep:
+            counts[f"filter_drop_{result.reason}"] += 1
+            return False
+        return True
+
 
 class RolloutManager:
     def __init__(self, engine_factory: Callable[[int], Any], num_engines: int, grader: RewardGrader,
@@ -254,13 +263,12 @@ class RolloutManager:
             pending = self.submit(rows, n_samples, params, f"rollout round {round_index + 1}")
             for chunk, remaining in self._finished_chunks(pending, reward_counts):
                 for group in split_groups(chunk):
-                    counts["groups_generated"] += 1
                     raw_scores.extend(s.score for s in group)
-                    result = sampling.group_filter(group) if sampling.group_filter else None
-                    sampling.observe(result is None or result.keep)
-                    if result is not None and not result.keep:
-                        counts[f"filter_drop_{result.reason}"] += 1
-                    elif len(kept) < target_groups:
+                    passed = sampling.judge(group, counts)
+                    sampling.observe(passed)
+                    if not passed:
+                        continue
+                    if len(kept) < target_groups:
                         kept.append(group)
                     else:
                         counts["groups_surplus"] += 1

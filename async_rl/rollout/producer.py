@@ -128,6 +128,7 @@ class RolloutProducer:
         self._calls = PendingRollout({}, params, "async rollout", time.time())
         self._admitted_at: dict[int, float] = {}  # group id -> when it was admitted
         self._parked: list[list[Sample]] = []  # aborted chunks waiting for the new weights
+        self._grading: list[list[Sample]] = []  # finished chunks being graded, outside the lock
         self._abort_version: int | None = None
         n_engines = len(manager.engines)
         self._chunk_groups = 1 if manager.per_group else max(
@@ -215,7 +216,7 @@ class RolloutProducer:
         Buffered groups are kept whole; groups still generating are saved as prompts to generate again.
         """
         with self._cond:
-            generating = [c.chunk for c in self._calls.requests.values()] + self._parked
+            generating = [c.chunk for c in self._calls.requests.values()] + self._parked + self._grading
             retry = [asdict(row) for row in self._retry_rows]
             retry += [asdict(PromptRow(g[0].prompt, g[0].prompt_tokens, g[0].label, g[0].metadata))
                       for chunk in generating for g in split_groups(chunk)]
@@ -237,7 +238,7 @@ class RolloutProducer:
     @property
     def _running(self) -> int:
         in_calls = sum(len(c.chunk) for c in self._calls.requests.values())
-        return (in_calls + sum(len(c) for c in self._parked)) // self.n_samples
+        return (in_calls + sum(len(c) for c in self._parked + self._grading)) // self.n_samples
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.accepted = int(state["accepted"])
@@ -304,14 +305,16 @@ class RolloutProducer:
                 self._counts["partial_aborted_samples"] += aborted
                 self._parked.append(chunk)
                 return
-            self.manager.grade(chunk, self._reward_counts)
+            self._grading.append(chunk)  # still counted as running, and saved by a snapshot, while it is graded
+        reward_counts: Counter = Counter()
+        self.manager.grade(chunk, reward_counts)  # outside the lock: the trainer can take a batch meanwhile
+        with self._cond:
+            self._grading = [c for c in self._grading if c is not chunk]
+            self._reward_counts.update(reward_counts)
             for group in split_groups(chunk):
-                self._counts["groups_generated"] += 1
-                result = self.sampling.group_filter(group) if self.sampling.group_filter else None
-                self._keep_rate.add(result is None or result.keep)
-                if result is not None and not result.keep:
-                    self._counts[f"filter_drop_{result.reason}"] += 1
-                else:
+                passed = self.sampling.judge(group, self._counts)
+                self._keep_rate.add(passed)
+                if passed:
                     self.buffer.append(_BufferedGroup(group, self._admitted_at.get(group[0].group_id, time.time())))
                     self.accepted += 1
                 self._admitted_at.pop(group[0].group_id, None)
