@@ -43,8 +43,8 @@ def test_the_default_path_trains_saves_and_resumes_without_the_invariant_checks(
     ckpt = tmp_path / "ckpt"
     train.main(run_flags(tiny_model, tmp_path / "run", "--num-rollout", "2", "--save", str(ckpt), evaluate=False,
                          check_invariants=False))
-    train.main(run_flags(tiny_model, tmp_path / "run", "--num-rollout", "3", "--load", str(ckpt), evaluate=False,
-                         check_invariants=False))
+    train.main(run_flags(tiny_model, tmp_path / "run", "--num-rollout", "3", "--load", str(ckpt), "--save", str(ckpt),
+                         evaluate=False, check_invariants=False))
     rows = metrics_of(tmp_path / "run")
     assert [r["step"] for r in rows] == [0, 1, 2]
     assert all(math.isfinite(r["train/loss"]) and r["rollout/samples"] == 16 for r in rows)
