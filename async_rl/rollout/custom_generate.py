@@ -40,9 +40,11 @@ def load_generate_function(path: str) -> GenerateFunction:
 class EngineClient:
     """A custom generate function's handle on the engine: policy turns (batched across samples) and the tokenizer."""
 
-    def __init__(self, run_turns: RunTurns, tokenizer: Any):
+    def __init__(self, run_turns: RunTurns, tokenizer: Any, budget: SamplingParams):
+        """`budget`: the run's sampling parameters, whose response budget bounds turns and observations alike."""
         self._run_turns = run_turns
         self.tokenizer = tokenizer
+        self.budget = budget
         self._queue: list[tuple[Sample, SamplingParams, asyncio.Future]] = []
 
     async def generate(self, sample: Sample, params: SamplingParams) -> Sample:
@@ -60,8 +62,14 @@ class EngineClient:
         return await future
 
     def append_observation(self, sample: Sample, text: str) -> None:
-        """Text the policy did not produce (a tool's answer): in the context of later turns, never trained on."""
+        """Text the policy did not produce (a tool's answer): in the context of later turns, never trained on.
+
+        What does not fit in the response budget is cut, and the sample ends TRUNCATED."""
         tokens = self.tokenizer.encode(text, add_special_tokens=False)
+        room = self.budget.remaining_tokens(sample)
+        if len(tokens) >= room:
+            tokens = tokens[:room]
+            sample.status = SampleStatus.TRUNCATED
         sample.response_tokens = sample.response_tokens + tokens
         sample.rollout_log_probs = sample.rollout_log_probs + [0.0] * len(tokens)
         sample.loss_mask = sample.loss_mask + [0] * len(tokens)
@@ -113,7 +121,7 @@ class CustomGenerateMixin:
                         request_id: int | None = None) -> list[Sample]:
         """Run the user's function over every sample of the chunk; each of its turns is a `generate` call."""
         fn = load_generate_function(function_path)
-        client = EngineClient(lambda batch, p: self.generate(batch, p, request_id), self.tokenizer)
+        client = EngineClient(lambda batch, p: self.generate(batch, p, request_id), self.tokenizer, params)
         return asyncio.run(_run_all(fn, client, samples, params))
 
 

@@ -82,9 +82,20 @@ def test_a_spent_budget_ends_the_sample_without_another_engine_call(tiny_model, 
 
     sample = samples_for(tokenizer, PROBLEMS[:1], n=1)[0]
     sample.response_tokens, sample.rollout_log_probs, sample.loss_mask = [5, 6], [-1.0, -1.0], [1, 1]
-    client = EngineClient(lambda batch, params: pytest.fail("the engine was called"), tokenizer)
+    client = EngineClient(lambda batch, params: pytest.fail("the engine was called"), tokenizer,
+                          SamplingParams(max_new_tokens=2))
     done = asyncio.run(client.generate(sample, SamplingParams(max_new_tokens=2)))
     assert done.status == SampleStatus.TRUNCATED
+
+
+def test_an_observation_is_cut_to_the_response_budget(tokenizer):
+    sample = samples_for(tokenizer, PROBLEMS[:1], n=1)[0]
+    sample.response_tokens, sample.rollout_log_probs, sample.loss_mask = [5, 6], [-1.0, -1.0], [1, 1]
+    client = EngineClient(lambda batch, params: pytest.fail("the engine was called"), tokenizer,
+                          SamplingParams(max_new_tokens=6))
+    client.append_observation(sample, "<tool_response>12345</tool_response>")
+    assert sample.response_length == 6 and sample.loss_mask == [1, 1, 0, 0, 0, 0]
+    assert sample.status == SampleStatus.TRUNCATED
 
 
 def test_a_returned_sample_must_be_trainable(tokenizer):
