@@ -144,8 +144,10 @@ def main() -> None:
     parser.add_argument("--granularity", choices=GRANULARITIES, default="block",
                         help="block: one scale per 128x128 block (DeepSeek-V3 layout); channel: one per output row "
                              "(SGLang's w8a8_fp8; serve with --rollout-fp8-granularity channel).")
-    parser.add_argument("--force-pow-2-scale", type=parse_bool, default=False,
-                        help="True: every block scale is a power of two (E8M0-representable).")
+    parser.add_argument("--force-pow-2-scale", type=parse_bool, nargs="?", const=True, default=False,
+                        help="Every block scale a power of two (E8M0-representable); a switch, as the training flag "
+                             "is (an explicit True or False is read too).")
+    parser.add_argument("--no-force-pow-2-scale", dest="force_pow_2_scale", action="store_false")
     parser.add_argument("--tensor-parallel-size", type=int, default=1,
                         help="Weights whose TP shards would not be whole 128-blocks stay BF16 (listed in ignored_layers).")
     parser.add_argument("--max-shard-size", type=parse_size, default=parse_size("5GB"))

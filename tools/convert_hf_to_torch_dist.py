@@ -8,7 +8,7 @@ Runs on one process, with or without a GPU (login nodes work); the model shape c
 from __future__ import annotations
 
 import argparse
-import sys
+from pathlib import Path
 
 from async_rl.trainer.megatron.convert import hf_to_torch_dist
 
@@ -17,10 +17,12 @@ if __name__ == "__main__":  # the checkpoint writer starts worker processes, whi
     parser.add_argument("--hf-checkpoint", required=True, help="Hugging Face checkpoint directory.")
     parser.add_argument("--save", required=True, help="Output directory (torch_dist).")
     args = parser.parse_args()
+    if Path(args.save).exists():  # never over an earlier conversion: bad input exits 2, as in every tool here
+        parser.error(f"--save {args.save} already exists")
     try:
         hf_to_torch_dist(args.hf_checkpoint, args.save)
     except ModuleNotFoundError as e:
-        sys.exit(f"convert_hf_to_torch_dist: error: {e.name} is not installed (pip install megatron-core psutil)")
+        parser.error(f"{e.name} is not installed (pip install megatron-core psutil)")
     except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"convert_hf_to_torch_dist: error: {e}")
+        parser.error(str(e))
     print(f"wrote {args.save}")

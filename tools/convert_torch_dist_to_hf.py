@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import argparse
-import sys
+from pathlib import Path
 
 from async_rl.trainer.megatron.convert import torch_dist_to_hf
 
@@ -19,10 +19,12 @@ if __name__ == "__main__":  # the checkpoint reader may start worker processes, 
     parser.add_argument("--output-dir", required=True, help="Hugging Face checkpoint directory to write.")
     parser.add_argument("--origin-hf-dir", required=True, help="The Hugging Face checkpoint it was converted from.")
     args = parser.parse_args()
+    if Path(args.output_dir).exists():  # never over an earlier conversion: bad input exits 2, as in every tool here
+        parser.error(f"--output-dir {args.output_dir} already exists")
     try:
         torch_dist_to_hf(args.input_dir, args.output_dir, args.origin_hf_dir)
     except ModuleNotFoundError as e:
-        sys.exit(f"convert_torch_dist_to_hf: error: {e.name} is not installed (pip install megatron-core psutil)")
+        parser.error(f"{e.name} is not installed (pip install megatron-core psutil)")
     except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"convert_torch_dist_to_hf: error: {e}")
+        parser.error(str(e))
     print(f"wrote {args.output_dir}")

@@ -66,9 +66,11 @@ def test_channel_granularity_writes_one_scale_per_row(bf16_model, tmp_path):
     assert torch.allclose(back, src[name].float(), rtol=2**-4, atol=float(dst[name + "_scale"].max()) * 2**-9)
 
 
-@pytest.mark.parametrize("flag, pow2", [("False", False), ("True", True), ("false", False)])
-def test_force_pow_2_scale_false_really_means_false(bf16_model, tmp_path, flag, pow2):
-    assert cast(bf16_model, tmp_path / "fp8", "--force-pow-2-scale", flag).returncode == 0
+@pytest.mark.parametrize("flags, pow2", [(["--force-pow-2-scale"], True), (["--no-force-pow-2-scale"], False),
+                                         ([], False), (["--force-pow-2-scale", "False"], False),
+                                         (["--force-pow-2-scale", "True"], True)])
+def test_force_pow_2_scale_is_a_switch_and_false_really_means_false(bf16_model, tmp_path, flags, pow2):
+    assert cast(bf16_model, tmp_path / "fp8", *flags).returncode == 0
     scales = torch.cat([t.flatten() for n, t in tensors(tmp_path / "fp8").items() if n.endswith("_scale_inv")])
     assert bool(torch.all(torch.frexp(scales).mantissa == 0.5)) == pow2
 

@@ -134,7 +134,14 @@ def test_hf_to_torch_dist_to_hf_gives_identical_tensors(hf_dir, tmp_path):
 def test_a_directory_without_config_is_one_clear_line(tmp_path):
     result = subprocess.run([sys.executable, "tools/convert_hf_to_torch_dist.py", "--hf-checkpoint", str(tmp_path),
                              "--save", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True)
-    assert result.returncode == 1 and "no config.json" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "no config.json" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_converter_never_writes_over_an_earlier_output(tmp_path):
+    (tmp_path / "out").mkdir()
+    result = subprocess.run([sys.executable, "tools/convert_hf_to_torch_dist.py", "--hf-checkpoint", str(tmp_path),
+                             "--save", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 2 and f"--save {tmp_path / 'out'} already exists" in result.stderr
 
 
 @pytest.mark.parametrize("moe", [False, True], ids=["dense", "moe"])
