@@ -20,6 +20,8 @@ _SUMMARY = [
     ("perf/step_time_s", "step", "{:.2f}s"),
     ("perf/rollout_time_s", "rollout", "{:.2f}s"),
     ("perf/train_time_s", "train", "{:.2f}s"),
+    ("perf/overlap_ratio", "rollout hidden", "{:.0%}"),  # async: the share of generation training hid
+    ("rollout/staleness_mean", "staleness", "{:.2f}"),  # async: weight versions behind, on average
 ]
 
 

@@ -138,6 +138,7 @@ class TrainingSession:
                                           grader, make_weight_sync(cfg, self.trainer),
                                           custom_generate=cfg.rollout.custom_generate_function_path,
                                           per_group=dispatch_per_group(cfg))
+            print(f"{len(self.rollout.engines)} rollout engine(s) started in {self.rollout.wait_ready():.0f} s", flush=True)
             self.start_step = 0
             self.resumed_rollout_state: dict[str, Any] | None = None
             self._last_batch: tuple[list[Sample], list[float]] | None = None
@@ -162,10 +163,12 @@ class TrainingSession:
         self.last_checkpoint: Path | None = None
 
     def _save_config(self) -> None:
-        text = self.cfg.print_resolved()
+        """The resolved configuration goes to config.yaml, and one line says where (`--dry-run` prints it whole)."""
         out = Path(self.cfg.logging.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(text)
+        (out / "config.yaml").write_text(self.cfg.to_yaml())
+        print(f"run directory {out}: configuration in config.yaml (replays with --config), metrics in metrics.jsonl",
+              flush=True)
 
     @property
     def n_samples(self) -> int:

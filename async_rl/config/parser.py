@@ -105,11 +105,9 @@ class Config:
     def to_yaml(self) -> str:
         return OmegaConf.to_yaml(OmegaConf.create(self.to_flat_dict()))
 
-    def print_resolved(self) -> str:
-        """Print the configuration a run (or `--dry-run`) uses, under the header tools look for; returns the YAML."""
-        text = self.to_yaml()
-        print("resolved configuration:\n" + text, flush=True)
-        return text
+    def print_resolved(self) -> None:
+        """Print the configuration `--dry-run` resolved, under the header tools look for."""
+        print("resolved configuration:\n" + self.to_yaml(), flush=True)
 
 
 SGLANG_PREFIX = "sglang_"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import warnings
 from typing import Sequence
 
 import torch
@@ -23,6 +24,10 @@ from async_rl.sample import FINISHED_STATUSES, Sample, SampleStatus
 from async_rl.weights.fp8 import FP8_SCALE_SUFFIXES, is_fp8_quantizable, quantize_many, scale_name
 from async_rl.weights.hf_layout import destination
 from async_rl.weights.sync import from_transport
+
+# Recent transformers rename the forward's `past_key_values` to `cache` and warn on every call; the old name works
+# in every version this package supports, so the warning (one per engine, in every log) says nothing to a user.
+warnings.filterwarnings("ignore", message=r".*`past_key_values` is deprecated", category=FutureWarning)
 
 
 class LocalEngine(WeightVersionMixin, CustomGenerateMixin):

@@ -130,6 +130,13 @@ class RolloutManager:
         # Re-entrant: a push may restart a dead engine.
         self._engines_lock = threading.RLock()
 
+    def wait_ready(self) -> float:
+        """Block until every engine has started (model loaded, server up); returns the seconds it took. Without it
+        the first generation (an evaluation at step 0) would silently absorb the engines' start."""
+        start = time.perf_counter()
+        ray.get([engine.health.options(concurrency_group="control").remote() for engine in self.engines])
+        return time.perf_counter() - start
+
     def start_group_ids_at(self, first: int) -> None:
         """Continue group numbering after a resume, so restored groups keep ids no new group takes."""
         self._group_ids = itertools.count(first)
