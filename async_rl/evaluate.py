@@ -57,6 +57,7 @@ def evaluate(cfg: Config) -> dict[str, float]:
     out = Path(cfg.logging.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps({"model": cfg.model.hf_checkpoint, **metrics}, indent=2))
+    print(f"wrote {out / 'eval.json'}", flush=True)
     return metrics
 
 
