@@ -20,6 +20,7 @@ import logging
 import os
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -94,6 +95,8 @@ class SGLangEngine(WeightVersionMixin, CustomGenerateMixin):
         # names pushed as float8 until the first push is complete and compared with the engine's (then None)
         self._unchecked_fp8: set[str] | None = set() if fp8 else None
         self._rids: dict[int, list[str]] = {}  # request id -> SGLang rids of its samples
+        self._aborted_before_start: set[int] = set()  # aborted calls still queued: they return at once
+        self._rids_lock = threading.Lock()  # generate calls run concurrently with each other and with abort
 
     @property
     def url(self) -> str:
@@ -108,8 +111,14 @@ class SGLangEngine(WeightVersionMixin, CustomGenerateMixin):
             return samples
         started_version = self.weight_version
         rids = [uuid.uuid4().hex for _ in todo]
-        if request_id is not None:
-            self._rids[request_id] = rids
+        with self._rids_lock:
+            if request_id in self._aborted_before_start:
+                self._aborted_before_start.discard(request_id)
+                for s in todo:
+                    s.status = SampleStatus.ABORTED
+                return samples
+            if request_id is not None:
+                self._rids[request_id] = rids
         requests = [{
             "rid": rid, "input_ids": s.prompt_tokens + s.response_tokens, "return_logprob": True,
             "return_routed_experts": self.return_routed_experts,
@@ -126,7 +135,8 @@ class SGLangEngine(WeightVersionMixin, CustomGenerateMixin):
             self._check_server(grace_s=10)  # a dead server takes the actor down; a live one's error is raised
             raise
         finally:
-            self._rids.pop(request_id, None)
+            with self._rids_lock:
+                self._rids.pop(request_id, None)
         finished_at = time.time()
         for s, out in zip(todo, outputs):
             meta = out["meta_info"]
@@ -146,7 +156,9 @@ class SGLangEngine(WeightVersionMixin, CustomGenerateMixin):
     def abort(self, request_ids: Sequence[int]) -> None:
         """Abort every sample of these calls at once; sent one after another, the last of a few hundred samples
         kept generating, and the push kept waiting, for as many round trips."""
-        rids = [rid for request_id in request_ids for rid in self._rids.get(request_id, [])]
+        with self._rids_lock:
+            rids = [rid for request_id in request_ids for rid in self._rids.get(request_id, [])]
+            self._aborted_before_start |= {r for r in request_ids if r not in self._rids}
         self.client.post_all("/abort_request", [{"rid": rid} for rid in rids])
 
     def load_weights(self, named_tensors: Sequence[tuple[str, torch.Tensor]]) -> None:
