@@ -332,7 +332,7 @@ class TrainingSession:
 
     def _check_probe(self, checkpoint: Path) -> None:
         probe = json.loads((checkpoint / PROBE).read_text())
-        # None: a one-process (torch) trainer's checkpoint, or one from before layouts were recorded
+        # None: a one-process (torch) trainer's checkpoint
         saved_layout = recorded_layout(checkpoint)
         layout = ray.get(self.trainer.parallel_layout.remote()) if saved_layout else None
         bf16 = self.cfg.backend.train_backend == "megatron" and self.cfg.megatron.bf16

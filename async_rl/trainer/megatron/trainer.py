@@ -41,8 +41,7 @@ TRAINER_STATE = "trainer_state"  # each rank's RNG state, step counters and the 
 
 
 def recorded_layout(checkpoint: str | Path) -> dict[str, int] | None:
-    """The parallel layout a megatron checkpoint was written under (None: another backend's, or one written before
-    the layout was recorded)."""
+    """The parallel layout a megatron checkpoint was written under (None: another backend's checkpoint)."""
     rank0 = Path(checkpoint) / TRAINER_STATE / "rank_0.pt"
     return torch.load(rank0, weights_only=False).get("layout") if rank0.is_file() else None
 
@@ -446,7 +445,7 @@ class MegatronTrainer(PolicyTrainer):
         refs = [p.load.remote(path) for p in self.peers]
         src = Path(path)
         load_model_checkpoint(self.gpt, str(src / "megatron"))
-        written_under = recorded_layout(src) or self.parallel_layout()  # None: written before it was recorded
+        written_under = recorded_layout(src)
         same_layout = written_under == self.parallel_layout()
         state = torch.load(src / TRAINER_STATE / f"rank_{self.rank if same_layout else 0}.pt", weights_only=False)
         if same_layout:
@@ -454,11 +453,8 @@ class MegatronTrainer(PolicyTrainer):
         elif self.rank == 0:
             logger.warning("%s: written under %s, loaded under %s: weights and optimizer state resharded, RNG states "
                            "not restored", path, written_under, self.parallel_layout())
-        if (src / "optimizer").is_dir():
-            sharded = self.optimizer.sharded_state_dict(self.gpt.sharded_state_dict(), is_loading=True)
-            self.optimizer.load_state_dict(dist_checkpointing.load(sharded, str(src / "optimizer")))
-        else:  # a CPU checkpoint written before AdamW's state was sharded: same layout only
-            self.optimizer.load_state_dict(state["optimizer"])
+        sharded = self.optimizer.sharded_state_dict(self.gpt.sharded_state_dict(), is_loading=True)
+        self.optimizer.load_state_dict(dist_checkpointing.load(sharded, str(src / "optimizer")))
         self.version, self.optimizer_steps = state["version"], state["optimizer_steps"]
         self._recast_fp8_weights()
         _wait(refs)

@@ -1,11 +1,9 @@
 """The megatron trainer backend on a CPU: the same RL step as the torch backend, and TP/DP groups equal one rank."""
 
 import dataclasses
-import shutil
 
 import pytest
 import ray
-import torch
 
 from async_rl.config import parse_config
 from async_rl.config.sections import MegatronConfig, TrainConfig
@@ -204,27 +202,6 @@ def test_a_checkpoint_saved_by_two_ranks_resumes_on_one_and_back(model, layout, 
     ray.get(two.load.remote(str(tmp_path / "one")))
     ray.get(two.train_step.remote(samples, adv))
     assert max_diff(ray.get(two.compute_log_probs.remote(samples)), one.compute_log_probs(samples)) < tolerance
-
-
-def test_a_cpu_checkpoint_of_the_earlier_layout_still_resumes(tiny_model, samples, in_process, tmp_path):
-    """Before AdamW's state went to `optimizer/`, a CPU checkpoint kept it, with per-parameter steps, in the rank's
-    `trainer_state` file and recorded no layout; such a checkpoint resumes the same step."""
-    adv = advantages(len(samples))
-    saver = in_process(str(tiny_model), CFG, MegatronConfig(), global_batch_size=4, temperature=0.8)
-    saver.train_step(samples, adv)
-    saver.save(str(tmp_path / "ckpt"))
-    rank_file = tmp_path / "ckpt" / "trainer_state" / "rank_0.pt"
-    state = torch.load(rank_file, weights_only=False)
-    del state["layout"]
-    state["optimizer"] = saver.optimizer.inner.state_dict()
-    torch.save(state, rank_file)
-    shutil.rmtree(tmp_path / "ckpt" / "optimizer")
-    saver.train_step(samples, adv)
-    expected = saver.compute_log_probs(samples)
-
-    saver.load(str(tmp_path / "ckpt"))  # weights, AdamW's moments and steps all come from the checkpoint
-    saver.train_step(samples, adv)
-    assert max_diff(saver.compute_log_probs(samples), expected) < 1e-6
 
 
 def test_a_distributed_optimizer_resume_under_another_tensor_parallel_size_is_refused_before_the_start(
