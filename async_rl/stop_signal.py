@@ -28,8 +28,9 @@ class StopSignal:
         return self
 
     def __exit__(self, *exc) -> None:
-        """After a stop the handlers stay: the process is on its way out, and a late Ctrl-C must not become a
-        KeyboardInterrupt in its last lines."""
+        """After a stop the handlers stay: the process is on its way out (closing the session, Ray), and a late Ctrl-C
+        must not become a KeyboardInterrupt in its last lines. Entered after the session started Ray, whose own
+        SIGTERM handler would otherwise win."""
         if self.requested:
             return
         for signum, handler in self._previous.items():

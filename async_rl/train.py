@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 
 def run(cfg: Config) -> None:
-    with StopSignal() as stop, TrainingSession(cfg) as session:
+    with TrainingSession(cfg) as session, StopSignal() as stop:
         completed = session.start_step
         if session.resumed_rollout_state:
             state = session.resumed_rollout_state

@@ -34,7 +34,7 @@ def run(cfg: Config) -> None:
             "not corrected (see docs/algorithms.md)"
         )
     r = cfg.rollout
-    with StopSignal() as stop, TrainingSession(cfg) as session:
+    with TrainingSession(cfg) as session, StopSignal() as stop:
         completed = session.start_step
         producer = session.start_producer()
         pushed: list[ray.ObjectRef] = []

@@ -279,11 +279,11 @@ def test_saved_rollout_data_replays_the_run_exactly_without_generating(tiny_mode
 
 
 def test_an_output_dir_that_holds_a_run_is_refused_unless_resumed_or_overwritten(tiny_model, tmp_path):
-    out = tmp_path / "run"
-    train.main(run_flags(tiny_model, out, "--num-rollout", "2", evaluate=False))
+    out, ckpt = tmp_path / "run", tmp_path / "ckpt"
+    train.main(run_flags(tiny_model, out, "--num-rollout", "2", "--save", str(ckpt), evaluate=False))
     again = run_cli(*run_flags(tiny_model, out, "--num-rollout", "1", evaluate=False))
     assert again.returncode == 2 and "Traceback" not in again.stderr
-    assert f"--output-dir {out} holds a run already: resume it with --load" in again.stderr
+    assert f"--output-dir {out} holds an earlier run: resume it with --load {ckpt}, choose another" in again.stderr
     assert [r["step"] for r in metrics_of(out)] == [0, 1]  # untouched
     train.main(run_flags(tiny_model, out, "--num-rollout", "1", "--overwrite-output-dir", evaluate=False))
     assert [r["step"] for r in metrics_of(out)] == [0]
