@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,8 @@ def start_ray(cfg: Config) -> None:
     """Join `--ray-address`, or start a Ray on this machine bound to 127.0.0.1."""
     if ray.is_initialized():
         return
+    if not sys.stdout.isatty():  # Ray colours its worker-log prefixes; a redirected log gets them plain
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     runtime_env = {"env_vars": _WORKER_ENV}
     if cfg.cluster.ray_address:
         ray.init(address=cfg.cluster.ray_address, runtime_env=runtime_env)
