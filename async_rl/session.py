@@ -120,7 +120,8 @@ class TrainingSession:
 
         lg = cfg.logging
         wandb = WandbSettings(lg.wandb_project, lg.wandb_mode, cfg.to_flat_dict()) if lg.use_wandb else None
-        resume_step = int(read_driver_state(checkpoint)["step"]) if checkpoint is not None else None
+        driver_state = read_driver_state(checkpoint) if checkpoint is not None else None
+        resume_step = int(driver_state["step"]) if driver_state is not None else None
         self.metrics_logger = MetricsLogger(lg.output_dir, lg.tensorboard_dir, wandb, resume_step=resume_step)
         start_ray(cfg)
         self.router: Any = None
@@ -143,7 +144,7 @@ class TrainingSession:
             self.resumed_rollout_state: dict[str, Any] | None = None
             self._last_batch: tuple[list[Sample], list[float]] | None = None
             if checkpoint is not None:
-                self._load(checkpoint)
+                self._load(checkpoint, driver_state)
             elif needs_initial_weights(cfg):
                 self.rollout.wait_weights(self.push_weights(version=0))
             self.offload_trainer_weights()
@@ -347,8 +348,7 @@ class TrainingSession:
         print(f"invariant holds after --load: probe loss and grad norm equal ({probe['result']} saved, {recomputed} "
               f"now, relative tolerance {tolerance[0]:g})", flush=True)
 
-    def _load(self, checkpoint: Path) -> None:
-        state = read_driver_state(checkpoint)
+    def _load(self, checkpoint: Path, state: dict[str, Any]) -> None:
         with self.training_turn():
             ray.get(self.trainer.load.remote(str(checkpoint)))
             if self.cfg.train.check_invariants and (checkpoint / PROBE).is_file():

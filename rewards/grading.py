@@ -154,7 +154,7 @@ class RewardGrader:
             units = [[s] for s in samples]
         outcomes = asyncio.run(self._run_async(units)) if self.spec.is_async else self._run_in_pool(units)
         counts: Counter = Counter()
-        failures: list[str] = []
+        first_failure: str | None = None
         rewards: dict[int, float | dict] = {}
         for unit, (status, value) in zip(units, outcomes):
             values, failure = self._check(unit, status, value)
@@ -162,11 +162,11 @@ class RewardGrader:
                 self._succeeded = True
             else:
                 counts["timeouts" if status == "timeout" else "errors"] += len(unit)
-                failures.append(failure)
+                first_failure = first_failure or failure
             for sample, reward in zip(unit, values):
                 rewards[id(sample)] = reward
-        if failures:
-            self._report(failures, counts, len(samples))
+        if first_failure is not None:
+            self._report(first_failure, counts, len(samples))
         return [rewards[id(s)] for s in samples], counts
 
     def _check(self, unit: list, status: str, value: Any) -> tuple[list[float | dict], str | None]:
@@ -183,12 +183,12 @@ class RewardGrader:
         reason = f"timed out after {self.timeout:g}s" if status == "timeout" else f"failed: {value}"
         return [self.default] * len(unit), f"{reason} on {where}"
 
-    def _report(self, failures: list[str], counts: Counter, n_samples: int) -> None:
+    def _report(self, first_failure: str, counts: Counter, n_samples: int) -> None:
         """One line per call, however many samples failed; a function that has failed on every sample it was
         ever given (not merely timed out) is broken, and the run stops instead of training on default rewards."""
         failed = counts["errors"] + counts["timeouts"]
         summary = (f"reward {self.spec.name}: {failed} of {n_samples} samples scored {self.default:g} "
-                   f"({counts['errors']} errors, {counts['timeouts']} timeouts); first: {failures[0]}")
+                   f"({counts['errors']} errors, {counts['timeouts']} timeouts); first: {first_failure}")
         if not self._succeeded and counts["errors"] == n_samples:
             raise RewardFunctionBroken(f"{summary}. It has not returned a valid reward for any sample yet: fix the "
                                        f"reward function (--custom-rm-path / --rm-type) and start again")

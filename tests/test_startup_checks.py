@@ -62,3 +62,11 @@ def test_a_dry_run_and_a_start_refuse_the_same_file_with_the_same_line(tiny_mode
         lines.append([line for line in result.stderr.splitlines() if line.startswith("async_rl.train: error:")])
     assert lines[0] == lines[1] == [f"async_rl.train: error: --prompt-data {bad}:1: missing input key 'prompt' "
                                     f"(have: question, label; --input-key)"]
+
+
+def test_skipped_lines_are_reported_by_the_loader_alone(tiny_model, tmp_path, caplog):
+    """The check reads the file too: with --skip-bad-rows it stays silent, so a start says "skipped" once."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "1+1=", "label": "2"}\n{"prompt": \n')
+    assert problems(tiny_model, tmp_path, "--prompt-data", str(bad), "--skip-bad-rows") == []
+    assert "skipped" not in caplog.text

@@ -27,11 +27,12 @@ class PromptRow:
     metadata: dict[str, Any]
 
 
-def read_rows(path: str, *, skip_bad_rows: bool = False) -> list[tuple[int, dict[str, Any]]]:
-    """Rows of a .jsonl or .parquet file, each a dict with its number: the line of a .jsonl file, the row of a
-    .parquet one, the number every message about the row uses.
+def read_rows(path: str, *, skip_bad_rows: bool = False) -> tuple[list[tuple[int, dict[str, Any]]], list[int]]:
+    """Rows of a .jsonl or .parquet file, each a dict with its number (the line of a .jsonl file, the row of a
+    .parquet one, the number every message about the row uses), and the numbers of the malformed lines skipped.
 
-    A malformed line is an error naming file and line, or, with `skip_bad_rows`, counted and logged.
+    A malformed line is an error naming file and line, or, with `skip_bad_rows`, skipped for the caller to report
+    (the start-up check and the loader both read the file; the loader says it once).
     """
     p = Path(path)
     if not p.is_file():
@@ -39,7 +40,7 @@ def read_rows(path: str, *, skip_bad_rows: bool = False) -> list[tuple[int, dict
     if p.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        return list(enumerate(pq.read_table(p).to_pylist(), start=1))
+        return list(enumerate(pq.read_table(p).to_pylist(), start=1)), []
     rows, bad = [], []
     with p.open(encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
@@ -56,9 +57,7 @@ def read_rows(path: str, *, skip_bad_rows: bool = False) -> list[tuple[int, dict
                 bad.append(line_no)
             else:
                 raise DatasetError(f"{path}:{line_no}: {problem} (--skip-bad-rows skips such lines)")
-    if bad:
-        logger.warning("%s: skipped %d malformed line(s): %s", path, len(bad), ", ".join(map(str, bad[:20])))
-    return rows
+    return rows, bad
 
 
 def row_fields(row: dict[str, Any], where: str, input_key: str, label_key: str | None,
@@ -80,7 +79,7 @@ def check_prompt_file(path: str, *, input_key: str, label_key: str | None, apply
                       skip_bad_rows: bool) -> None:
     """What loading the file would refuse, without a tokenizer: a start's and a dry run's check alike."""
     usable = 0
-    for row_no, row in read_rows(path, skip_bad_rows=skip_bad_rows):
+    for row_no, row in read_rows(path, skip_bad_rows=skip_bad_rows)[0]:
         try:
             row_fields(row, f"{path}:{row_no}", input_key, label_key, apply_chat_template)
             usable += 1
@@ -111,7 +110,10 @@ class PromptDataset:
         self.shuffle = shuffle
         self.seed = seed
         self.rows, skipped = [], []
-        for row_no, row in read_rows(path, skip_bad_rows=skip_bad_rows):
+        numbered, bad = read_rows(path, skip_bad_rows=skip_bad_rows)
+        if bad:
+            logger.warning("%s: skipped %d malformed line(s): %s", path, len(bad), ", ".join(map(str, bad[:20])))
+        for row_no, row in numbered:
             try:
                 self.rows.append(self._to_prompt_row(row, row_no, tokenizer, input_key, label_key, apply_chat_template))
             except DatasetError as e:

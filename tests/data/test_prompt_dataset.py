@@ -21,7 +21,7 @@ def test_jsonl_rows_keep_label_and_metadata(tokenizer):
 
 
 def test_parquet_loads_the_same_rows_as_jsonl(tokenizer, tmp_path):
-    rows = [row for _, row in read_rows(str(GSM8K))]
+    rows = [row for _, row in read_rows(str(GSM8K))[0]]
     path = tmp_path / "gsm8k.parquet"
     pq.write_table(pa.Table.from_pylist(rows), path)
     from_parquet = PromptDataset(str(path), tokenizer)
