@@ -7,3 +7,7 @@ class UserInputError(ValueError):
 
 class TrainingAborted(RuntimeError):
     """The run stopped itself on purpose (e.g. too many non-finite steps); the message says why and which flag."""
+
+
+# from a checkout (the project is installed from its source directory); the extra names the GPU packages
+GPU_INSTALL = "pip install -e '.[gpu]' in the async_rl directory"

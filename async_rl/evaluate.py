@@ -17,28 +17,35 @@ from typing import Sequence
 import ray
 from transformers import AutoTokenizer
 
-from async_rl.backend_checks import check_backends
+from async_rl.backends import rollout_backend
 from async_rl.checkpoint import resolve_checkpoint
 from async_rl.cli import run_cli
 from async_rl.config import Config, parse_config
 from async_rl.errors import UserInputError
 from async_rl.evaluation import Evaluator
-from async_rl.placement import create_engine, dispatch_per_group, start_ray
+from async_rl.placement import create_engine, start_ray
 from async_rl.rollout.engine import SamplingParams
 from async_rl.rollout.manager import RolloutManager
 from async_rl.rollout.weight_sync import CheckpointWeights
 from async_rl.session import load_eval_sets, make_grader
+from async_rl.startup_checks import EVALUATE_CHECKS, check_startup, dry_run
+
+
+def model_to_evaluate(cfg: Config) -> Config:
+    """With --load, the checkpoint's Hugging Face model stands in for --hf-checkpoint."""
+    if not cfg.checkpoint.load:
+        return cfg
+    checkpoint = resolve_checkpoint(cfg.checkpoint.load)
+    model = checkpoint / "model"
+    if not model.is_dir() and (checkpoint / "megatron").is_dir():
+        raise UserInputError(f"--load {checkpoint} is a megatron checkpoint: convert it first with "
+                             f"tools/convert_torch_dist_to_hf.py --input-dir {checkpoint / 'megatron'} ...")
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, hf_checkpoint=str(model)))
 
 
 def evaluate(cfg: Config) -> dict[str, float]:
-    check_backends(cfg)
-    if cfg.checkpoint.load:
-        checkpoint = resolve_checkpoint(cfg.checkpoint.load)
-        model = checkpoint / "model"
-        if not model.is_dir() and (checkpoint / "megatron").is_dir():
-            raise UserInputError(f"--load {checkpoint} is a megatron checkpoint: convert it first with "
-                                 f"tools/convert_torch_dist_to_hf.py --input-dir {checkpoint / 'megatron'} ...")
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, hf_checkpoint=str(model)))
+    cfg = model_to_evaluate(cfg)
+    check_startup(cfg, EVALUATE_CHECKS)  # the checks a training start runs on the same flags
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.hf_checkpoint)
     eval_sets = load_eval_sets(cfg, tokenizer)
     grader = make_grader(cfg)
@@ -46,7 +53,7 @@ def evaluate(cfg: Config) -> dict[str, float]:
     try:
         manager = RolloutManager(lambda rank: create_engine(cfg, rank), cfg.num_rollout_engines, grader,
                                  CheckpointWeights(), custom_generate=cfg.rollout.custom_generate_function_path,
-                                 per_group=dispatch_per_group(cfg))
+                                 per_group=rollout_backend(cfg).dispatch_per_group)
         e = cfg.eval
         params = SamplingParams(e.eval_temperature, cfg.rollout.rollout_top_p, e.eval_max_response_len,
                                 cfg.rollout.rollout_max_context_len)
@@ -72,8 +79,11 @@ def print_table(metrics: dict[str, float]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    cfg, _ = parse_config(argv, prog="async_rl.evaluate", evaluate_only=True)
-    run_cli("async_rl.evaluate", lambda: print_table(evaluate(cfg)))
+    cfg, launch = parse_config(argv, prog="async_rl.evaluate", evaluate_only=True)
+    if launch.dry_run:
+        run_cli("async_rl.evaluate", lambda: dry_run(model_to_evaluate(cfg), EVALUATE_CHECKS))
+    else:
+        run_cli("async_rl.evaluate", lambda: print_table(evaluate(cfg)))
 
 
 if __name__ == "__main__":

@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
 import sys
-from pathlib import Path
 from typing import Any
 
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from async_rl.backends import rollout_backend, train_backend
 from async_rl.config import Config
 from async_rl.errors import UserInputError
-from async_rl.net import LOOPBACK, node_address
+from async_rl.net import LOOPBACK
 from async_rl.placement_plan import plan_placement
 from async_rl.rollout.engine import GENERATE_GROUP
-from async_rl.weights.fp8 import checkpoint_granularity, quantization_config
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +44,7 @@ def _gpu_share(cfg: Config) -> float:
     return 0.5 if _shares_trainer_gpus(cfg) else 1
 
 
-def _threads_per_process(cfg: Config) -> int:
+def threads_per_process(cfg: Config) -> int:
     """Split the cores between the trainer and the engines, so that async overlap is real parallelism."""
     processes = cfg.trainer_world_size + cfg.num_rollout_engines
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -154,96 +152,24 @@ def engine_options(cfg: Config, rank: int, bundles: PlacementGroup | None) -> di
 
 
 def create_trainer(cfg: Config, bundles: PlacementGroup) -> Any:
-    """The trainer actor the loop talks to (rank 0 of the megatron group), in the trainer's bundles."""
-    if cfg.backend.train_backend == "megatron":
-        from async_rl.trainer.megatron.actor_group import create_megatron_group
-
-        return create_megatron_group(
-            cfg.model.hf_checkpoint, cfg.train, cfg.megatron,
-            rank_options=[trainer_rank_options(cfg, bundles, rank) for rank in range(cfg.trainer_world_size)],
-            global_batch_size=cfg.global_batch_size,
-            temperature=cfg.rollout.rollout_temperature, seed=cfg.logging.seed, num_threads=_threads_per_process(cfg),
-            single_machine=cfg.cluster.ray_address is None, total_optimizer_steps=cfg.total_optimizer_steps,
-        )
-    from async_rl.trainer.torch_trainer import TorchTrainer
-
-    options = trainer_rank_options(cfg, bundles, 0)
-    actor = ray.remote(TorchTrainer).options(**options)
-    return actor.remote(
-        cfg.model.hf_checkpoint, cfg.train, global_batch_size=cfg.global_batch_size,
-        temperature=cfg.rollout.rollout_temperature, seed=cfg.logging.seed,
-        num_threads=_threads_per_process(cfg), device="cuda" if options["num_gpus"] else "cpu",
-        total_optimizer_steps=cfg.total_optimizer_steps,
-    )
-
-
-def start_router(cfg: Config) -> Any:
-    """sglang-router on this node when several SGLang engines serve the policy (they register with it), else None."""
-    if cfg.backend.rollout_backend != "sglang" or cfg.num_rollout_engines < 2:
-        return None
-    from async_rl.rollout.sglang_router import SGLangRouter
-
-    host = node_address(single_machine=cfg.cluster.ray_address is None)
-    return SGLangRouter(host, cfg.rollout.router_port, cfg.rollout.router_policy)
+    """The trainer actor the loop talks to (rank 0 of a group), in the trainer's bundles."""
+    rank_options = [trainer_rank_options(cfg, bundles, rank) for rank in range(cfg.trainer_world_size)]
+    return train_backend(cfg).create_trainer(cfg, rank_options, threads_per_process(cfg))
 
 
 def create_engine(cfg: Config, rank: int, router_url: str | None = None, bundles: PlacementGroup | None = None) -> Any:
-    """Rollout engine `rank` as a Ray actor of its own (a process an operator can find by its class name); its
-    calls run one at a time, in order, and `abort`, `health` and weight control use a thread of their own to
-    reach a busy engine."""
-    options = engine_options(cfg, rank, bundles)
-    if cfg.backend.rollout_backend == "sglang":
-        return _create_sglang_engine(cfg, rank, router_url, options)
-    from async_rl.rollout.local_engine import LocalEngine
+    """Rollout engine `rank` as a Ray actor of its own (a process an operator can find by its class name)."""
+    return rollout_backend(cfg).create_engine(cfg, rank, engine_options(cfg, rank, bundles), router_url)
 
-    return engine_actor(LocalEngine).options(**options).remote(
-        cfg.model.hf_checkpoint, seed=cfg.logging.seed + 1000 * (rank + 1), num_threads=_threads_per_process(cfg),
-        device="cuda" if options["num_gpus"] else "cpu",
-        fp8=cfg.rollout.fp8_layout, record_routing=cfg.train.use_routing_replay,
-    )
+
+def engine_seed(cfg: Config, rank: int) -> int:
+    """Each engine samples from a stream of its own."""
+    return cfg.logging.seed + 1000 * (rank + 1)
 
 
 def engine_actor(engine_class: type, concurrent_generates: int = 0) -> Any:
     """Calls run one at a time, in order (weight pushes after the generate calls queued before them); `control`
-    has a thread of its own, and with `concurrent_generates`, so do that many generate calls at once (an engine
-    that batches them itself; see `dispatch_per_group`)."""
+    (`abort`, `health`, `rng_state`) has a thread of its own to reach a busy engine, and with
+    `concurrent_generates`, so do that many generate calls at once (an engine that batches them itself)."""
     groups = {"control": 1} | ({GENERATE_GROUP: concurrent_generates} if concurrent_generates else {})
     return ray.remote(max_concurrency=1, concurrency_groups=groups)(engine_class)
-
-
-def dispatch_per_group(cfg: Config) -> bool:
-    """SGLang batches concurrent requests continuously, so its engines take a call per group, all at once; the
-    local engine batches within one call, so it takes chunks of groups."""
-    return cfg.backend.rollout_backend == "sglang"
-
-
-def checkpoint_fp8_granularity(path: str) -> str | None:
-    return checkpoint_granularity(json.loads((Path(path) / "config.json").read_text()))
-
-
-def needs_initial_weights(cfg: Config) -> bool:
-    """An FP8 SGLang engine built from a BF16 checkpoint starts with dummy weights until the first push."""
-    return (cfg.backend.rollout_backend == "sglang" and cfg.rollout.fp8_layout is not None
-            and checkpoint_fp8_granularity(cfg.model.hf_checkpoint) is None)
-
-
-def _create_sglang_engine(cfg: Config, rank: int, router_url: str | None, options: dict[str, Any]) -> Any:
-    from async_rl.rollout.sglang_engine import SGLangEngine
-
-    server_args = dict(cfg.sglang)
-    if cfg.cluster.colocate and not cfg.async_mode:  # the sync loop's engines release their memory for each step
-        server_args.setdefault("enable_memory_saver", True)
-    if cfg.train.use_routing_replay:
-        server_args["enable_return_routed_experts"] = True
-    if needs_initial_weights(cfg):
-        # SGLang's online --quantization fp8 cannot take weight updates: build FP8 parameters of the chosen
-        # layout instead, filled by the first weight push
-        server_args |= {"load_format": "dummy",
-                        "json_model_override_args": json.dumps({"quantization_config": quantization_config(cfg.rollout.fp8_layout)})}
-    return engine_actor(SGLangEngine, concurrent_generates=cfg.rollout.rollout_max_concurrency).options(**options).remote(
-        cfg.model.hf_checkpoint, seed=cfg.logging.seed + 1000 * (rank + 1), fp8=cfg.rollout.fp8_layout,
-        host=LOOPBACK if cfg.cluster.ray_address is None else None,  # else the engine's node
-        max_concurrent_requests=cfg.rollout.rollout_max_concurrency, router_url=router_url,
-        return_routed_experts=cfg.train.use_routing_replay,
-        tp_size=cfg.cluster.rollout_num_gpus_per_engine, **server_args,
-    )

@@ -6,7 +6,6 @@ lives here or below, so the two loops cannot drift apart.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import random
@@ -21,6 +20,7 @@ import torch
 from transformers import AutoTokenizer
 
 from async_rl.algorithms.advantages import compute_advantages, overlong_penalty
+from async_rl.backends import rollout_backend, train_backend
 from async_rl.checkpoint import read_driver_state, resolve_checkpoint, save_checkpoint
 from async_rl.config import Config
 from async_rl.data.prompt_dataset import PromptDataset
@@ -28,16 +28,7 @@ from async_rl.errors import TrainingAborted
 from async_rl.evaluation import Evaluator, eval_sets_from_flag
 from async_rl.invariants import check_first_step, check_probe, probe_tolerance
 from async_rl.metrics_logger import MetricsLogger, WandbSettings
-from async_rl.placement import (
-    check_training_gpus,
-    create_engine,
-    create_trainer,
-    dispatch_per_group,
-    needs_initial_weights,
-    start_ray,
-    start_router,
-    trainer_bundles,
-)
+from async_rl.placement import check_training_gpus, create_engine, create_trainer, start_ray, trainer_bundles
 from async_rl.rollout.debug_data import load_rollout, save_rollout
 from async_rl.rollout.engine import SamplingParams
 from async_rl.rollout.filters import load_group_filter
@@ -47,7 +38,7 @@ from async_rl.rollout.producer import AdmissionControl, RolloutProducer, sample_
 from async_rl.rollout.weight_sync import make_weight_sync
 from async_rl.sample import Sample
 from async_rl.startup_checks import check_startup, prepare_output_dir
-from async_rl.trainer.megatron.trainer import recorded_layout
+from async_rl.trainer.sharded_batch import ShardedBatch
 from rewards.deepscaler import lacks_reasoning_marker
 from rewards.grading import RewardGrader
 from rewards.registry import resolve_reward
@@ -58,15 +49,10 @@ ROLLOUT_BUFFER = "rollout_buffer.json"  # async runs: buffered groups and the pr
 PROBE = "probe.json"  # --check-invariants: a batch and its loss / grad norm at the saved weights
 
 
-def plugin_args(cfg: Config) -> argparse.Namespace:
-    """What slime-style reward and filter plugins receive as `args`: every flag, flat."""
-    return argparse.Namespace(**cfg.to_flat_dict())
-
-
 def make_grader(cfg: Config) -> RewardGrader:
     rw = cfg.reward
     return RewardGrader(
-        resolve_reward(rw.rm_type, rw.custom_rm_path, rw.group_rm), args=plugin_args(cfg),
+        resolve_reward(rw.rm_type, rw.custom_rm_path, rw.group_rm), args=cfg.plugin_args(),
         num_workers=rw.reward_num_workers, timeout=rw.reward_timeout, default=rw.reward_default,
     )
 
@@ -131,21 +117,21 @@ class TrainingSession:
             self.trainer = create_trainer(cfg, bundles)
             if cfg.cluster.offload_train:  # before the engines start, so that their KV cache can take this memory
                 ray.get(self.trainer.offload.remote(weights=False))
-            self.router = start_router(cfg)
+            self.router = rollout_backend(cfg).start_router(cfg)
             if self.router is not None:
                 print(f"sglang-router for the {cfg.num_rollout_engines} rollout engines: {self.router.url}", flush=True)
             router_url = self.router.url if self.router is not None else None
             self.rollout = RolloutManager(lambda rank: create_engine(cfg, rank, router_url, bundles), cfg.num_rollout_engines,
                                           grader, make_weight_sync(cfg, self.trainer),
                                           custom_generate=cfg.rollout.custom_generate_function_path,
-                                          per_group=dispatch_per_group(cfg))
+                                          per_group=rollout_backend(cfg).dispatch_per_group)
             print(f"{len(self.rollout.engines)} rollout engine(s) started in {self.rollout.wait_ready():.0f} s", flush=True)
             self.start_step = 0
             self.resumed_rollout_state: dict[str, Any] | None = None
             self._last_batch: tuple[list[Sample], list[float]] | None = None
             if checkpoint is not None:
                 self._load(checkpoint, driver_state)
-            elif needs_initial_weights(cfg):
+            elif rollout_backend(cfg).needs_initial_weights(cfg):
                 self.rollout.wait_weights(self.push_weights(version=0))
             self.offload_trainer_weights()
         except BaseException:
@@ -268,7 +254,7 @@ class TrainingSession:
         )
         if cfg.debug.save_debug_rollout_data:
             save_rollout(cfg.debug.save_debug_rollout_data, step, samples)
-        metrics |= ray.get(self.trainer.train_step.remote(samples, advantages.tolist()))
+        metrics |= ray.get(self.trainer.train_sharded.remote(self._hand_over(samples, advantages.tolist())))
         metrics["perf/train_time_s"] = time.perf_counter() - start
         tokens = sum(len(s.prompt_tokens) + s.response_length for s in samples)
         metrics["perf/train_tokens_per_s"] = tokens / metrics["perf/train_time_s"]
@@ -285,6 +271,10 @@ class TrainingSession:
                 f"--max-skipped-steps {limit} (last at step {step})"
             )
         return metrics
+
+    def _hand_over(self, samples: list[Sample], advantages: list[float]) -> ShardedBatch:
+        """The batch into the object store, a shard per data-parallel rank: the trainer's ranks fetch their own."""
+        return ShardedBatch.put(samples, advantages, train_backend(self.cfg).shard_rows(self.cfg, samples))
 
     def push_weights(self, version: int) -> list[ray.ObjectRef]:
         """Send the trainer's weights to every engine, bucket by bucket (FP8 pairs for an FP8 rollout).
@@ -320,7 +310,7 @@ class TrainingSession:
         if self.cfg.train.check_invariants and self._last_batch:
             samples, advantages = self._last_batch
             probe = {"samples": [sample_to_dict(s) for s in samples], "advantages": advantages,
-                     "result": ray.get(self.trainer.probe.remote(samples, advantages))}
+                     "result": ray.get(self.trainer.probe_sharded.remote(self._hand_over(samples, advantages)))}
 
         def write(path: str) -> None:
             ray.get(self.trainer.save.remote(path))
@@ -333,17 +323,16 @@ class TrainingSession:
 
     def _check_probe(self, checkpoint: Path) -> None:
         probe = json.loads((checkpoint / PROBE).read_text())
-        # None: a one-process (torch) trainer's checkpoint
-        saved_layout = recorded_layout(checkpoint)
+        backend = train_backend(self.cfg)
+        saved_layout = backend.checkpoint_layout(checkpoint)  # None: a one-process trainer's checkpoint
         layout = ray.get(self.trainer.parallel_layout.remote()) if saved_layout else None
-        bf16 = self.cfg.backend.train_backend == "megatron" and self.cfg.megatron.bf16
-        tolerance = probe_tolerance(saved_layout, layout, bf16)
+        tolerance = probe_tolerance(saved_layout, layout, backend.trains_in_bf16(self.cfg))
         if tolerance is None:
             print(f"invariant not checked after --load: the probe was recorded under {saved_layout}, and BF16 sums under "
                   f"{layout} run in another order", flush=True)
             return
         samples = [sample_from_dict(d) for d in probe["samples"]]
-        recomputed = ray.get(self.trainer.probe.remote(samples, probe["advantages"]))
+        recomputed = ray.get(self.trainer.probe_sharded.remote(self._hand_over(samples, probe["advantages"])))
         check_probe(probe["result"], recomputed, str(checkpoint), tolerance)
         print(f"invariant holds after --load: probe loss and grad norm equal ({probe['result']} saved, {recomputed} "
               f"now, relative tolerance {tolerance[0]:g})", flush=True)

@@ -14,15 +14,7 @@ from typing import Callable
 
 from omegaconf import OmegaConf
 
-from async_rl.backend_checks import (
-    check_colocated_engines,
-    check_distributed_optimizer_resume,
-    check_fp8_rollout,
-    check_local_engine,
-    check_megatron,
-    check_routing_replay,
-    check_sglang,
-)
+from async_rl.backends import rollout_backend, train_backend
 from async_rl.checkpoint import LATEST, resolve_checkpoint
 from async_rl.config import Config
 from async_rl.data.prompt_dataset import check_prompt_file
@@ -32,6 +24,7 @@ from async_rl.placement_plan import plan_placement
 from async_rl.rollout.custom_generate import load_generate_function
 from async_rl.rollout.debug_data import debug_data_file
 from async_rl.rollout.filters import load_group_filter
+from async_rl.weights.hf_layout import num_experts, read_hf_config
 from rewards.registry import resolve_reward
 
 # Directories a launcher builds before the start (the embedded script's tiny model): their files may be missing
@@ -105,6 +98,11 @@ def check_outputs(cfg: Config) -> None:
                        ("--save", cfg.checkpoint.save)):
         if path:
             _check_writable(flag, path)
+
+
+def check_earlier_run(cfg: Config) -> None:
+    """A training run does not write over the metrics of an earlier one."""
+    lg = cfg.logging
     if (Path(lg.output_dir) / "metrics.jsonl").is_file() and not cfg.checkpoint.load and not lg.overwrite_output_dir:
         checkpoint = _earlier_runs_checkpoint(Path(lg.output_dir))
         resume = f"resume it with --load {checkpoint}, " if checkpoint else "it saved no checkpoint to resume: "
@@ -131,10 +129,8 @@ def check_generate_function(cfg: Config) -> None:
 
 
 def check_filter(cfg: Config) -> None:
-    from async_rl.session import plugin_args
-
     if cfg.rollout.dynamic_sampling_filter_path:
-        load_group_filter(cfg.rollout.dynamic_sampling_filter_path, plugin_args(cfg))
+        load_group_filter(cfg.rollout.dynamic_sampling_filter_path, cfg.plugin_args())
 
 
 def _model_config_readable(cfg: Config) -> bool:
@@ -144,32 +140,35 @@ def _model_config_readable(cfg: Config) -> bool:
 
 
 def check_rollout_backend(cfg: Config) -> None:
-    check_colocated_engines(cfg)
-    if cfg.backend.rollout_backend == "sglang":
-        check_sglang(cfg)
-    if cfg.backend.rollout_backend == "local" and _model_config_readable(cfg):
-        check_local_engine(cfg)
+    if cfg.cluster.colocate and cfg.cluster.rollout_num_gpus_per_engine > 1:  # an engine shares one trainer bundle
+        raise UserInputError("--colocate with --rollout-num-gpus-per-engine > 1 is not supported yet")
+    rollout_backend(cfg).check(cfg)
+
+
+def check_rollout_model(cfg: Config) -> None:
+    if _model_config_readable(cfg):
+        rollout_backend(cfg).check_model(cfg)
+
+
+def check_routing_replay(cfg: Config) -> None:
+    """Routing replay needs a MoE model."""
     if cfg.train.use_routing_replay and _model_config_readable(cfg):
-        check_routing_replay(cfg)
-
-
-def check_rollout_weights(cfg: Config) -> None:
-    """What weight pushes into an FP8 engine need from the checkpoint (checked without SGLang installed)."""
-    if cfg.backend.rollout_backend == "sglang" and _model_config_readable(cfg):
-        check_fp8_rollout(cfg)
+        if not num_experts(read_hf_config(cfg.model.hf_checkpoint)):
+            raise UserInputError(f"--use-routing-replay applies to MoE models; {cfg.model.hf_checkpoint} has no experts")
 
 
 def check_trainer_backend(cfg: Config) -> None:
-    if cfg.backend.train_backend == "megatron" and _model_config_readable(cfg):
-        check_megatron(cfg)
+    train_backend(cfg).check(cfg)
+
+
+def check_trainer_model(cfg: Config) -> None:
+    if _model_config_readable(cfg):
+        train_backend(cfg).check_model(cfg)
 
 
 def check_load(cfg: Config) -> None:
-    if not cfg.checkpoint.load:
-        return
-    checkpoint = resolve_checkpoint(cfg.checkpoint.load)
-    if cfg.backend.train_backend == "megatron" and cfg.megatron.use_distributed_optimizer:
-        check_distributed_optimizer_resume(cfg, checkpoint)
+    if cfg.checkpoint.load:
+        train_backend(cfg).check_resume(cfg, resolve_checkpoint(cfg.checkpoint.load))
 
 
 def check_debug_data(cfg: Config) -> None:
@@ -185,15 +184,23 @@ def check_debug_data(cfg: Config) -> None:
 
 
 CHECKS: list[Callable[[Config], None]] = [
-    check_model, check_data, check_outputs, check_logging, check_reward, check_filter, check_generate_function, check_rollout_backend,
-    check_rollout_weights, check_trainer_backend, plan_placement, check_load, check_debug_data,
+    check_model, check_data, check_outputs, check_earlier_run, check_logging, check_reward, check_filter, check_generate_function,
+    check_rollout_backend, check_rollout_model, check_routing_replay, check_trainer_backend, check_trainer_model,
+    plan_placement, check_load, check_debug_data,
 ]
 
 
-def startup_problems(cfg: Config) -> list[str]:
+# `async_rl.evaluate`: a model and eval sets through the rollout backend; no trainer, no training data
+EVALUATE_CHECKS: list[Callable[[Config], None]] = [
+    check_model, check_data, check_outputs, check_logging, check_reward, check_generate_function,
+    check_rollout_backend, check_rollout_model,
+]
+
+
+def startup_problems(cfg: Config, checks: list[Callable[[Config], None]] = CHECKS) -> list[str]:
     """One line per problem, in the order a start meets them."""
     problems = []
-    for check in CHECKS:
+    for check in checks:
         try:
             check(cfg)
         except StartupCheckFailed as e:
@@ -203,8 +210,8 @@ def startup_problems(cfg: Config) -> list[str]:
     return problems
 
 
-def check_startup(cfg: Config) -> None:
-    problems = startup_problems(cfg)
+def check_startup(cfg: Config, checks: list[Callable[[Config], None]] = CHECKS) -> None:
+    problems = startup_problems(cfg, checks)
     if problems:
         raise StartupCheckFailed(problems)
 
@@ -219,15 +226,16 @@ def prepare_output_dir(cfg: Config) -> None:
     shutil.rmtree(lg.tensorboard_dir or out / "tensorboard", ignore_errors=True)
 
 
-def dry_run(cfg: Config) -> None:
-    """`--dry-run`: the configuration, where each part would run, then every start-up check."""
+def dry_run(cfg: Config, checks: list[Callable[[Config], None]] = CHECKS) -> None:
+    """`--dry-run`: the configuration, where each part would run, then every start-up check of `checks`."""
     cfg.print_resolved()
-    try:
-        print(plan_placement(cfg).render(), flush=True)
-    except UserInputError:
-        pass  # reported with the other problems below
+    if plan_placement in checks:
+        try:
+            print(plan_placement(cfg).render(), flush=True)
+        except UserInputError:
+            pass  # reported with the other problems below
     pending = os.environ.get(BUILT_BEFORE_START)
     if pending:
         print(f"built before the start: {pending} (checks of files in it are skipped)", flush=True)
-    check_startup(cfg)
+    check_startup(cfg, checks)
     print("start-up checks passed", flush=True)

@@ -30,11 +30,11 @@ CELLS = ["bf16/auto", "bf16/fp8_e4m3", "block/auto", "block/fp8_e4m3"]  # weight
 
 
 def run_cell(cell: str, args) -> dict:
+    from async_rl.backends.sglang.engine import SGLangEngine
+    from async_rl.backends.torch.trainer import TorchTrainer
     from async_rl.config.sections import TrainConfig
     from async_rl.rollout.engine import SamplingParams
-    from async_rl.rollout.sglang_engine import SGLangEngine
     from async_rl.sample import Sample
-    from async_rl.trainer.torch_trainer import TorchTrainer
 
     weights, kv_cache = cell.split("/")
     fp8 = None if weights == "bf16" else weights

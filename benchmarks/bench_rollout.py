@@ -83,7 +83,7 @@ def hf_parameters(config: dict):
 
 
 def run_one(mode: str, config_path: Path, args) -> dict:
-    from async_rl.rollout.sglang_engine import SGLangEngine
+    from async_rl.backends.sglang.engine import SGLangEngine
 
     config = json.loads(config_path.read_text())
     model_dir = Path(tempfile.mkdtemp())

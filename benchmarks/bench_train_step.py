@@ -131,11 +131,11 @@ def run_one(backend: str, model_dir: Path, args) -> dict:
     tokens_per_micro_batch = args.micro_batch_size * (args.prompt_len + args.response_len)
     common = dict(global_batch_size=args.samples, temperature=1.0)
     if BACKENDS[backend] is None:
-        from async_rl.trainer.torch_trainer import TorchTrainer
+        from async_rl.backends.torch.trainer import TorchTrainer
 
         trainer = TorchTrainer(str(model_dir), cfg, device="cuda", **common)
     else:
-        from async_rl.trainer.megatron.trainer import MegatronTrainer
+        from async_rl.backends.megatron.trainer import MegatronTrainer
 
         mcfg = MegatronConfig(max_tokens_per_gpu=tokens_per_micro_batch, **BACKENDS[backend])
         trainer = MegatronTrainer(str(model_dir), cfg, mcfg, **common)

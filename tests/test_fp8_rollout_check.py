@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from async_rl.backend_checks import check_fp8_rollout
+from async_rl.backends.sglang.checks import check_fp8_rollout
 from async_rl.config import parse_config
 from async_rl.errors import UserInputError
 from async_rl.startup_checks import startup_problems

@@ -6,7 +6,6 @@ import pytest
 import ray
 import torch
 
-from async_rl.backend_checks import check_backends
 from async_rl.config import parse_config
 from async_rl.errors import UserInputError
 from async_rl.placement import (
@@ -18,6 +17,7 @@ from async_rl.placement import (
     trainer_bundles,
     trainer_rank_options,
 )
+from async_rl.startup_checks import check_rollout_backend
 
 
 @ray.remote(num_cpus=0)
@@ -63,7 +63,7 @@ def test_engines_of_their_own_take_the_gpus_the_trainer_leaves(ray_with_four_gpu
 def test_a_colocated_engine_must_fit_in_one_trainer_gpu():
     cfg = config("--actor-num-gpus-per-node", "4", "--colocate", "--rollout-num-gpus-per-engine", "2")
     with pytest.raises(UserInputError, match="--rollout-num-gpus-per-engine > 1"):
-        check_backends(cfg)
+        check_rollout_backend(cfg)
 
 
 def test_a_plan_is_checked_against_the_gpus_of_our_own_ray():

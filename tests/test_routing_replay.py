@@ -10,14 +10,14 @@ import pytest
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
 
+from async_rl.backends.local.engine import LocalEngine
+from async_rl.backends.torch.trainer import TorchTrainer
 from async_rl.config import parse_config
 from async_rl.config.sections import TrainConfig
 from async_rl.rollout.engine import SamplingParams
-from async_rl.rollout.local_engine import LocalEngine
 from async_rl.routing_replay import NO_REPLAY, RoutingRecorder, moe_routers, replay_routing
 from async_rl.sample import Sample
 from async_rl.startup_checks import startup_problems
-from async_rl.trainer.torch_trainer import TorchTrainer
 from tests.conftest import REPO, run_flags
 
 SHAPE = dict(vocab_size=262, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -64,8 +64,8 @@ def mismatch(model, samples, replay: bool, backend: str = "torch") -> torch.Tens
         trainer = TorchTrainer(str(model), cfg, global_batch_size=len(samples), temperature=1.0)
         log_probs = trainer.compute_log_probs(samples)
     else:
+        from async_rl.backends.megatron.trainer import MegatronTrainer
         from async_rl.config.sections import MegatronConfig
-        from async_rl.trainer.megatron.trainer import MegatronTrainer
 
         trainer = MegatronTrainer(str(model), cfg, MegatronConfig(), global_batch_size=len(samples), temperature=1.0)
         try:

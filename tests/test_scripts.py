@@ -26,7 +26,7 @@ SCRIPTS = {  # script, environment -> its YAML twin
 
 # Problems a dry run on this machine may report because a GPU package is not installed here (CI has neither)
 def missing_here() -> list[str]:
-    from async_rl.trainer.megatron.model import transformer_engine_importable
+    from async_rl.backends.megatron.model import transformer_engine_importable
 
     missing = ["needs SGLang"] if importlib.util.find_spec("sglang") is None else []
     return missing + ([] if transformer_engine_importable() else ["needs Transformer Engine"])

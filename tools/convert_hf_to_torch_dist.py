@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from async_rl.trainer.megatron.convert import hf_to_torch_dist
+from async_rl.backends.megatron.convert import hf_to_torch_dist
 
 if __name__ == "__main__":  # the checkpoint writer starts worker processes, which re-import this file
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

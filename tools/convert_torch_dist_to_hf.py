@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from async_rl.trainer.megatron.convert import torch_dist_to_hf
+from async_rl.backends.megatron.convert import torch_dist_to_hf
 
 if __name__ == "__main__":  # the checkpoint reader may start worker processes, which re-import this file
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import yaml
 from omegaconf import OmegaConf
 
+from async_rl.backends import ROLLOUT_BACKENDS, rollout_backend, train_backend
 from async_rl.config.sections import (
     SECTIONS,
     BackendConfig,
@@ -75,7 +76,7 @@ class Config:
         c = self.cluster
         if c.actor_num_gpus_per_node:
             return c.actor_num_nodes * c.actor_num_gpus_per_node
-        return self.megatron.tensor_model_parallel_size if self.backend.train_backend == "megatron" else 1
+        return train_backend(self).cpu_world_size(self)
 
     @property
     def num_rollout_engines(self) -> int:
@@ -93,7 +94,7 @@ class Config:
         r = self.rollout
         if r.update_weight_mode:
             return r.update_weight_mode
-        broadcast = (self.backend.rollout_backend == "sglang" and not self.cluster.colocate
+        broadcast = ("distributed" in rollout_backend(self).weight_update_modes and not self.cluster.colocate
                      and r.fp8_layout != "channel")
         return "distributed" if broadcast else "tensor"
 
@@ -101,6 +102,10 @@ class Config:
         """Flag-name keys (underscored), the form `--config` reads back."""
         flat = {f.name: getattr(getattr(self, s), f.name) for s, cls in SECTIONS.items() for f in fields(cls)}
         return flat | {ASYNC_KEY: self.async_mode} | {SGLANG_PREFIX + k: v for k, v in sorted(self.sglang.items())}
+
+    def plugin_args(self) -> argparse.Namespace:
+        """What slime-style reward and filter plugins receive as `args`: every flag, flat."""
+        return argparse.Namespace(**self.to_flat_dict())
 
     def to_yaml(self) -> str:
         return OmegaConf.to_yaml(OmegaConf.create(self.to_flat_dict()))
@@ -368,9 +373,10 @@ def _validate(cfg: Config, explicit: set[str], async_mode: bool, evaluate_only: 
         raise ConfigError("--partial-rollout cannot continue an interrupted --custom-generate-function-path rollout "
                           "(its function's state is gone): drop one of them")
     _validate_megatron(cfg, explicit)
+    if r.update_weight_mode and r.update_weight_mode not in rollout_backend(cfg).weight_update_modes:
+        takers = [name for name, b in ROLLOUT_BACKENDS.items() if r.update_weight_mode in b.weight_update_modes]
+        raise ConfigError(f"--update-weight-mode {r.update_weight_mode} applies to --rollout-backend {' or '.join(takers)}")
     if r.update_weight_mode == "distributed":
-        if cfg.backend.rollout_backend != "sglang":
-            raise ConfigError("--update-weight-mode distributed applies to --rollout-backend sglang")
         if r.fp8_layout == "channel":
             raise ConfigError("--update-weight-mode distributed cannot fill channel-FP8 engines (SGLang's broadcast "
                               "path has no custom loader): use --update-weight-mode tensor or --rollout-fp8-granularity block")

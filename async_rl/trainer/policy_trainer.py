@@ -23,6 +23,7 @@ from async_rl.net import node_address
 from async_rl.sample import Sample
 from async_rl.trainer.batch import PackedBatch, micro_batch_indices, pack
 from async_rl.trainer.lr_schedule import learning_rate
+from async_rl.trainer.sharded_batch import ShardedBatch
 from async_rl.weights.broadcast import WeightBroadcaster
 from async_rl.weights.sync import NamedTensors, to_transport, weight_buckets
 
@@ -135,6 +136,10 @@ class PolicyTrainer:
     def micro_batch_groups(self, samples: list[Sample]) -> list[list[int]]:
         """One global batch cut into micro-batches (index lists), by sample count or by token budget."""
         return micro_batch_indices(samples, self.cfg.micro_batch_size, self.max_tokens_per_micro_batch)
+
+    def parallel_layout(self) -> dict[str, int]:
+        """The process layout a checkpoint is written under: one process unless a backend shards the model."""
+        return {"world": 1, "tensor": 1, "expert": 1, "data": 1}
 
     # ---- GPU memory for a colocated engine -------------------------------------------------------------
     def offload(self, weights: bool) -> dict[str, float]:
@@ -292,6 +297,20 @@ class PolicyTrainer:
         grad_norm = self.gradient_norm()
         self.zero_grad()
         return {"loss": sums["loss"], "grad_norm": grad_norm}
+
+    # ---- a batch handed over by reference (the driver's calls) --------------------------------------------
+    def data_parallel_rank(self) -> int:
+        return 0
+
+    def train_sharded(self, batch: ShardedBatch) -> dict[str, float]:
+        """`train_step` on this rank's shard, fetched from the object store."""
+        return PolicyTrainer.train_step(self, *batch.fetch(self.data_parallel_rank()))
+
+    def probe_sharded(self, batch: ShardedBatch) -> dict[str, float]:
+        return PolicyTrainer.probe(self, *batch.fetch(self.data_parallel_rank()))
+
+    def log_probs_sharded(self, batch: ShardedBatch) -> list[list[float]]:
+        return PolicyTrainer.compute_log_probs(self, batch.fetch(self.data_parallel_rank())[0])
 
     def weight_buckets(self, bucket_bytes: int, fp8: str | None = None, pow2_scale: bool = False) -> Iterator[NamedTensors]:
         """Weight-sync buckets on this process's device (FP8-quantized per bucket when the rollout is FP8)."""

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import torch
 
+from async_rl.backends.sglang.engine import SGLangEngine
+from async_rl.backends.sglang.fp8_layers import fp8_layer_difference
+from async_rl.backends.torch.trainer import TorchTrainer
 from async_rl.config.sections import TrainConfig
 from async_rl.rollout.engine import SamplingParams
-from async_rl.rollout.sglang_engine import SGLangEngine
-from async_rl.rollout.sglang_fp8_layers import fp8_layer_difference
 from async_rl.sample import Sample
-from async_rl.trainer.torch_trainer import TorchTrainer
 from async_rl.weights.fp8 import is_fp8_quantizable
 from async_rl.weights.sync import weight_buckets
 from tests.gpu.conftest import SGLANG_SERVER

@@ -12,10 +12,10 @@ import sys
 import pytest
 import torch
 
+from async_rl.backends.torch.trainer import TorchTrainer
 from async_rl.config.sections import MegatronConfig, TrainConfig
-from async_rl.trainer.torch_trainer import TorchTrainer
+from tests.backends.torch.test_torch_trainer import advantages, rollout
 from tests.conftest import REPO
-from tests.trainer.test_torch_trainer import advantages, rollout
 
 pytestmark = [
     pytest.mark.gpu,
@@ -27,7 +27,7 @@ CFG = TrainConfig(lr=1e-4, micro_batch_size=4, use_tis=True)
 
 
 def transformer_engine() -> bool:
-    from async_rl.trainer.megatron.model import transformer_engine_importable
+    from async_rl.backends.megatron.model import transformer_engine_importable
 
     return transformer_engine_importable()
 
@@ -70,7 +70,7 @@ def torch_step(request, tiny_model, tiny_moe_model, tokenizer):
 
 @pytest.mark.parametrize("precision", list(PRECISIONS))
 def test_megatron_step_on_a_gpu_matches_the_torch_backend(torch_step, precision):
-    from async_rl.trainer.megatron.trainer import MegatronTrainer
+    from async_rl.backends.megatron.trainer import MegatronTrainer
 
     model, samples, (ref_before, ref_metrics, ref_after) = torch_step
     flags, (tol_before, tol_after, loss_tol, norm_tol) = PRECISIONS[precision]
@@ -101,7 +101,7 @@ def test_megatron_step_on_a_gpu_matches_the_torch_backend(torch_step, precision)
 def test_fp8_log_probs_follow_the_weights_after_a_step(tiny_model, tokenizer, recipe):
     """Transformer Engine reuses a weight's FP8 copy until told a new step began: the log-probs after a step must
     be those of the new weights (an FP8 trainer that kept its first FP8 copy collapsed in the learning run)."""
-    from async_rl.trainer.megatron.trainer import MegatronTrainer
+    from async_rl.backends.megatron.trainer import MegatronTrainer
 
     samples = rollout(tiny_model, tokenizer, n=16)
     flags = TE | dict(fp8_format="e4m3", fp8_recipe=recipe)
@@ -124,7 +124,7 @@ def test_fp8_log_probs_follow_the_weights_after_a_step(tiny_model, tokenizer, re
 def test_activation_recomputation_takes_the_same_step(torch_step, recompute):
     """`--recompute-*` goes to Megatron as is: recomputing activations in the backward pass changes nothing (checked
     in FP32 on the local spec, which matches the torch step to rounding; TE's FP32 GEMMs do not)."""
-    from async_rl.trainer.megatron.trainer import MegatronTrainer
+    from async_rl.backends.megatron.trainer import MegatronTrainer
 
     model, samples, (ref_before, ref_metrics, ref_after) = torch_step
     trainer = MegatronTrainer(str(model), CFG, dataclasses.replace(MegatronConfig(), transformer_impl="local", **recompute),
@@ -147,7 +147,7 @@ def test_a_checkpoint_restores_the_optimizer_and_the_next_step_is_the_same(torch
     """--save / --load on a GPU: weights and Megatron's optimizer state (the distributed optimizer's shards too,
     through dist_checkpointing) come back, so the step after a resume equals the step without one. With Transformer
     Engine installed megatron-core steps with TE's fused Adam, with the local spec too."""
-    from async_rl.trainer.megatron.trainer import MegatronTrainer
+    from async_rl.backends.megatron.trainer import MegatronTrainer
 
     model, samples, _ = torch_step
     mcfg = dataclasses.replace(MegatronConfig(), bf16=True, use_distributed_optimizer=distributed_optimizer,
@@ -183,7 +183,7 @@ def test_a_checkpoint_restores_the_optimizer_and_the_next_step_is_the_same(torch
 @needs_te
 def test_packed_micro_batches_give_the_log_probs_of_padded_ones(torch_step):
     """THD packing (rows back to back, attention restarting at each) against right-padded rows, same TE model."""
-    from async_rl.trainer.megatron.trainer import MegatronTrainer
+    from async_rl.backends.megatron.trainer import MegatronTrainer
 
     model, samples, _ = torch_step
     trainer = MegatronTrainer(str(model), CFG, dataclasses.replace(MegatronConfig(), **TE), global_batch_size=8,
@@ -215,8 +215,8 @@ def test_one_checkpoint_layout_for_both_layer_specs(torch_step, tmp_path):
     converts back to Hugging Face on a CPU, tensor for tensor."""
     from safetensors.torch import load_file
 
-    from async_rl.trainer.megatron.model_checkpoint import load_model_checkpoint
-    from async_rl.trainer.megatron.trainer import MegatronTrainer
+    from async_rl.backends.megatron.model_checkpoint import load_model_checkpoint
+    from async_rl.backends.megatron.trainer import MegatronTrainer
 
     model, samples, _ = torch_step
     _convert("convert_hf_to_torch_dist.py", "--hf-checkpoint", str(model), "--save", str(tmp_path / "from_cpu"))
@@ -265,7 +265,7 @@ def test_offloading_between_steps_frees_the_gpu_and_restores_every_bit(torch_ste
     trains on them. The second cycle refills the first one's page-locked host buffers in place with the new values.
     The distributed optimizer keeps the weights in flat parameter buffers that move whole; in FP32 its main weights
     are views of those buffers too."""
-    from async_rl.trainer.megatron.trainer import MegatronTrainer
+    from async_rl.backends.megatron.trainer import MegatronTrainer
 
     model, samples, _ = torch_step
     mcfg = dataclasses.replace(MegatronConfig(), bf16=optimizer != "distributed-fp32", transformer_impl=impl,
@@ -310,7 +310,7 @@ def test_deterministic_kernels_make_two_forward_passes_of_a_moe_batch_bit_identi
     to agree bit for bit. Megatron's MoE layer sums each token's expert outputs with atomics unless torch runs its
     deterministic algorithms (`--deterministic-mode`, on under `--check-invariants`). Prints the largest difference
     without them, which the recipe-twin run (FP8, grouped GEMM) saw as a ratio 0.09 away from 1."""
-    from async_rl.trainer.megatron.trainer import MegatronTrainer
+    from async_rl.backends.megatron.trainer import MegatronTrainer
 
     for variable in ("CUBLAS_WORKSPACE_CONFIG", "NVTE_ALLOW_NONDETERMINISTIC_ALGO"):
         monkeypatch.delenv(variable, raising=False)  # restored after the test, as torch's switch is in `finally`

@@ -40,7 +40,7 @@ def ray_on_one_gpu():
 
 @pytest.mark.parametrize("fp8", [None, "block"])
 def test_a_broadcast_push_switches_the_weights_and_keeps_requests_in_flight(sglang_models, ray_on_one_gpu, fp8):
-    from async_rl.rollout.sglang_engine import SGLangEngine
+    from async_rl.backends.sglang.engine import SGLangEngine
     from async_rl.weights.sync import weight_buckets
 
     ray = ray_on_one_gpu

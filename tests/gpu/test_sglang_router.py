@@ -8,9 +8,9 @@ import importlib.util
 import pytest
 import torch
 
-from async_rl.rollout.http_client import HttpClient
-from async_rl.rollout.sglang_engine import SGLangEngine
-from async_rl.rollout.sglang_router import SGLangRouter
+from async_rl.backends.sglang.engine import SGLangEngine
+from async_rl.backends.sglang.http_client import HttpClient
+from async_rl.backends.sglang.router import SGLangRouter
 from tests.gpu.conftest import SGLANG_SERVER
 
 pytestmark = [

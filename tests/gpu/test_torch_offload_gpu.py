@@ -7,9 +7,9 @@ Run with `pytest -m gpu tests/gpu`; needs a CUDA GPU.
 import pytest
 import torch
 
+from async_rl.backends.torch.trainer import TorchTrainer
 from async_rl.config.sections import TrainConfig
-from async_rl.trainer.torch_trainer import TorchTrainer
-from tests.trainer.test_torch_trainer import advantages, rollout
+from tests.backends.torch.test_torch_trainer import advantages, rollout
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

@@ -7,14 +7,14 @@ import sys
 import pytest
 import torch
 
+from async_rl.backends.local.engine import LocalEngine
+from async_rl.backends.torch.trainer import TorchTrainer
 from async_rl.config.sections import TrainConfig
 from async_rl.errors import UserInputError
 from async_rl.rollout.custom_generate import EngineClient, check_result, load_generate_function
 from async_rl.rollout.engine import SamplingParams
 from async_rl.rollout.examples.calculator_tool import calculate
-from async_rl.rollout.local_engine import LocalEngine
 from async_rl.sample import Sample, SampleStatus
-from async_rl.trainer.torch_trainer import TorchTrainer
 from tests.conftest import REPO, run_flags
 
 CALCULATOR = "async_rl.rollout.examples.calculator_tool:generate"

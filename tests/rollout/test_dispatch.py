@@ -5,10 +5,10 @@ from collections import Counter
 import pytest
 import ray
 
+from async_rl.backends.local.engine import LocalEngine
 from async_rl.data.prompt_dataset import PromptRow
 from async_rl.placement import engine_actor, init_loopback_ray
 from async_rl.rollout.engine import ROW_MAX_NEW_TOKENS, SamplingParams
-from async_rl.rollout.local_engine import LocalEngine
 from async_rl.rollout.manager import RolloutManager
 from async_rl.rollout.weight_sync import CheckpointWeights
 from async_rl.sample import Sample

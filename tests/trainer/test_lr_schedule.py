@@ -21,8 +21,8 @@ def test_warmup_then_linear_and_cosine_decay_by_hand():
 
 
 def test_the_torch_trainer_steps_with_the_schedule_and_resumes_on_it(tiny_model, tokenizer, tmp_path):
-    from async_rl.trainer.torch_trainer import TorchTrainer
-    from tests.trainer.test_torch_trainer import advantages, rollout
+    from async_rl.backends.torch.trainer import TorchTrainer
+    from tests.backends.torch.test_torch_trainer import advantages, rollout
 
     cfg = TrainConfig(lr=1e-3, min_lr=1e-4, lr_decay_style="linear", lr_warmup_iters=1, micro_batch_size=4)
     samples = rollout(tiny_model, tokenizer)

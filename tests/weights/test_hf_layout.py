@@ -5,9 +5,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from async_rl.backends.local.engine import LocalEngine
+from async_rl.backends.torch.trainer import TorchTrainer
 from async_rl.config.sections import TrainConfig
-from async_rl.rollout.local_engine import LocalEngine
-from async_rl.trainer.torch_trainer import TorchTrainer
 from async_rl.weights.hf_layout import destination, stack_experts, unstack_experts
 from async_rl.weights.sync import weight_buckets
 

@@ -2,11 +2,11 @@ import dataclasses
 
 import torch
 
+from async_rl.backends.local.engine import LocalEngine
+from async_rl.backends.torch.trainer import TorchTrainer
 from async_rl.config.sections import TrainConfig
 from async_rl.rollout.engine import SamplingParams
-from async_rl.rollout.local_engine import LocalEngine
 from async_rl.sample import Sample
-from async_rl.trainer.torch_trainer import TorchTrainer
 
 
 def rollout(tiny_model, tokenizer, n=8):

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from async_rl.rollout.sglang_fp8_layers import FUSED, fp8_layer_difference, report_fp8_modules
+from async_rl.backends.sglang.fp8_layers import FUSED, fp8_layer_difference, report_fp8_modules
 from async_rl.weights.fp8 import is_fp8_quantizable
 from async_rl.weights.hf_layout import num_experts
 

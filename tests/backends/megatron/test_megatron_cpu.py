@@ -22,9 +22,9 @@ from tests.conftest import REPO
 
 pytest.importorskip("megatron.core", reason="megatron-core is not installed (pip install -e '.[test]')")
 
-from async_rl.trainer.megatron.cpu_compat import single_process_megatron  # noqa: E402
-from async_rl.trainer.megatron.hf_weights import hf_to_megatron, megatron_to_hf  # noqa: E402
-from async_rl.trainer.megatron.model import build_gpt_model, causal_mask, rope_arguments  # noqa: E402
+from async_rl.backends.megatron.cpu_compat import single_process_megatron  # noqa: E402
+from async_rl.backends.megatron.hf_weights import hf_to_megatron, megatron_to_hf  # noqa: E402
+from async_rl.backends.megatron.model import build_gpt_model, causal_mask, rope_arguments  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +159,7 @@ def test_the_local_spec_saves_under_transformer_engine_names(tiny_model, tiny_mo
 
 
 def test_transformer_engine_parameter_names_map_to_local_ones():
-    from async_rl.trainer.megatron.param_names import local_name
+    from async_rl.backends.megatron.param_names import local_name
 
     layer = "decoder.layers.3."
     assert local_name(layer + "self_attention.linear_qkv.layer_norm_weight") == layer + "input_layernorm.weight"

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from async_rl.rollout.attention_default import attention_override, fa3_installed
+from async_rl.backends.sglang.attention_default import attention_override, fa3_installed
 
 HOPPER, AMPERE = 9, 8
 

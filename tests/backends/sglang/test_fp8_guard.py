@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from async_rl.rollout.sglang_engine import check_fp8_bucket
+from async_rl.backends.sglang.engine import check_fp8_bucket
 from async_rl.weights.fp8 import quantize_many, scale_name
 
 NAME = "model.layers.0.self_attn.q_proj.weight"

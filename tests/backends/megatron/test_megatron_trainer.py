@@ -5,19 +5,19 @@ import dataclasses
 import pytest
 import ray
 
+from async_rl.backends.torch.trainer import TorchTrainer
 from async_rl.config import parse_config
 from async_rl.config.sections import MegatronConfig, TrainConfig
 from async_rl.errors import UserInputError
 from async_rl.placement import in_bundle, init_loopback_ray, reserve_trainer_bundles
 from async_rl.trainer.batch import micro_batch_indices
-from async_rl.trainer.torch_trainer import TorchTrainer
-from tests.trainer.test_torch_trainer import advantages, assert_same_update, rollout
+from tests.backends.torch.test_torch_trainer import advantages, assert_same_update, rollout
 
 pytest.importorskip("megatron.core", reason="megatron-core is not installed (pip install -e '.[test]')")
 
-from async_rl.backend_checks import check_distributed_optimizer_resume  # noqa: E402
-from async_rl.trainer.megatron.actor_group import create_megatron_group  # noqa: E402
-from async_rl.trainer.megatron.trainer import MegatronTrainer, data_parallel_shards  # noqa: E402
+from async_rl.backends.megatron.actor_group import create_megatron_group  # noqa: E402
+from async_rl.backends.megatron.checks import check_distributed_optimizer_resume  # noqa: E402
+from async_rl.backends.megatron.trainer import MegatronTrainer, data_parallel_shards  # noqa: E402
 
 CFG = TrainConfig(lr=1e-3, micro_batch_size=2, use_tis=True, entropy_coef=0.01)
 

@@ -9,7 +9,7 @@ Hugging Face names handed to the server through CUDA IPC (`load_weights`), or
 float32 scales in its layout (`weight_scale_inv` per block, `weight_scale` per channel), and anything else
 sent to its FP8 parameters is refused here, because SGLang accepts it and then silently generates garbage.
 After its first push an FP8 engine also checks that it serves in FP8 exactly the layers the push sent in FP8
-(`sglang_fp8_layers`).
+(`fp8_layers`).
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ import aiohttp
 import ray
 import torch
 
+from async_rl.backends.sglang import channel_fp8, fp8_layers
+from async_rl.backends.sglang.attention_default import default_attention
+from async_rl.backends.sglang.http_client import HttpClient
+from async_rl.backends.sglang.router import register_with_router
+from async_rl.backends.sglang.server import SGLangServer
 from async_rl.net import LOOPBACK, free_port, node_address
-from async_rl.rollout import sglang_channel_fp8, sglang_fp8_layers
-from async_rl.rollout.attention_default import default_attention
 from async_rl.rollout.custom_generate import CustomGenerateMixin
 from async_rl.rollout.engine import FINISHED_AT, SamplingParams, WeightVersionMixin
-from async_rl.rollout.http_client import HttpClient
-from async_rl.rollout.sglang_router import register_with_router
-from async_rl.rollout.sglang_server import SGLangServer
 from async_rl.sample import FINISHED_STATUSES, Sample, SampleStatus
 from async_rl.weights.fp8 import FP8_SCALE_SUFFIXES, is_fp8_quantizable, scale_name
 from async_rl.weights.hf_layout import read_hf_config
@@ -65,7 +65,7 @@ class SGLangEngine(WeightVersionMixin, CustomGenerateMixin):
         from sglang.srt.server_args import ServerArgs
 
         if fp8:  # SGLang runs only the custom loaders its server was started with
-            loaders = [sglang_fp8_layers.LOAD_FORMAT] + ([sglang_channel_fp8.LOAD_FORMAT] if fp8 == "channel" else [])
+            loaders = [fp8_layers.LOAD_FORMAT] + ([channel_fp8.LOAD_FORMAT] if fp8 == "channel" else [])
             server_args["custom_weight_loader"] = [*server_args.get("custom_weight_loader", []), *loaders]
         server_args |= default_attention(server_args)
         host = host or node_address(single_machine=False)
@@ -89,7 +89,7 @@ class SGLangEngine(WeightVersionMixin, CustomGenerateMixin):
         self.fp8 = fp8
         self.return_routed_experts = return_routed_experts
         self.top_k = read_hf_config(hf_checkpoint)["num_experts_per_tok"] if return_routed_experts else None
-        self.load_format = sglang_channel_fp8.LOAD_FORMAT if fp8 == "channel" else None
+        self.load_format = channel_fp8.LOAD_FORMAT if fp8 == "channel" else None
         self.weight_version = 0
         self.paused = False
         # names pushed as float8 until the first push is complete and compared with the engine's (then None)
@@ -216,7 +216,7 @@ class SGLangEngine(WeightVersionMixin, CustomGenerateMixin):
         self.weight_version = version
         if self._unchecked_fp8:  # the first push that sent float8 weights is complete: it sent every FP8 layer
             report = self.fp8_modules()
-            difference = sglang_fp8_layers.fp8_layer_difference(self._unchecked_fp8, report["fp8_modules"], report["fused"])
+            difference = fp8_layers.fp8_layer_difference(self._unchecked_fp8, report["fp8_modules"], report["fused"])
             if difference:
                 raise RuntimeError(f"{self.url}: {difference}")
             self._unchecked_fp8 = None
@@ -225,7 +225,7 @@ class SGLangEngine(WeightVersionMixin, CustomGenerateMixin):
         """The server's own account of the modules it serves in FP8, and of its fused projections."""
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "fp8_modules.json")
-            self._post_tensors([(path, torch.zeros(1, device="cuda"))], sglang_fp8_layers.LOAD_FORMAT, flush_cache=False)
+            self._post_tensors([(path, torch.zeros(1, device="cuda"))], fp8_layers.LOAD_FORMAT, flush_cache=False)
             return json.loads(Path(path).read_text())
 
     def rng_state(self) -> torch.Tensor:

@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
+from async_rl.backends.sglang.server import stop_process_group, wait_until_answering
 from async_rl.net import free_port
-from async_rl.rollout.sglang_server import stop_process_group, wait_until_answering
 
 
 def start(*argv: str) -> subprocess.Popen:

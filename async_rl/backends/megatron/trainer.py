@@ -17,21 +17,22 @@ import torch
 import torch.distributed as dist
 from transformers import AutoModelForCausalLM
 
+from async_rl.backends.megatron import expert_shards, tp_shards
+from async_rl.backends.megatron.cpu_compat import init_megatron
+from async_rl.backends.megatron.hf_weights import hf_to_megatron, megatron_to_hf
+from async_rl.backends.megatron.model import build_gpt_model, causal_mask, fp8_settings, resolve_transformer_impl
+from async_rl.backends.megatron.model_checkpoint import load_model_checkpoint
+from async_rl.backends.megatron.offload import MegatronOffloader
+from async_rl.backends.megatron.optimizer import build_optimizer
+from async_rl.backends.megatron.param_names import local_parameters
+from async_rl.backends.megatron.writer_watchdog import watch_writer
 from async_rl.config.sections import MegatronConfig, TrainConfig
 from async_rl.net import free_port
 from async_rl.routing_replay import megatron_routing_replay, packed_rows, padded_rows
 from async_rl.sample import Sample
 from async_rl.trainer.batch import PackedBatch, micro_batch_indices, score_responses
-from async_rl.trainer.megatron import expert_shards, tp_shards
-from async_rl.trainer.megatron.cpu_compat import init_megatron
-from async_rl.trainer.megatron.hf_weights import hf_to_megatron, megatron_to_hf
-from async_rl.trainer.megatron.model import build_gpt_model, causal_mask, fp8_settings, resolve_transformer_impl
-from async_rl.trainer.megatron.model_checkpoint import load_model_checkpoint
-from async_rl.trainer.megatron.offload import MegatronOffloader
-from async_rl.trainer.megatron.optimizer import build_optimizer
-from async_rl.trainer.megatron.param_names import local_parameters
-from async_rl.trainer.megatron.writer_watchdog import watch_writer
 from async_rl.trainer.policy_trainer import PolicyTrainer, is_max_stat, needs_reference, use_deterministic_kernels
+from async_rl.trainer.sharded_batch import ShardedBatch
 from async_rl.weights.hf_layout import num_experts, read_hf_config
 
 logger = logging.getLogger(__name__)
@@ -71,6 +72,17 @@ def data_parallel_shards(n: int, global_batch_size: int, dp: int, lengths: list[
                 parts[seat if lap % 2 == 0 else dp - 1 - seat].append(i)
         for d, part in enumerate(parts):
             shards[d].extend(sorted(part))
+    return shards
+
+
+def shard_rows(samples: list[Sample], global_batch_size: int, dp: int, balance: bool, expert_parallel: int = 1) -> list[list[int]]:
+    """Each data-parallel rank's sample positions; by token count with `--balance-data`."""
+    lengths = [len(s.prompt_tokens) + s.response_length for s in samples] if balance else None
+    shards = data_parallel_shards(len(samples), global_batch_size, dp, lengths)
+    if expert_parallel > 1 and len({len(rows) for rows in shards}) > 1:
+        # every rank of an expert-parallel group must run the same number of forward passes
+        raise ValueError(f"{len(samples)} samples do not split evenly over {dp} data-parallel ranks, "
+                         "which expert parallelism needs")
     return shards
 
 
@@ -334,47 +346,46 @@ class MegatronTrainer(PolicyTrainer):
     def data_parallel_rank(self) -> int:
         return self.dp_rank
 
-    def _everywhere(self, method: str, samples: list[Sample],
-                    advantages: list[float] | None = None) -> tuple[list[Any], list[list[int]]]:
-        """Run PolicyTrainer.`method` on every rank with its data-parallel share.
-
-        Returns the results by data-parallel rank and the sample indices each of them got."""
-        local = getattr(PolicyTrainer, method)
-        lengths = [len(s.prompt_tokens) + s.response_length for s in samples] if self.cfg.balance_data else None
-        shards = data_parallel_shards(len(samples), self.global_batch_size_all_ranks, self.dp_size, lengths)
-        if self.ep_size > 1 and len({len(rows) for rows in shards}) > 1:
-            # every rank of an expert-parallel group must run the same number of forward passes
-            raise ValueError(f"{len(samples)} samples do not split evenly over {self.dp_size} data-parallel ranks, "
-                             "which expert parallelism needs")
-
-        def args(dp: int) -> list:
-            rows = shards[dp]
-            return [[samples[i] for i in rows]] + ([[advantages[i] for i in rows]] if advantages is not None else [])
-
-        refs = {dp: getattr(p, method).remote(*args(dp)) for p, dp in zip(self.peers, self.peer_dp_ranks)}
-        results = {self.dp_rank: local(self, *args(self.dp_rank))}
+    def _everywhere(self, method: str, batch: ShardedBatch) -> list[Any]:
+        """PolicyTrainer.`method` (a *_sharded entry) on every rank, each on its own shard; results by data-parallel
+        rank. The peers get the batch's references, not its samples."""
+        refs = {dp: getattr(p, method).remote(batch) for p, dp in zip(self.peers, self.peer_dp_ranks)}
+        results = {self.dp_rank: getattr(PolicyTrainer, method)(self, batch)}
         results |= {dp: r for dp, r in zip(refs, _wait(list(refs.values()))) if dp != self.dp_rank}
-        return [results[dp] for dp in range(self.dp_size)], shards
+        return [results[dp] for dp in range(self.dp_size)]
 
-    def train_step(self, samples: list[Sample], advantages: list[float]) -> dict[str, float]:
-        if not self.peers:
-            return super().train_step(samples, advantages)
-        return self._everywhere("train_step", samples, advantages)[0][self.dp_rank]
+    def _put(self, samples: list[Sample], advantages: list[float] | None = None) -> ShardedBatch:
+        """A batch given to rank 0 directly, sharded here (the driver shards its batches itself)."""
+        rows = shard_rows(samples, self.global_batch_size_all_ranks, self.dp_size, self.cfg.balance_data, self.ep_size)
+        return ShardedBatch.put(samples, advantages, rows)
 
-    def probe(self, samples: list[Sample], advantages: list[float]) -> dict[str, float]:
+    def train_sharded(self, batch: ShardedBatch) -> dict[str, float]:
         if not self.peers:
-            return super().probe(samples, advantages)
-        return self._everywhere("probe", samples, advantages)[0][self.dp_rank]
+            return super().train_sharded(batch)
+        return self._everywhere("train_sharded", batch)[self.dp_rank]
 
-    def compute_log_probs(self, samples: list[Sample]) -> list[list[float]]:
+    def probe_sharded(self, batch: ShardedBatch) -> dict[str, float]:
         if not self.peers:
-            return super().compute_log_probs(samples)
-        results, shards = self._everywhere("compute_log_probs", samples)
-        out: list[list[float]] = [[] for _ in samples]
-        for rows, values in zip(shards, results):
+            return super().probe_sharded(batch)
+        return self._everywhere("probe_sharded", batch)[self.dp_rank]
+
+    def log_probs_sharded(self, batch: ShardedBatch) -> list[list[float]]:
+        if not self.peers:
+            return super().log_probs_sharded(batch)
+        out: list[list[float]] = [[] for _ in range(len(batch))]
+        for rows, values in zip(batch.rows, self._everywhere("log_probs_sharded", batch)):
             for i, v in zip(rows, values):
                 out[i] = v
         return out
+
+    def train_step(self, samples: list[Sample], advantages: list[float]) -> dict[str, float]:
+        return self.train_sharded(self._put(samples, advantages)) if self.peers else super().train_step(samples, advantages)
+
+    def probe(self, samples: list[Sample], advantages: list[float]) -> dict[str, float]:
+        return self.probe_sharded(self._put(samples, advantages)) if self.peers else super().probe(samples, advantages)
+
+    def compute_log_probs(self, samples: list[Sample]) -> list[list[float]]:
+        return self.log_probs_sharded(self._put(samples)) if self.peers else super().compute_log_probs(samples)
 
     # ---- weights out --------------------------------------------------------------------------------------
     def export_weights(self) -> Iterator[tuple[str, torch.Tensor]]:

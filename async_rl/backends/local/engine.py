@@ -15,9 +15,9 @@ from typing import Sequence
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
+from async_rl.backends.local.fp8_linear import convert_to_fp8
 from async_rl.rollout.custom_generate import CustomGenerateMixin
 from async_rl.rollout.engine import FINISHED_AT, SamplingParams, WeightVersionMixin
-from async_rl.rollout.fp8_linear import convert_to_fp8
 from async_rl.rollout.sampling import sample_tokens
 from async_rl.routing_replay import RoutingRecorder
 from async_rl.sample import FINISHED_STATUSES, Sample, SampleStatus

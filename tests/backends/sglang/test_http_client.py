@@ -7,7 +7,7 @@ import threading
 import pytest
 from aiohttp import web
 
-from async_rl.rollout.http_client import HttpClient, HttpError
+from async_rl.backends.sglang.http_client import HttpClient, HttpError
 
 
 class Server:

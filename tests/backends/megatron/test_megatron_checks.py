@@ -9,7 +9,19 @@ from async_rl.errors import UserInputError
 
 pytest.importorskip("megatron.core", reason="megatron-core is not installed (pip install -e '.[test]')")
 
-from async_rl.backend_checks import check_megatron  # noqa: E402
+from async_rl.backends.megatron import MegatronBackend  # noqa: E402
+
+
+def check_megatron(cfg):
+    """What a start checks of the megatron backend (the flags and machine, then the model), every problem at once."""
+    problems = []
+    for check in (MegatronBackend().check, MegatronBackend().check_model):
+        try:
+            check(cfg)
+        except UserInputError as e:
+            problems.append(str(e))
+    if problems:
+        raise UserInputError("\n".join(problems))
 
 
 def config(model, *flags):

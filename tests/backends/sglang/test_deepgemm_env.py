@@ -3,8 +3,8 @@ cannot, and the user's own setting always kept."""
 
 import pytest
 
-from async_rl.rollout import deepgemm_env
-from async_rl.rollout.deepgemm_env import ENABLE, PRECOMPILE, server_environment
+from async_rl.backends.sglang import deepgemm_env
+from async_rl.backends.sglang.deepgemm_env import ENABLE, PRECOMPILE, server_environment
 
 
 @pytest.fixture

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import torch
 
-from async_rl.trainer.megatron.cpu_compat import single_process_megatron
-from async_rl.trainer.megatron.hf_weights import hf_to_megatron, megatron_to_hf
-from async_rl.trainer.megatron.model import build_gpt_model
-from async_rl.trainer.megatron.model_checkpoint import load_model_checkpoint
-from async_rl.trainer.megatron.writer_watchdog import watch_writer
+from async_rl.backends.megatron.cpu_compat import single_process_megatron
+from async_rl.backends.megatron.hf_weights import hf_to_megatron, megatron_to_hf
+from async_rl.backends.megatron.model import build_gpt_model
+from async_rl.backends.megatron.model_checkpoint import load_model_checkpoint
+from async_rl.backends.megatron.writer_watchdog import watch_writer
 from async_rl.weights.hf_layout import read_hf_config, stack_experts
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",

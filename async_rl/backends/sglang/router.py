@@ -13,9 +13,9 @@ import subprocess
 import sys
 import time
 
+from async_rl.backends.sglang.http_client import HttpClient
+from async_rl.backends.sglang.server import stop_process_group, wait_until_answering
 from async_rl.net import free_port
-from async_rl.rollout.http_client import HttpClient
-from async_rl.rollout.sglang_server import stop_process_group, wait_until_answering
 
 
 class SGLangRouter:

@@ -26,7 +26,7 @@ def create_megatron_group(
 ) -> Any:
     """Start one MegatronTrainer actor per entry of `rank_options` (Ray options: resources and bundle); returns
     rank 0, already connected to the others."""
-    from async_rl.trainer.megatron.trainer import MegatronTrainer
+    from async_rl.backends.megatron.trainer import MegatronTrainer
 
     world_size = len(rank_options)
     find_address = ray.remote(num_cpus=0)(_rendezvous_address).options(scheduling_strategy=rank_options[0]["scheduling_strategy"])

@@ -20,12 +20,12 @@ import urllib.error
 import urllib.request
 from typing import Any, Callable
 
-from async_rl.rollout.deepgemm_env import server_environment
+from async_rl.backends.sglang.deepgemm_env import server_environment
 
 
 class SGLangServer:
     def __init__(self, server_args: Any, startup_timeout_s: float = 900.0):
-        """Start `python -m async_rl.rollout.sglang_server ARGS` and wait until it generates (`/health_generate`)."""
+        """Start `python -m async_rl.backends.sglang.server ARGS` and wait until it generates (`/health_generate`)."""
         self.url = f"http://{server_args.host}:{server_args.port}"
         with tempfile.NamedTemporaryFile("wb", suffix=".server_args.pkl", delete=False) as f:
             pickle.dump(server_args, f)
