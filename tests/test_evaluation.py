@@ -50,6 +50,26 @@ def test_training_logs_every_eval_set_and_the_standalone_evaluator_scores_the_ch
     assert result["model"].endswith("step_000001/model") and 0 <= result["eval/sums/avg@4"] <= 1
 
 
+def test_the_evaluator_and_its_dry_run_report_what_a_training_start_reports(tiny_model, tmp_path):
+    """`async_rl.evaluate` runs the start-up checks of a training start on the same flags; `--dry-run` runs them
+    without evaluating."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "1+1=", "label": "2"}\nnot json\n')
+    flags = ["--hf-checkpoint", str(tiny_model), "--eval-prompt-data", str(bad),
+             "--output-dir", str(tmp_path / "eval")]
+    for extra in ([], ["--dry-run"]):
+        done = subprocess.run([sys.executable, "-m", "async_rl.evaluate", *flags, *extra], cwd=REPO, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 2, done.stderr
+        assert f"--eval-prompt-data {bad}:2: not valid JSON" in done.stderr
+        assert not (tmp_path / "eval" / "eval.json").exists()
+    ok = subprocess.run([sys.executable, "-m", "async_rl.evaluate", "--hf-checkpoint", str(tiny_model),
+                         "--eval-prompt-data", str(tiny_model / "data" / "eval.jsonl"), "--dry-run",
+                         "--output-dir", str(tmp_path / "eval")], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0 and "start-up checks passed" in ok.stdout, ok.stderr
+    assert not (tmp_path / "eval" / "eval.json").exists()
+
+
 def test_plot_run_draws_the_reward_curve(tiny_model, tmp_path):
     out = tmp_path / "run"
     train.main(run_flags(tiny_model, out, "--num-rollout", "2"))
