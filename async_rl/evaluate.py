@@ -24,8 +24,9 @@ from async_rl.config import Config, parse_config
 from async_rl.errors import UserInputError
 from async_rl.evaluation import Evaluator
 from async_rl.placement import create_engine, start_ray
+from async_rl.rollout.batch_assembler import BatchAssembler
 from async_rl.rollout.engine import SamplingParams
-from async_rl.rollout.manager import RolloutManager
+from async_rl.rollout.engine_pool import EnginePool
 from async_rl.rollout.weight_sync import CheckpointWeights
 from async_rl.session import load_eval_sets, make_grader
 from async_rl.startup_checks import EVALUATE_CHECKS, check_startup, dry_run
@@ -51,13 +52,13 @@ def evaluate(cfg: Config) -> dict[str, float]:
     grader = make_grader(cfg)
     start_ray(cfg)
     try:
-        manager = RolloutManager(lambda rank: create_engine(cfg, rank), cfg.num_rollout_engines, grader,
-                                 CheckpointWeights(), custom_generate=cfg.rollout.custom_generate_function_path,
-                                 per_group=rollout_backend(cfg).dispatch_per_group)
+        pool = EnginePool(lambda rank: create_engine(cfg, rank), cfg.num_rollout_engines, CheckpointWeights(),
+                          custom_generate=cfg.rollout.custom_generate_function_path,
+                          per_group=rollout_backend(cfg).dispatch_per_group)
         e = cfg.eval
         params = SamplingParams(e.eval_temperature, cfg.rollout.rollout_top_p, e.eval_max_response_len,
                                 cfg.rollout.rollout_max_context_len)
-        metrics = Evaluator(manager, eval_sets, e.n_samples_per_eval_prompt, params).evaluate()
+        metrics = Evaluator(BatchAssembler(pool, grader), eval_sets, e.n_samples_per_eval_prompt, params).evaluate()
     finally:
         grader.close()
         ray.shutdown()

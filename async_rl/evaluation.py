@@ -10,8 +10,8 @@ from math import comb
 from pathlib import Path
 
 from async_rl.data.prompt_dataset import PromptDataset
+from async_rl.rollout.batch_assembler import BatchAssembler
 from async_rl.rollout.engine import SamplingParams
-from async_rl.rollout.manager import RolloutManager
 from async_rl.rollout.metrics import rollout_metrics
 from async_rl.sample import Sample
 
@@ -49,19 +49,19 @@ def score_groups(name: str, samples: list[Sample], n: int) -> dict[str, float]:
 
 
 class Evaluator:
-    def __init__(self, manager: RolloutManager, eval_sets: dict[str, PromptDataset], n_samples: int,
+    def __init__(self, assembler: BatchAssembler, eval_sets: dict[str, PromptDataset], n_samples: int,
                  params: SamplingParams):
-        self.manager, self.eval_sets, self.n_samples, self.params = manager, eval_sets, n_samples, params
+        self.assembler, self.eval_sets, self.n_samples, self.params = assembler, eval_sets, n_samples, params
 
     def evaluate(self) -> dict[str, float]:
         """Every set is submitted at once (the engines work through them together), then graded."""
         start = time.perf_counter()
-        pending = {name: self.manager.submit(ds.rows, self.n_samples, self.params, f"eval {name}")
+        pending = {name: self.assembler.submit(ds.rows, self.n_samples, self.params, f"eval {name}")
                    for name, ds in self.eval_sets.items()}
         metrics: dict[str, float] = {}
         all_scores: list[float] = []
         for name, p in pending.items():
-            samples, _ = self.manager.collect(p)
+            samples, _ = self.assembler.collect(p)
             all_scores.extend(s.score for s in samples)
             metrics |= rollout_metrics(samples, prefix=f"eval/{name}") | score_groups(name, samples, self.n_samples)
         metrics["eval/reward_mean"] = sum(all_scores) / len(all_scores)

@@ -29,10 +29,12 @@ from async_rl.evaluation import Evaluator, eval_sets_from_flag
 from async_rl.invariants import check_first_step, check_probe, probe_tolerance
 from async_rl.metrics_logger import MetricsLogger, WandbSettings
 from async_rl.placement import check_training_gpus, create_engine, create_trainer, start_ray, trainer_bundles
+from async_rl.rollout.batch_assembler import BatchAssembler
 from async_rl.rollout.debug_data import load_rollout, save_rollout
+from async_rl.rollout.dynamic_sampling import DynamicSampling, KeepRate
 from async_rl.rollout.engine import SamplingParams
+from async_rl.rollout.engine_pool import EnginePool
 from async_rl.rollout.filters import load_group_filter
-from async_rl.rollout.manager import DynamicSampling, KeepRate, RolloutManager
 from async_rl.rollout.metrics import group_metrics, rollout_metrics
 from async_rl.rollout.producer import AdmissionControl, RolloutProducer, sample_from_dict, sample_to_dict
 from async_rl.rollout.weight_sync import make_weight_sync
@@ -121,18 +123,19 @@ class TrainingSession:
             if self.router is not None:
                 print(f"sglang-router for the {cfg.num_rollout_engines} rollout engines: {self.router.url}", flush=True)
             router_url = self.router.url if self.router is not None else None
-            self.rollout = RolloutManager(lambda rank: create_engine(cfg, rank, router_url, bundles), cfg.num_rollout_engines,
-                                          grader, make_weight_sync(cfg, self.trainer),
+            self.engine_pool = EnginePool(lambda rank: create_engine(cfg, rank, router_url, bundles),
+                                          cfg.num_rollout_engines, make_weight_sync(cfg, self.trainer),
                                           custom_generate=cfg.rollout.custom_generate_function_path,
                                           per_group=rollout_backend(cfg).dispatch_per_group)
-            print(f"{len(self.rollout.engines)} rollout engine(s) started in {self.rollout.wait_ready():.0f} s", flush=True)
+            self.rollout = BatchAssembler(self.engine_pool, grader)
+            print(f"{len(self.engine_pool.engines)} rollout engine(s) started in {self.engine_pool.wait_ready():.0f} s", flush=True)
             self.start_step = 0
             self.resumed_rollout_state: dict[str, Any] | None = None
             self._last_batch: tuple[list[Sample], list[float]] | None = None
             if checkpoint is not None:
                 self._load(checkpoint, driver_state)
             elif rollout_backend(cfg).needs_initial_weights(cfg):
-                self.rollout.wait_weights(self.push_weights(version=0))
+                self.engine_pool.wait_weights(self.push_weights(version=0))
             self.offload_trainer_weights()
         except BaseException:
             self._stop_router()
@@ -211,7 +214,7 @@ class TrainingSession:
         release = self.cfg.cluster.colocate and not self.cfg.async_mode
         if release:
             start = time.perf_counter()
-            self.rollout.release_memory()
+            self.engine_pool.release_memory()
             metrics["perf/release_memory_time_s"] = time.perf_counter() - start
         if self.cfg.cluster.offload_train:
             metrics |= ray.get(self.trainer.onload.remote())
@@ -222,7 +225,7 @@ class TrainingSession:
                 metrics |= ray.get(self.trainer.offload.remote(weights=False))
             if release:
                 start = time.perf_counter()
-                self.rollout.resume_memory()
+                self.engine_pool.resume_memory()
                 metrics["perf/resume_memory_time_s"] = time.perf_counter() - start
 
     def offload_trainer_weights(self) -> dict[str, float]:
@@ -284,7 +287,7 @@ class TrainingSession:
         on it; by broadcast it returns at once, and engines pause generation while the buckets arrive. The
         refs resolve when every engine holds the new weights.
         """
-        return self.rollout.update_weights(version)
+        return self.engine_pool.update_weights(version)
 
     def should_evaluate(self, step: int) -> bool:
         interval = self.cfg.eval.eval_interval
@@ -305,7 +308,7 @@ class TrainingSession:
         `rollout_state` (async) holds the buffered groups and the prompts still generating, so none is lost.
         """
         driver_state = {"step": step, "dataset": data_state}
-        engine_rng = self.rollout.rng_states()
+        engine_rng = self.engine_pool.rng_states()
         probe = None
         if self.cfg.train.check_invariants and self._last_batch:
             samples, advantages = self._last_batch
@@ -343,20 +346,19 @@ class TrainingSession:
             if self.cfg.train.check_invariants and (checkpoint / PROBE).is_file():
                 self._check_probe(checkpoint)
         engine_rng = torch.load(checkpoint / ENGINE_RNG)
-        if len(engine_rng) == len(self.rollout.engines):  # same engine count: continue their sampling streams
-            ray.get([e.load_rng_state.remote(s) for e, s in zip(self.rollout.engines, engine_rng) if s is not None])
+        if len(engine_rng) == len(self.engine_pool.engines):  # same engine count: continue their sampling streams
+            ray.get([e.load_rng_state.remote(s) for e, s in zip(self.engine_pool.engines, engine_rng) if s is not None])
         self.dataset.load_state_dict(state["dataset"])
         self.start_step = int(state["step"])
         if (checkpoint / ROLLOUT_BUFFER).is_file():
             self.resumed_rollout_state = json.loads((checkpoint / ROLLOUT_BUFFER).read_text())
-        self.rollout.wait_weights(self.push_weights(self.start_step))
+        self.engine_pool.wait_weights(self.push_weights(self.start_step))
         print(f"resumed from {checkpoint} at step {self.start_step}", flush=True)
 
     def close(self) -> None:
         self.rollout.grader.close()
         self.metrics_logger.close()
-        for engine in self.rollout.engines:
-            ray.kill(engine)
+        self.engine_pool.close()
         ray.kill(self.trainer)
         self._stop_router()
         ray.shutdown()

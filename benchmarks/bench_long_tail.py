@@ -33,8 +33,10 @@ import ray
 from async_rl.config import parse_config
 from async_rl.data.prompt_dataset import PromptRow
 from async_rl.placement import create_engine, start_ray
+from async_rl.rollout.batch_assembler import BatchAssembler
+from async_rl.rollout.dynamic_sampling import split_groups
 from async_rl.rollout.engine import ROW_MAX_NEW_TOKENS, SamplingParams
-from async_rl.rollout.manager import RolloutManager, split_groups
+from async_rl.rollout.engine_pool import EnginePool
 from async_rl.rollout.weight_sync import CheckpointWeights
 from async_rl.session import make_grader
 
@@ -51,31 +53,31 @@ def rows(tokenizer_prompt: list[int], budgets: list[int]) -> list[PromptRow]:
     return [PromptRow("bench", list(tokenizer_prompt), "0", {ROW_MAX_NEW_TOKENS: b}) for b in budgets]
 
 
-def time_to_batch(manager: RolloutManager, batch_rows: list[PromptRow], n: int, target: int,
+def time_to_batch(assembler: BatchAssembler, batch_rows: list[PromptRow], n: int, target: int,
                   params: SamplingParams) -> tuple[float, int]:
     """Seconds until `target` groups are complete, and the tokens those groups hold; the rest are aborted and
     drained before returning, so the next measurement starts on an idle engine."""
     start = time.perf_counter()
-    pending = manager.submit(batch_rows, n, params, "long tail")
+    pending = assembler.submit(batch_rows, n, params, "long tail")
     done, tokens, counts = 0, 0, Counter()
     elapsed = None
-    for chunk, remaining in manager._finished_chunks(pending, counts):
+    for chunk, remaining in assembler._graded_chunks(pending, counts):
         for group in split_groups(chunk):
             if done < target:
                 done += 1
                 tokens += sum(s.response_length for s in group)
         if done >= target and elapsed is None:
             elapsed = time.perf_counter() - start
-            manager.abort(pending.requests[r] for r in remaining)
+            assembler.pool.abort(pending.requests[r] for r in remaining)
     return elapsed, tokens
 
 
-def throughput(manager: RolloutManager, prompt: list[int], n_groups: int, n: int, length: int,
+def throughput(assembler: BatchAssembler, prompt: list[int], n_groups: int, n: int, length: int,
                params: SamplingParams) -> float:
     """Tokens per second on `n_groups` groups that all generate `length` tokens."""
     start = time.perf_counter()
-    pending = manager.submit(rows(prompt, [length] * n_groups), n, params, "uniform")
-    tokens = sum(s.response_length for chunk, _ in manager._finished_chunks(pending, Counter()) for s in chunk)
+    pending = assembler.submit(rows(prompt, [length] * n_groups), n, params, "uniform")
+    tokens = sum(s.response_length for chunk, _ in assembler._graded_chunks(pending, Counter()) for s in chunk)
     return tokens / (time.perf_counter() - start)
 
 
@@ -106,8 +108,8 @@ def main() -> None:
                            "--rollout-max-response-len", str(cap), *backend, *extra])
     start_ray(cfg)
     engine = create_engine(cfg, 0)
-    managers = {mode: RolloutManager(lambda rank: engine, 1, make_grader(cfg), CheckpointWeights(),
-                                     per_group=mode == "groups")
+    managers = {mode: BatchAssembler(EnginePool(lambda rank: engine, 1, CheckpointWeights(), per_group=mode == "groups"),
+                                     make_grader(cfg))
                 for mode in (["chunks", "groups"] if args.backend == "sglang" else ["chunks"])}
     params = SamplingParams(1.0, 1.0, cap)
     prompt = [1, 2, 3, 4, 5, 6, 7, 8]

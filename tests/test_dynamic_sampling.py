@@ -3,7 +3,7 @@
 import logging
 
 from async_rl.config import parse_config
-from async_rl.rollout.manager import DynamicSampling, KeepRate
+from async_rl.rollout.dynamic_sampling import DynamicSampling, KeepRate
 from async_rl.session import TrainingSession
 from tests.conftest import run_flags
 

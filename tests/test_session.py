@@ -22,7 +22,7 @@ def test_pushed_weights_reach_every_engine(tiny_model, tmp_path, quantization, t
     with TrainingSession(cfg) as session:
         samples, _ = session.produce_rollout(0)
         assert {s.weight_version for s in samples} == {0}
-        engines = session.rollout.engines
+        engines = session.engine_pool.engines
         probe = [Sample(prompt=s.prompt, prompt_tokens=s.prompt_tokens, group_id=s.group_id) for s in samples[:8]]
         before = ray.get(engines[0].generate.remote(probe, session.rollout_params))
         assert session.train(0, samples)["train/grad_norm"] > 0

@@ -36,16 +36,10 @@ import torch
 
 from async_rl.data.prompt_dataset import PromptDataset, PromptRow
 from async_rl.errors import TrainingAborted
+from async_rl.rollout.batch_assembler import BatchAssembler, indexed, reward_failure_metrics
+from async_rl.rollout.dynamic_sampling import DynamicSampling, KeepRate, split_groups
 from async_rl.rollout.engine import FINISHED_AT, SamplingParams
-from async_rl.rollout.manager import (
-    DynamicSampling,
-    KeepRate,
-    PendingRollout,
-    RolloutManager,
-    indexed,
-    reward_failure_metrics,
-    split_groups,
-)
+from async_rl.rollout.engine_pool import PendingRollout
 from async_rl.sample import Sample, SampleStatus
 
 logger = logging.getLogger(__name__)
@@ -107,7 +101,7 @@ class RolloutProducer:
 
     def __init__(
         self,
-        manager: RolloutManager,
+        assembler: BatchAssembler,
         dataset: PromptDataset,
         n_samples: int,
         params: SamplingParams,
@@ -117,7 +111,8 @@ class RolloutProducer:
         version: int,
         resume_state: dict[str, Any] | None = None,
     ):
-        self.manager, self.dataset, self.n_samples, self.sampling = manager, dataset, n_samples, sampling
+        self.assembler, self.pool = assembler, assembler.pool
+        self.dataset, self.n_samples, self.sampling = dataset, n_samples, sampling
         self.admission = admission
         self.version = version
         self.accepted = 0
@@ -130,13 +125,13 @@ class RolloutProducer:
         self._parked: list[list[Sample]] = []  # aborted chunks waiting for the new weights
         self._grading: list[list[Sample]] = []  # finished chunks being graded, outside the lock
         self._abort_version: int | None = None
-        n_engines = len(manager.engines)
-        self._chunk_groups = 1 if manager.per_group else max(
-            1, math.ceil(admission.max_running / (n_engines * manager.chunks_per_engine)))
+        n_engines = len(self.pool.engines)
+        self._chunk_groups = 1 if self.pool.per_group else max(
+            1, math.ceil(admission.max_running / (n_engines * self.pool.chunks_per_engine)))
         self._keep_rate = KeepRate(window=2 * admission.batch_groups)
         self._counts: Counter[str] = Counter()
         self._reward_counts: Counter = Counter()
-        self._restarts_at_take = manager.restarts
+        self._restarts_at_take = self.pool.restarts
         self._cond = threading.Condition()
         self._error: BaseException | None = None
         self._stopping = False
@@ -175,11 +170,11 @@ class RolloutProducer:
                 "rollout/buffer_groups": float(len(self.buffer)),
                 "rollout/running_groups": float(self._running),
                 "rollout/admission_keep_rate": self._keep_rate.value,
-                "rollout/engine_restarts": float(self.manager.restarts - self._restarts_at_take),
+                "rollout/engine_restarts": float(self.pool.restarts - self._restarts_at_take),
             }
             self._counts.clear()
             self._reward_counts.clear()
-            self._restarts_at_take = self.manager.restarts
+            self._restarts_at_take = self.pool.restarts
             self._cond.notify_all()
         samples = indexed([s for g in taken for s in g.samples])
         metrics["perf/rollout_wait_s"] = time.time() - wait_start
@@ -202,7 +197,7 @@ class RolloutProducer:
         """Partial rollouts: stop running generation before a weight push; it resumes after `set_version`."""
         with self._cond:
             self._abort_version = self.version
-            self.manager.abort(list(self._calls.requests.values()))
+            self.pool.abort(list(self._calls.requests.values()))
 
     def set_version(self, version: int) -> None:
         """The engines have this version queued: admit (and continue) generation under it."""
@@ -245,7 +240,7 @@ class RolloutProducer:
         now = time.time()
         self.buffer = [_BufferedGroup([sample_from_dict(d) for d in g], now) for g in state["buffer"]]
         self._retry_rows = [PromptRow(**row) for row in state["retry_prompts"]]
-        self.manager.start_group_ids_at(1 + max((s.group_id for g in self.buffer for s in g.samples), default=-1))
+        self.assembler.start_group_ids_at(1 + max((s.group_id for g in self.buffer for s in g.samples), default=-1))
 
     def _run(self) -> None:
         try:
@@ -275,20 +270,16 @@ class RolloutProducer:
             n = min(capacity, self._chunk_groups)
             rows, self._retry_rows = self._retry_rows[:n], self._retry_rows[n:]
             rows += self.dataset.next_batch(n - len(rows)) if len(rows) < n else []
-            groups = self.manager.make_groups(rows, self.n_samples)
+            groups = self.assembler.make_groups(rows, self.n_samples)
             now = time.time()
             self._admitted_at |= {g[0].group_id: now for g in groups}
-            self.manager.dispatch(self._calls, [s for g in groups for s in g], self._least_busy_engine())
+            self.pool.dispatch(self._calls, [s for g in groups for s in g], self.pool.least_busy(self._calls))
             capacity -= n
-
-    def _least_busy_engine(self) -> int:
-        load = Counter(call.rank for call in self._calls.requests.values())
-        return min(range(len(self.manager.engines)), key=lambda rank: load[rank])
 
     def _resume_parked(self) -> None:
         if self._parked and self._abort_version is not None and self.version > self._abort_version:
             for chunk in self._parked:
-                self.manager.dispatch(self._calls, chunk, self._least_busy_engine())
+                self.pool.dispatch(self._calls, chunk, self.pool.least_busy(self._calls))
             self._parked.clear()
 
     def _receive(self, ref: ray.ObjectRef) -> None:
@@ -296,7 +287,7 @@ class RolloutProducer:
             chunk = ray.get(ref)
         except ray.exceptions.RayActorError:  # a failed call is the health check: the engine died
             with self._cond:
-                self.manager.reissue(self._calls, ref)
+                self.pool.reissue(self._calls, ref)
             return
         with self._cond:
             self._calls.requests.pop(ref)
@@ -307,12 +298,11 @@ class RolloutProducer:
                 return
             self._grading.append(chunk)  # still counted as running, and saved by a snapshot, while it is graded
         reward_counts: Counter = Counter()
-        self.manager.grade(chunk, reward_counts)  # outside the lock: the trainer can take a batch meanwhile
+        self.assembler.grade(chunk, reward_counts)  # outside the lock: the trainer can take a batch meanwhile
         with self._cond:
             self._grading = [c for c in self._grading if c is not chunk]
             self._reward_counts.update(reward_counts)
-            for group in split_groups(chunk):
-                passed = self.sampling.judge(group, self._counts)
+            for group, passed in self.sampling.judge_chunk(chunk, self._counts):
                 self._keep_rate.add(passed)
                 if passed:
                     self.buffer.append(_BufferedGroup(group, self._admitted_at.get(group[0].group_id, time.time())))

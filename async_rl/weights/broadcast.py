@@ -7,7 +7,7 @@ and high-precision tensors share one broadcast, over NCCL or gloo alike. Engines
 push: running requests are retracted, keep their tokens, and continue with the new weights.
 
 An engine that dies during a broadcast fails the push (a collective cannot finish without it); one that
-dies at any other time is replaced by the rollout manager, which then rebuilds the group.
+dies at any other time is replaced by the engine pool, which then rebuilds the group.
 """
 
 from __future__ import annotations

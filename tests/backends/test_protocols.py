@@ -16,8 +16,8 @@ from async_rl.backends.torch.trainer import TorchTrainer
 from async_rl.config.sections import BackendConfig
 from tests.conftest import REPO
 
-DRIVER = ["session.py", "train.py", "train_async.py", "evaluate.py", "evaluation.py", "rollout/manager.py",
-          "rollout/producer.py", "rollout/weight_sync.py"]
+DRIVER = ["session.py", "train.py", "train_async.py", "evaluate.py", "evaluation.py", "rollout/batch_assembler.py",
+          "rollout/engine_pool.py", "rollout/producer.py", "rollout/weight_sync.py"]
 
 
 def protocol_methods(protocol: type) -> dict[str, inspect.Signature]:

@@ -1,4 +1,4 @@
-"""An SGLang server that dies takes its engine actor down; the rollout manager replaces the engine, weights included.
+"""An SGLang server that dies takes its engine actor down; the engine pool replaces the engine, weights included.
 
 One GPU, trainer and engine colocated, through Ray; run with `pytest -m gpu tests/gpu`.
 """
@@ -37,12 +37,12 @@ def test_a_dead_server_is_replaced_and_the_batch_is_still_full(sglang_models, tm
     with TrainingSession(cfg) as session:
         samples, _ = session.produce_rollout(0)
         session.train(0, samples)
-        session.rollout.wait_weights(session.push_weights(version=1))
-        victim = session.rollout.engines[0]
+        session.engine_pool.wait_weights(session.push_weights(version=1))
+        victim = session.engine_pool.engines[0]
         health = ray.get(victim.health.remote())
         assert health["weight_version"] == 1
         os.killpg(health["server_pid"], signal.SIGKILL)  # the fault: the SGLang server and its schedulers die
 
         check_replaced_with_current_weights(session, 0, victim)
-        session.rollout.wait_weights(session.push_weights(version=2))  # the rebuilt group (or the new engine) takes it
-        assert ray.get(session.rollout.engines[0].health.remote())["weight_version"] == 2
+        session.engine_pool.wait_weights(session.push_weights(version=2))  # the rebuilt group (or the new engine) takes it
+        assert ray.get(session.engine_pool.engines[0].health.remote())["weight_version"] == 2

@@ -1,6 +1,6 @@
 """Admission control of the async producer: the staleness bound, and running groups counted at the filter's keep rate."""
 
-from async_rl.rollout.manager import KeepRate, split_groups
+from async_rl.rollout.dynamic_sampling import KeepRate, split_groups
 from async_rl.rollout.producer import AdmissionControl, staleness_metrics, within_staleness
 from async_rl.sample import Sample
 

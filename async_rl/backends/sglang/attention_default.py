@@ -3,7 +3,7 @@
 On Hopper SGLang 0.5.17 picks FA3, which lives in sgl-kernel's `flash_ops` library (about 1.1 GB); slim
 installs leave it out, and the engine then dies at its first forward. There the engine takes, by KV-cache
 dtype, the faster of the two backends every SGLang install has, measured in one run on the 7B shape at
-batch 256 x 2,048 new tokens (`docs/benchmarks.md`): triton for a BF16 cache (1.15x FlashInfer), FlashInfer
+batch 256 x 2,048 new tokens (`docs/reports/benchmarks.md`): triton for a BF16 cache (1.15x FlashInfer), FlashInfer
 for an FP8 cache (1.04x triton). Everywhere else SGLang's own choice stands: FA3 was not measured against
 them, and off Hopper SGLang does not pick it.
 """

@@ -262,7 +262,7 @@ class SGLangEngine(WeightVersionMixin, CustomGenerateMixin):
     def _server_died(self) -> NoReturn:
         message = f"SGLang server {self.url} exited with code {self.server.process.returncode}"
         if ray.is_initialized() and ray.get_runtime_context().get_actor_id():
-            # an engine actor dies with its server, so that the rollout manager sees it dead and replaces it
+            # an engine actor dies with its server, so that the engine pool sees it dead and replaces it
             logger.error("%s; the engine actor exits", message)
             os._exit(1)
         raise RuntimeError(message)

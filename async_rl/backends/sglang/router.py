@@ -1,6 +1,6 @@
 """sglang-router in front of several SGLang engines: one URL that balances requests over their servers.
 
-The rollout manager sends each group of samples to one engine itself (the group shares its prompt's
+The batch assembler sends each group of samples to one engine itself (the group shares its prompt's
 KV cache there, and an abort must reach the server running the request), so the router serves
 everything else that wants "the policy" as one endpoint: user rollout functions, agent environments,
 evaluation clients. It starts empty; each engine registers its server when it is up, so an engine
