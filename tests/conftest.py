@@ -10,6 +10,15 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+INTEGRATION = Path(__file__).parent / "integration"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests under tests/integration/ (whole runs, Ray, launched processes) carry the `integration` marker, so that
+    `pytest -m "not integration"` runs the unit tests alone."""
+    for item in items:
+        if INTEGRATION in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.integration)
 FIXTURES = Path(__file__).parent / "fixtures"
 
 

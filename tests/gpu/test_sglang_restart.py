@@ -14,7 +14,7 @@ import torch
 from async_rl.config import parse_config
 from async_rl.session import TrainingSession
 from tests.conftest import run_flags
-from tests.test_engine_restart import check_replaced_with_current_weights
+from tests.integration.test_engine_restart import check_replaced_with_current_weights
 
 pytestmark = [
     pytest.mark.gpu,

@@ -6,7 +6,7 @@ import pytest
 
 from async_rl import train
 from tests.conftest import run_flags
-from tests.test_train import metrics_of
+from tests.integration.test_train import metrics_of
 
 pytest.importorskip("megatron.core", reason="megatron-core is not installed (pip install -e '.[test]')")
 
