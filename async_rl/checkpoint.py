@@ -1,24 +1,51 @@
-"""Checkpoint directories that are either complete or absent: written under a temporary name, then renamed."""
+"""The checkpoint layout, and directories that are either complete or absent (written under a temporary name,
+then renamed).
+
+    <--save>/latest                 the name of the newest step directory
+    <--save>/step_000010/
+        driver_state.json           the driver: steps done, the dataset's position
+        engine_rng.pt               each engine's sampling RNG state
+        rollout_buffer.json         async runs: buffered groups and the prompts still generating
+        probe.json                  --check-invariants: a batch and its loss and grad norm at the saved weights
+        ...                         the train backend's part (`save` of its trainer; `hf_model` finds the
+                                    Hugging Face model in it)
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+import torch
 
 from async_rl.errors import UserInputError
 
 LATEST = "latest"
 DRIVER_STATE = "driver_state.json"
+ENGINE_RNG = "engine_rng.pt"
+ROLLOUT_BUFFER = "rollout_buffer.json"
+PROBE = "probe.json"
 
 
 class CheckpointError(UserInputError):
     """A checkpoint that is missing or incomplete; the message names the path."""
 
 
-def save_checkpoint(root: str, step: int, driver_state: dict[str, Any], write_trainer: Callable[[str], None]) -> Path:
+@dataclass
+class DriverParts:
+    """What the driver writes beside the trainer's part."""
+
+    state: dict[str, Any]  # {"step": steps done, "dataset": its position}
+    engine_rng: list[Any]  # None for an engine that had just died
+    rollout_buffer: dict[str, Any] | None = None
+    probe: dict[str, Any] | None = None
+
+
+def save_checkpoint(root: str, step: int, parts: DriverParts, write_trainer: Callable[[str], None]) -> Path:
     """Write `root/step_XXXXXX` atomically and point `root/latest` at it.
 
     A crash mid-write leaves only a `.tmp` directory behind; the previous checkpoint and `latest` stay intact.
@@ -30,7 +57,11 @@ def save_checkpoint(root: str, step: int, driver_state: dict[str, Any], write_tr
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     write_trainer(str(staging))
-    (staging / DRIVER_STATE).write_text(json.dumps(driver_state, indent=2))
+    torch.save(parts.engine_rng, staging / ENGINE_RNG)
+    for name, content in ((ROLLOUT_BUFFER, parts.rollout_buffer), (PROBE, parts.probe)):
+        if content is not None:
+            (staging / name).write_text(json.dumps(content))
+    (staging / DRIVER_STATE).write_text(json.dumps(parts.state, indent=2))
     if final.exists():
         shutil.rmtree(final)
     os.replace(staging, final)
@@ -57,3 +88,12 @@ def read_driver_state(checkpoint_dir: Path) -> dict[str, Any]:
         return json.loads((checkpoint_dir / DRIVER_STATE).read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"--load: {checkpoint_dir / DRIVER_STATE} is corrupt ({e.msg})") from None
+
+
+def read_driver_parts(checkpoint_dir: Path) -> DriverParts:
+    def json_part(name: str) -> dict[str, Any] | None:
+        path = checkpoint_dir / name
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    return DriverParts(read_driver_state(checkpoint_dir), torch.load(checkpoint_dir / ENGINE_RNG),
+                       json_part(ROLLOUT_BUFFER), json_part(PROBE))

@@ -17,7 +17,7 @@ from typing import Sequence
 import ray
 from transformers import AutoTokenizer
 
-from async_rl.backends import rollout_backend
+from async_rl.backends import TRAIN_BACKENDS, rollout_backend
 from async_rl.checkpoint import resolve_checkpoint
 from async_rl.cli import run_cli
 from async_rl.config import Config, parse_config
@@ -37,11 +37,10 @@ def model_to_evaluate(cfg: Config) -> Config:
     if not cfg.checkpoint.load:
         return cfg
     checkpoint = resolve_checkpoint(cfg.checkpoint.load)
-    model = checkpoint / "model"
-    if not model.is_dir() and (checkpoint / "megatron").is_dir():
-        raise UserInputError(f"--load {checkpoint} is a megatron checkpoint: convert it first with "
-                             f"tools/convert_torch_dist_to_hf.py --input-dir {checkpoint / 'megatron'} ...")
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, hf_checkpoint=str(model)))
+    models = [m for m in (b.hf_model(checkpoint) for b in TRAIN_BACKENDS.values()) if m is not None]
+    if not models:
+        raise UserInputError(f"--load {checkpoint}: no trainer's model in it")
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, hf_checkpoint=str(models[0])))
 
 
 def evaluate(cfg: Config) -> dict[str, float]:

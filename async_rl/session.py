@@ -6,7 +6,6 @@ lives here or below, so the two loops cannot drift apart.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -21,7 +20,7 @@ from transformers import AutoTokenizer
 
 from async_rl.algorithms.advantages import compute_advantages, overlong_penalty
 from async_rl.backends import rollout_backend, train_backend
-from async_rl.checkpoint import read_driver_state, resolve_checkpoint, save_checkpoint
+from async_rl.checkpoint import DriverParts, read_driver_parts, resolve_checkpoint, save_checkpoint
 from async_rl.config import Config
 from async_rl.data.prompt_dataset import PromptDataset
 from async_rl.errors import TrainingAborted
@@ -46,9 +45,6 @@ from rewards.grading import RewardGrader
 from rewards.registry import resolve_reward
 
 logger = logging.getLogger(__name__)
-ENGINE_RNG = "engine_rng.pt"
-ROLLOUT_BUFFER = "rollout_buffer.json"  # async runs: buffered groups and the prompts still generating
-PROBE = "probe.json"  # --check-invariants: a batch and its loss / grad norm at the saved weights
 
 
 def make_grader(cfg: Config) -> RewardGrader:
@@ -108,8 +104,8 @@ class TrainingSession:
 
         lg = cfg.logging
         wandb = WandbSettings(lg.wandb_project, lg.wandb_mode, cfg.to_flat_dict()) if lg.use_wandb else None
-        driver_state = read_driver_state(checkpoint) if checkpoint is not None else None
-        resume_step = int(driver_state["step"]) if driver_state is not None else None
+        saved = read_driver_parts(checkpoint) if checkpoint is not None else None
+        resume_step = int(saved.state["step"]) if saved is not None else None
         self.metrics_logger = MetricsLogger(lg.output_dir, lg.tensorboard_dir, wandb, resume_step=resume_step)
         start_ray(cfg)
         self.router: Any = None
@@ -133,7 +129,7 @@ class TrainingSession:
             self.resumed_rollout_state: dict[str, Any] | None = None
             self._last_batch: tuple[list[Sample], list[float]] | None = None
             if checkpoint is not None:
-                self._load(checkpoint, driver_state)
+                self._load(checkpoint, saved)
             elif rollout_backend(cfg).needs_initial_weights(cfg):
                 self.engine_pool.wait_weights(self.push_weights(version=0))
             self.offload_trainer_weights()
@@ -307,25 +303,15 @@ class TrainingSession:
 
         `rollout_state` (async) holds the buffered groups and the prompts still generating, so none is lost.
         """
-        driver_state = {"step": step, "dataset": data_state}
-        engine_rng = self.engine_pool.rng_states()
-        probe = None
+        parts = DriverParts({"step": step, "dataset": data_state}, self.engine_pool.rng_states(), rollout_state)
         if self.cfg.train.check_invariants and self._last_batch:
             samples, advantages = self._last_batch
-            probe = {"samples": [sample_to_dict(s) for s in samples], "advantages": advantages,
-                     "result": ray.get(self.trainer.probe_sharded.remote(self._hand_over(samples, advantages)))}
+            parts.probe = {"samples": [sample_to_dict(s) for s in samples], "advantages": advantages,
+                           "result": ray.get(self.trainer.probe_sharded.remote(self._hand_over(samples, advantages)))}
+        self.last_checkpoint = save_checkpoint(self.cfg.checkpoint.save, step, parts,
+                                               lambda path: ray.get(self.trainer.save.remote(path)))
 
-        def write(path: str) -> None:
-            ray.get(self.trainer.save.remote(path))
-            torch.save(engine_rng, Path(path) / ENGINE_RNG)
-            for name, content in ((ROLLOUT_BUFFER, rollout_state), (PROBE, probe)):
-                if content is not None:
-                    (Path(path) / name).write_text(json.dumps(content))
-
-        self.last_checkpoint = save_checkpoint(self.cfg.checkpoint.save, step, driver_state, write)
-
-    def _check_probe(self, checkpoint: Path) -> None:
-        probe = json.loads((checkpoint / PROBE).read_text())
+    def _check_probe(self, checkpoint: Path, probe: dict[str, Any]) -> None:
         backend = train_backend(self.cfg)
         saved_layout = backend.checkpoint_layout(checkpoint)  # None: a one-process trainer's checkpoint
         layout = ray.get(self.trainer.parallel_layout.remote()) if saved_layout else None
@@ -340,18 +326,17 @@ class TrainingSession:
         print(f"invariant holds after --load: probe loss and grad norm equal ({probe['result']} saved, {recomputed} "
               f"now, relative tolerance {tolerance[0]:g})", flush=True)
 
-    def _load(self, checkpoint: Path, state: dict[str, Any]) -> None:
+    def _load(self, checkpoint: Path, parts: DriverParts) -> None:
         with self.training_turn():
             ray.get(self.trainer.load.remote(str(checkpoint)))
-            if self.cfg.train.check_invariants and (checkpoint / PROBE).is_file():
-                self._check_probe(checkpoint)
-        engine_rng = torch.load(checkpoint / ENGINE_RNG)
-        if len(engine_rng) == len(self.engine_pool.engines):  # same engine count: continue their sampling streams
-            ray.get([e.load_rng_state.remote(s) for e, s in zip(self.engine_pool.engines, engine_rng) if s is not None])
-        self.dataset.load_state_dict(state["dataset"])
-        self.start_step = int(state["step"])
-        if (checkpoint / ROLLOUT_BUFFER).is_file():
-            self.resumed_rollout_state = json.loads((checkpoint / ROLLOUT_BUFFER).read_text())
+            if self.cfg.train.check_invariants and parts.probe is not None:
+                self._check_probe(checkpoint, parts.probe)
+        engines = self.engine_pool.engines
+        if len(parts.engine_rng) == len(engines):  # same engine count: continue their sampling streams
+            ray.get([e.load_rng_state.remote(s) for e, s in zip(engines, parts.engine_rng) if s is not None])
+        self.dataset.load_state_dict(parts.state["dataset"])
+        self.start_step = int(parts.state["step"])
+        self.resumed_rollout_state = parts.rollout_buffer
         self.engine_pool.wait_weights(self.push_weights(self.start_step))
         print(f"resumed from {checkpoint} at step {self.start_step}", flush=True)
 

@@ -63,6 +63,10 @@ class TrainBackend(Protocol):
         """The trainer actor the driver talks to (rank 0 of a group), one rank per entry of `rank_options`; it
         implements `Trainer`."""
 
+    def hf_model(self, checkpoint: Path) -> Path | None:
+        """The Hugging Face model directory of a checkpoint this backend wrote (None: not one of its checkpoints);
+        UserInputError when its checkpoints hold none, naming the conversion."""
+
     def checkpoint_layout(self, checkpoint: Path) -> dict[str, int] | None:
         """The parallel layout a checkpoint of this backend was written under (None: one process)."""
 

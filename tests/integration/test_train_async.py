@@ -11,9 +11,10 @@ import psutil
 import ray
 
 from async_rl import train_async
+from async_rl.checkpoint import ROLLOUT_BUFFER
 from async_rl.config import parse_config
 from async_rl.sample import SampleStatus
-from async_rl.session import ROLLOUT_BUFFER, TrainingSession
+from async_rl.session import TrainingSession
 from tests.conftest import run_flags
 
 

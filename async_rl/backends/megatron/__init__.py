@@ -51,6 +51,15 @@ class MegatronBackend:
             total_optimizer_steps=cfg.total_optimizer_steps,
         )
 
+    def hf_model(self, checkpoint: Path) -> Path | None:
+        """Its checkpoints hold torch_dist shards: converted to a Hugging Face model first."""
+        if not (checkpoint / "megatron").is_dir():
+            return None
+        from async_rl.errors import UserInputError
+
+        raise UserInputError(f"--load {checkpoint} is a megatron checkpoint: convert it first with "
+                             f"tools/convert_torch_dist_to_hf.py --input-dir {checkpoint / 'megatron'} ...")
+
     def checkpoint_layout(self, checkpoint: Path) -> dict[str, int] | None:
         from async_rl.backends.megatron.trainer import recorded_layout
 

@@ -10,6 +10,9 @@ if TYPE_CHECKING:
     from async_rl.sample import Sample
 
 
+HF_MODEL = "model"  # a checkpoint's Hugging Face model directory: `evaluate` and engines load it as it is
+
+
 class TorchBackend:
     name = "torch"
 
@@ -39,6 +42,10 @@ class TorchBackend:
             temperature=cfg.rollout.rollout_temperature, seed=cfg.logging.seed, num_threads=num_threads,
             device="cuda" if options["num_gpus"] else "cpu", total_optimizer_steps=cfg.total_optimizer_steps,
         )
+
+    def hf_model(self, checkpoint: Path) -> Path | None:
+        model = checkpoint / HF_MODEL
+        return model if model.is_dir() else None
 
     def checkpoint_layout(self, checkpoint: Path) -> None:
         return None

@@ -10,6 +10,7 @@ from typing import Iterator
 import torch
 from transformers import AutoModelForCausalLM
 
+from async_rl.backends.torch import HF_MODEL
 from async_rl.config.sections import TrainConfig
 from async_rl.routing_replay import replay_routing
 from async_rl.trainer.batch import PackedBatch, response_log_probs
@@ -110,8 +111,8 @@ class TorchTrainer(PolicyTrainer):
     def save(self, path: str) -> None:
         """Hugging Face layout under `model/` plus optimizer and RNG state; the caller makes it atomic."""
         out = Path(path)
-        self.model.save_pretrained(out / "model", safe_serialization=True)
-        self.tokenizer.save_pretrained(out / "model")
+        self.model.save_pretrained(out / HF_MODEL, safe_serialization=True)
+        self.tokenizer.save_pretrained(out / HF_MODEL)
         torch.save(
             {"optimizer": self.optimizer.state_dict(), "version": self.version, "optimizer_steps": self.optimizer_steps,
              "torch_rng": torch.get_rng_state()},
@@ -120,7 +121,7 @@ class TorchTrainer(PolicyTrainer):
 
     def load(self, path: str) -> None:
         src = Path(path)
-        loaded = AutoModelForCausalLM.from_pretrained(src / "model", dtype=torch.float32)
+        loaded = AutoModelForCausalLM.from_pretrained(src / HF_MODEL, dtype=torch.float32)
         self.model.load_state_dict(loaded.state_dict())
         state = torch.load(src / "trainer_state.pt", weights_only=False)
         self.optimizer.load_state_dict(state["optimizer"])
