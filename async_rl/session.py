@@ -19,6 +19,7 @@ import torch
 from transformers import AutoTokenizer
 
 from async_rl.algorithms.advantages import compute_advantages, overlong_penalty
+from async_rl.algorithms.mismatch import MismatchAlert
 from async_rl.backends import rollout_backend, train_backend
 from async_rl.checkpoint import DriverParts, read_driver_parts, resolve_checkpoint, save_checkpoint
 from async_rl.config import Config
@@ -146,6 +147,8 @@ class TrainingSession:
             SamplingParams(cfg.eval.eval_temperature, cfg.rollout.rollout_top_p, cfg.eval.eval_max_response_len, context),
         )
         self.skipped_steps = 0
+        t = cfg.train
+        self.mismatch_alert = MismatchAlert(t.mismatch_alert_k3, t.mismatch_alert_steps, t.mismatch_alert_action == "stop")
         self.last_checkpoint: Path | None = None
 
     def _save_config(self) -> None:
@@ -262,6 +265,7 @@ class TrainingSession:
             checked = check_first_step(step, samples, metrics, quantized_rollout=cfg.rollout.rollout_quantization != "none",
                                        logprob_tol=cfg.train.invariant_logprob_tol)
             print(f"invariants hold at step {step}: {', '.join(checked)}", flush=True)
+        self.mismatch_alert.observe(step, metrics)
         self.skipped_steps += int(metrics["train/skipped_steps"])
         limit = cfg.train.max_skipped_steps
         if limit is not None and self.skipped_steps > limit:

@@ -334,6 +334,8 @@ def _validate(cfg: Config, explicit: set[str], async_mode: bool, evaluate_only: 
             )
     if r.max_sampling_rounds < 1:
         raise ConfigError(f"--max-sampling-rounds must be >= 1, got {r.max_sampling_rounds}")
+    if t.mismatch_alert_steps < 1:
+        raise ConfigError(f"--mismatch-alert-steps must be >= 1, got {t.mismatch_alert_steps}")
     if t.use_tis and t.tis_clip <= 0:
         raise ConfigError(f"--tis-clip must be > 0, got {t.tis_clip}")
     if c.offload_train and not (c.colocate and c.actor_num_gpus_per_node and not async_mode):

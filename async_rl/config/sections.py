@@ -223,6 +223,11 @@ class TrainConfig:
         False, "MoE models: the engine returns every token's routed experts and the trainer's forward uses them "
         "instead of routing again (R3), so that near-tied routers do not flip between FP8 or stale rollouts and "
         "training.", aliases=["--use-rollout-routing-replay"])
+    mismatch_alert_k3: float | None = flag(
+        None, "Warn once the train-vs-rollout KL (mismatch/kl_k3, per token) stays above this for "
+        "--mismatch-alert-steps steps in a row; with --mismatch-alert-action stop, end the run there.")
+    mismatch_alert_steps: int = flag(3, "Consecutive steps above --mismatch-alert-k3 that raise the alert.")
+    mismatch_alert_action: str = flag("warn", "What the mismatch alert does.", choices=["warn", "stop"])
     max_skipped_steps: int | None = flag(
         None, "Stop the run once more optimizer steps than this were skipped for a NaN/inf loss or gradient."
     )

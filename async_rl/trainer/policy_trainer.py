@@ -18,6 +18,7 @@ import torch
 from transformers import AutoTokenizer
 
 from async_rl.algorithms.losses import aggregate, kl_penalty, policy_loss
+from async_rl.algorithms.mismatch import mismatch_metrics, mismatch_sums
 from async_rl.config.sections import TrainConfig
 from async_rl.net import node_address
 from async_rl.sample import Sample
@@ -272,14 +273,16 @@ class PolicyTrainer:
                 totals[k] = max(totals.get(k, float("-inf")), v) if is_max_stat(k) else totals.get(k, 0.0) + v
         self.version += 1
         mbs = [mb for step in steps for mb in step]
-        agreement = self.all_reduce_stats({
-            "tokens": sum(float(mb.batch.loss_mask.sum()) for mb in mbs),
-            "abs_diff": sum(float(((mb.old - mb.batch.rollout_log_probs).abs() * mb.batch.loss_mask).sum()) for mb in mbs),
-        })
+        agreement: dict[str, float] = {}
+        for mb in mbs:
+            for k, v in mismatch_sums(mb.old, mb.batch.rollout_log_probs, mb.batch.loss_mask).items():
+                agreement[k] = agreement.get(k, 0.0) + v
+        agreement = self.all_reduce_stats(agreement)
         metrics = {f"train/{k}": v if is_max_stat(k) else v / len(steps)
                    for k, v in totals.items() if k != "ratio_max_abs_dev"}
         metrics["train/first_step_ratio_max_abs_dev"] = first_ratio_dev
         metrics["train/rollout_logprob_abs_diff"] = agreement["abs_diff"] / max(agreement["tokens"], 1.0)
+        metrics |= mismatch_metrics(agreement)
         metrics["train/lr"] = self.learning_rate()
         metrics["train/skipped_steps"] = float(skipped)
         return metrics

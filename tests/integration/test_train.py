@@ -165,6 +165,18 @@ def test_non_finite_steps_are_skipped_counted_and_bounded(tiny_model, tmp_path):
     assert row["train/skipped_steps"] == 1
 
 
+def test_the_mismatch_alert_stops_a_run_whose_fp8_rollout_drifts_past_its_bound(tiny_model, tmp_path):
+    out = tmp_path / "run"
+    result = run_cli(*run_flags(tiny_model, out, "--num-rollout", "3", "--rollout-quantization", "fp8", "--use-tis",
+                                "--mismatch-alert-k3", "0", "--mismatch-alert-steps", "2",
+                                "--mismatch-alert-action", "stop", evaluate=False))
+    assert result.returncode == 1
+    assert "mismatch/kl_k3 above --mismatch-alert-k3 0 for 2 steps in a row" in result.stderr
+    assert "Traceback" not in result.stderr
+    (row,) = metrics_of(out)  # the first step is logged; the second raises the alert
+    assert row["mismatch/kl_k3"] > 0 and 0 < row["mismatch/ess_frac"] < 1
+
+
 def start_long_run(tiny_model, tmp_path, *extra):
     """A 500-step run in its own process group, returned once its first step is in metrics.jsonl."""
     import time

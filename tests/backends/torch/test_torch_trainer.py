@@ -35,6 +35,8 @@ def test_one_training_step_changes_the_weights(tiny_model, tokenizer):
     assert any(not torch.equal(before[n], after[n]) for n in before)
     # on-policy first step: the recomputed old log-probs are the rollout's, so the ratio starts at 1
     assert metrics["train/rollout_logprob_abs_diff"] < 1e-3
+    assert metrics["mismatch/kl_k3"] < 1e-6 and metrics["mismatch/ess_frac"] > 1 - 1e-4
+    assert metrics["mismatch/ratio_outside_frac"] == 0.0
     assert metrics["train/clip_frac"] == 0.0
 
 
