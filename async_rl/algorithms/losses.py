@@ -13,7 +13,7 @@ import torch
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum")
 POLICY_LOSSES = ("ppo", "gspo", "cispo")
 TIS_LEVELS = ("token", "sequence", "geometric")
-TIS_MODES = ("truncate", "mask")
+TIS_MODES = ("truncate", "mask", "icepop")  # icepop: mask, with its own bounds (set by the flags)
 
 
 def aggregate(values: torch.Tensor, mask: torch.Tensor, aggregation: str) -> torch.Tensor:

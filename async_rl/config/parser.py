@@ -254,6 +254,16 @@ def load_yaml_defaults(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return defaults, server_args
 
 
+ICEPOP_BOUNDS = {"tis_clip": 5.0, "tis_clip_low": 0.5}  # IcePop's token mask: ratios outside [0.5, 5] are dropped
+
+
+def _apply_presets(args: dict[str, Any], explicit: set[str]) -> None:
+    """`--tis-mode icepop` is `mask` with IcePop's bounds, where the user set none; the resolved bounds are what
+    config.yaml records."""
+    if args["tis_mode"] == "icepop":
+        args |= {k: v for k, v in ICEPOP_BOUNDS.items() if k not in explicit}
+
+
 def _validate(cfg: Config, explicit: set[str], async_mode: bool, evaluate_only: bool) -> None:
     """Reject combinations that cannot mean what the user wants. No flag silently changes another."""
     r, t, c = cfg.rollout, cfg.train, cfg.cluster
@@ -300,8 +310,8 @@ def _validate(cfg: Config, explicit: set[str], async_mode: bool, evaluate_only: 
     for dest in ("tis_clip", "tis_clip_low", "tis_level", "tis_mode"):
         if dest in explicit and not t.use_tis:
             raise ConfigError(f"{_flag_name(dest)} is set but --use-tis is not; add --use-tis or drop {_flag_name(dest)}")
-    if t.tis_clip_low is not None and t.tis_mode != "mask":
-        raise ConfigError("--tis-clip-low only applies to --tis-mode mask")
+    if t.tis_clip_low is not None and t.tis_mode == "truncate":
+        raise ConfigError("--tis-clip-low only applies to --tis-mode mask or icepop")
     if t.tis_clip_low is not None and not 0 <= t.tis_clip_low < t.tis_clip:
         raise ConfigError(f"--tis-clip-low {t.tis_clip_low} must be in [0, --tis-clip {t.tis_clip})")
     if t.eps_clip_c is not None and t.eps_clip_c <= 1:
@@ -465,6 +475,7 @@ def parse_config(argv: Sequence[str] | None = None, *, prog: str = "async_rl", a
         args = vars(parser.parse_args(argv))
         launch = Launch(async_mode=async_mode or args.pop("async_mode"), dry_run=args.pop("dry_run"))
         args.pop("config")
+        _apply_presets(args, explicit)
         cfg = Config(**{s: cls(**{f.name: args[f.name] for f in fields(cls)}) for s, cls in SECTIONS.items()},
                      sglang=server_args, async_mode=launch.async_mode)
         _validate(cfg, explicit, launch.async_mode, evaluate_only)

@@ -213,12 +213,13 @@ class TrainConfig:
     )
     use_tis: bool = flag(False, "Truncated importance sampling: weight tokens by min(p_old/p_rollout, C).")
     tis_clip: float = flag(2.0, "TIS cap C (the upper bound in mask mode).", aliases=["--tis-imp-ratio-cap"])
-    tis_clip_low: float | None = flag(None, "Lower bound of the kept ratio in --tis-mode mask.")
+    tis_clip_low: float | None = flag(None, "Lower bound of the kept ratio in --tis-mode mask or icepop.")
     tis_level: str = flag(
         "token", "Ratio per token, per sequence, or per sequence as a geometric mean.", choices=["token", "sequence", "geometric"]
     )
-    tis_mode: str = flag("truncate", "truncate: cap the ratio (TIS); mask: zero tokens/sequences out of bounds.",
-                         choices=["truncate", "mask"])
+    tis_mode: str = flag("truncate", "truncate: cap the ratio (TIS); mask: zero tokens/sequences out of bounds; "
+                         "icepop: mask with IcePop's bounds [0.5, 5] unless --tis-clip-low / --tis-clip say otherwise.",
+                         choices=["truncate", "mask", "icepop"])
     use_routing_replay: bool = flag(
         False, "MoE models: the engine returns every token's routed experts and the trainer's forward uses them "
         "instead of routing again (R3), so that near-tied routers do not flip between FP8 or stale rollouts and "

@@ -87,6 +87,15 @@ def test_mask_mode_zeroes_out_of_bounds_tokens_and_keeps_the_ratio_elsewhere():
     assert math.isclose(stats["tis_masked_frac"].item(), 2 / 3)
 
 
+def test_icepop_masks_like_mask_mode():
+    old, rollout, mask = t([[0.0, 0.0, 0.0]]), t([[-math.log(6.0), -math.log(4.0), math.log(2.5)]]), t([[1, 1, 1]])
+    icepop, stats = importance_weights(old, rollout, mask, upper=5.0, lower=0.5, mode="icepop")
+    masked, _ = importance_weights(old, rollout, mask, upper=5.0, lower=0.5, mode="mask")
+    torch.testing.assert_close(icepop, masked)
+    torch.testing.assert_close(icepop, t([[0.0, 4.0, 0.0]]))  # ratios 6 and 0.4 lie outside [0.5, 5]
+    assert math.isclose(stats["tis_masked_frac"].item(), 2 / 3)
+
+
 def test_extreme_sequence_ratios_stay_finite():
     old = t([[0.0] * 50])
     rollout = t([[-30.0] * 50])  # sequence log-ratio 1500 overflows exp

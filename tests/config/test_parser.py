@@ -74,6 +74,16 @@ def test_tis_imp_ratio_cap_is_an_alias_of_tis_clip():
     assert parse("--use-tis", "--tis-imp-ratio-cap", "3.5").train.tis_clip == 3.5
 
 
+def test_icepop_is_a_mask_with_its_own_bounds_unless_the_flags_set_them():
+    t = parse("--use-tis", "--tis-mode", "icepop").train
+    assert (t.tis_mode, t.tis_clip_low, t.tis_clip) == ("icepop", 0.5, 5.0)
+    t = parse("--use-tis", "--tis-mode", "icepop", "--tis-clip", "3", "--tis-clip-low", "0.2").train
+    assert (t.tis_clip_low, t.tis_clip) == (0.2, 3.0)
+    assert parse("--use-tis", "--tis-mode", "mask").train.tis_clip == 2.0  # mask keeps the plain defaults
+    with pytest.raises(SystemExit):
+        parse("--tis-mode", "icepop")  # without --use-tis
+
+
 def test_async_flag_selects_async_mode():
     assert parse_config([*REQUIRED, "--async"])[1].async_mode is True
     assert parse_config(REQUIRED)[1].async_mode is False
