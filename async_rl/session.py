@@ -51,7 +51,7 @@ logger = logging.getLogger(__name__)
 def make_grader(cfg: Config) -> RewardGrader:
     rw = cfg.reward
     return RewardGrader(
-        resolve_reward(rw.rm_type, rw.custom_rm_path, rw.group_rm), args=cfg.plugin_args(),
+        resolve_reward(rw.rm_type, rw.custom_rm_path, rw.group_rm, rw.rm_url), args=cfg.plugin_args(),
         num_workers=rw.reward_num_workers, timeout=rw.reward_timeout, default=rw.reward_default,
     )
 

@@ -120,7 +120,8 @@ def _earlier_runs_checkpoint(output_dir: Path) -> str | None:
 
 
 def check_reward(cfg: Config) -> None:
-    resolve_reward(cfg.reward.rm_type, cfg.reward.custom_rm_path, cfg.reward.group_rm)
+    rw = cfg.reward
+    resolve_reward(rw.rm_type, rw.custom_rm_path, rw.group_rm, rw.rm_url)
 
 
 def check_generate_function(cfg: Config) -> None:

@@ -52,7 +52,11 @@ def grade_with_rule(rule: Callable[[str, str], float | dict], sample: Any) -> fl
     return rule(sample.response, sample.label if sample.label is not None else "")
 
 
-def resolve_reward(rm_type: str, custom_rm_path: str | None = None, group_rm: bool = False) -> RewardSpec:
+REMOTE = "remote_rm"
+
+
+def resolve_reward(rm_type: str, custom_rm_path: str | None = None, group_rm: bool = False,
+                   rm_url: str | None = None) -> RewardSpec:
     if custom_rm_path:
         fn = load_function(custom_rm_path, "--custom-rm-path")
         n_params = len([p for p in inspect.signature(fn).parameters.values()
@@ -62,8 +66,16 @@ def resolve_reward(rm_type: str, custom_rm_path: str | None = None, group_rm: bo
                 f"--custom-rm-path {custom_rm_path}: expected fn(sample) or fn(args, sample), it takes {n_params} arguments"
             )
         return RewardSpec(f"--custom-rm-path {custom_rm_path}", fn, n_params == 2, inspect.iscoroutinefunction(fn), group_rm)
+    if rm_type == REMOTE:
+        if not rm_url:
+            raise UserInputError("--rm-type remote_rm needs --rm-url, the reward server's URL")
+        from rewards.remote import remote_rm
+
+        return RewardSpec(f"--rm-type remote_rm --rm-url {rm_url}", remote_rm, True, True, False)
+    if rm_url:
+        raise UserInputError("--rm-url applies to --rm-type remote_rm")
     if rm_type not in RULE_REWARDS:
-        raise UserInputError(f"--rm-type: unknown reward {rm_type!r}; choose from {', '.join(RULE_REWARDS)}")
+        raise UserInputError(f"--rm-type: unknown reward {rm_type!r}; choose from {', '.join([*RULE_REWARDS, REMOTE])}")
     if group_rm:
         raise UserInputError("--group-rm applies to --custom-rm-path functions, not to --rm-type rewards")
     return RewardSpec(f"--rm-type {rm_type}", functools.partial(grade_with_rule, RULE_REWARDS[rm_type]), False, False, False)

@@ -362,6 +362,8 @@ def _validate(cfg: Config, explicit: set[str], async_mode: bool, evaluate_only: 
         )
     if cfg.reward.group_rm and not cfg.reward.custom_rm_path:
         raise ConfigError("--group-rm applies to a --custom-rm-path function; set --custom-rm-path")
+    if cfg.reward.rm_max_concurrency < 1 or cfg.reward.rm_max_retries < 0:
+        raise ConfigError("--rm-max-concurrency must be >= 1 and --rm-max-retries >= 0")
     if cfg.reward.reward_timeout <= 0 or cfg.reward.reward_num_workers < 1:
         raise ConfigError("--reward-timeout must be > 0 and --reward-num-workers >= 1")
     if cfg.checkpoint.save_interval is not None and not cfg.checkpoint.save:

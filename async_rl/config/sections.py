@@ -248,7 +248,10 @@ class TrainConfig:
 
 @dataclass
 class RewardConfig:
-    rm_type: str = flag("deepscaler", "Built-in rule reward.")
+    rm_type: str = flag("deepscaler", "Built-in rule reward, or remote_rm: a reward server at --rm-url.")
+    rm_url: str | None = flag(None, "--rm-type remote_rm: the URL each sample is POSTed to.")
+    rm_max_concurrency: int = flag(64, "--rm-type remote_rm: requests in flight at once.")
+    rm_max_retries: int = flag(3, "--rm-type remote_rm: retries of a refused connection or a 5xx, with backoff.")
     custom_rm_path: str | None = flag(None, "Reward plugin as pkg.module:function or pkg.module.function; replaces --rm-type.")
     group_rm: bool = flag(False, "The --custom-rm-path function grades a whole group: fn(samples) -> list.")
     reward_timeout: float = flag(5.0, "Seconds one reward call may take; a timeout scores --reward-default.")
