@@ -5,6 +5,10 @@ class UserInputError(ValueError):
     """Its message names the flag, file or row at fault."""
 
 
+class ConfigError(UserInputError):
+    """A bad flag or contradictory combination; the message names the flag."""
+
+
 class TrainingAborted(RuntimeError):
     """The run stopped itself on purpose (e.g. too many non-finite steps); the message says why and which flag."""
 

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import yaml
 from omegaconf import OmegaConf
 
-from async_rl.backends import ROLLOUT_BACKENDS, rollout_backend, train_backend
+from async_rl.backends import rollout_backend, train_backend
 from async_rl.config.sections import (
     SECTIONS,
     BackendConfig,
@@ -33,12 +33,10 @@ from async_rl.config.sections import (
     RewardConfig,
     RolloutConfig,
     TrainConfig,
+    flag_name,
 )
-from async_rl.errors import UserInputError
-
-
-class ConfigError(UserInputError):
-    """A bad flag or contradictory combination; the message names the flag."""
+from async_rl.config.validation import validate
+from async_rl.errors import ConfigError
 
 
 @dataclass
@@ -160,10 +158,6 @@ def _scalar_type(annotation: Any) -> tuple[type, bool]:
     return annotation, False
 
 
-def _flag_name(dest: str) -> str:
-    return "--" + dest.replace("_", "-")
-
-
 def _field_specs() -> dict[str, tuple[str, Any, dict]]:
     """dest -> (section, annotation, metadata), checking that no two sections share a flag."""
     specs: dict[str, tuple[str, Any, dict]] = {}
@@ -195,7 +189,7 @@ def build_parser(prog: str = "async_rl", *, suppress_defaults: bool = False) -> 
         hints = typing.get_type_hints(cls)
         for f in fields(cls):
             meta = dict(f.metadata)
-            names = [_flag_name(f.name), *meta.pop("aliases", [])]
+            names = [flag_name(f.name), *meta.pop("aliases", [])]
             elem_type, is_list = _scalar_type(hints[f.name])
             kwargs: dict[str, Any] = {"dest": f.name, **meta}
             if not suppress_defaults:
@@ -249,7 +243,7 @@ def load_yaml_defaults(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
             defaults[dest] = _coerce_yaml_value(str(key), value, bool, path)
             continue
         if dest not in specs:
-            raise ConfigError(f"{path}: unknown key '{key}' (no flag {_flag_name(dest)})")
+            raise ConfigError(f"{path}: unknown key '{key}' (no flag {flag_name(dest)})")
         defaults[dest] = _coerce_yaml_value(str(key), value, specs[dest][1], path)
     return defaults, server_args
 
@@ -262,189 +256,6 @@ def _apply_presets(args: dict[str, Any], explicit: set[str]) -> None:
     config.yaml records."""
     if args["tis_mode"] == "icepop":
         args |= {k: v for k, v in ICEPOP_BOUNDS.items() if k not in explicit}
-
-
-def _validate(cfg: Config, explicit: set[str], async_mode: bool, evaluate_only: bool) -> None:
-    """Reject combinations that cannot mean what the user wants. No flag silently changes another."""
-    r, t, c = cfg.rollout, cfg.train, cfg.cluster
-    positive = {
-        "num_rollout": r.num_rollout, "rollout_batch_size": r.rollout_batch_size,
-        "n_samples_per_prompt": r.n_samples_per_prompt, "rollout_max_response_len": r.rollout_max_response_len,
-        "micro_batch_size": t.micro_batch_size, "rollout_num_gpus_per_engine": c.rollout_num_gpus_per_engine,
-        "rollout_num_engines": c.rollout_num_engines, "actor_num_nodes": c.actor_num_nodes,
-        "n_samples_per_eval_prompt": cfg.eval.n_samples_per_eval_prompt,
-        "rollout_max_concurrency": r.rollout_max_concurrency,
-    }
-    optional_positive = {"eval_interval": cfg.eval.eval_interval, "save_interval": cfg.checkpoint.save_interval}
-    positive |= {dest: value for dest, value in optional_positive.items() if value is not None}
-    for dest, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"{_flag_name(dest)} must be >= 1, got {value}")
-    if r.rollout_temperature <= 0:
-        raise ConfigError(f"--rollout-temperature must be > 0, got {r.rollout_temperature}")
-    if not 0 < r.rollout_top_p <= 1:
-        raise ConfigError(f"--rollout-top-p must be in (0, 1], got {r.rollout_top_p}")
-    samples = r.rollout_batch_size * r.n_samples_per_prompt
-    steps = t.num_steps_per_rollout
-    if steps is not None and (steps < 1 or samples % steps):
-        raise ConfigError(f"--num-steps-per-rollout {steps} must divide --rollout-batch-size x --n-samples-per-prompt "
-                          f"= {samples}")
-    if steps is not None and t.global_batch_size is not None and t.global_batch_size * steps != samples:
-        raise ConfigError(f"--num-steps-per-rollout {steps} and --global-batch-size {t.global_batch_size} disagree "
-                          f"({samples} samples per rollout): set one of them")
-    if samples % cfg.global_batch_size:
-        raise ConfigError(
-            f"--global-batch-size {cfg.global_batch_size} must divide --rollout-batch-size x "
-            f"--n-samples-per-prompt = {samples}"
-        )
-    if cfg.global_batch_size % t.micro_batch_size:
-        raise ConfigError(f"--micro-batch-size {t.micro_batch_size} must divide the global batch size {cfg.global_batch_size}")
-    if t.eps_clip_high is not None and t.eps_clip_high < t.eps_clip:
-        raise ConfigError(f"--eps-clip-high {t.eps_clip_high} is below --eps-clip {t.eps_clip}")
-    if t.eps_clip_c is not None and t.advantage_estimator in ("gspo", "cispo"):
-        raise ConfigError(f"--eps-clip-c is PPO's dual clip; --advantage-estimator {t.advantage_estimator} has its own loss")
-    if t.advantage_estimator in ("grpo", "dr_grpo", "rloo", "gspo", "cispo") and r.n_samples_per_prompt < 2:
-        raise ConfigError(
-            f"--advantage-estimator {t.advantage_estimator} needs --n-samples-per-prompt >= 2 (a group of one has no baseline)"
-        )
-    for dest in ("tis_clip", "tis_clip_low", "tis_level", "tis_mode"):
-        if dest in explicit and not t.use_tis:
-            raise ConfigError(f"{_flag_name(dest)} is set but --use-tis is not; add --use-tis or drop {_flag_name(dest)}")
-    if t.tis_clip_low is not None and t.tis_mode == "truncate":
-        raise ConfigError("--tis-clip-low only applies to --tis-mode mask or icepop")
-    if t.tis_clip_low is not None and not 0 <= t.tis_clip_low < t.tis_clip:
-        raise ConfigError(f"--tis-clip-low {t.tis_clip_low} must be in [0, --tis-clip {t.tis_clip})")
-    if t.eps_clip_c is not None and t.eps_clip_c <= 1:
-        raise ConfigError(f"--eps-clip-c must be > 1, got {t.eps_clip_c}")
-    if t.kl_loss_coef and not t.use_kl_loss:
-        raise ConfigError("--kl-loss-coef weighs the KL loss: add --use-kl-loss")
-    if t.lr_warmup_iters < 0 or (t.lr_decay_iters is not None and t.lr_decay_iters < 1):
-        raise ConfigError("--lr-warmup-iters must be >= 0 and --lr-decay-iters >= 1")
-    if t.lr <= 0:
-        raise ConfigError(f"--lr must be > 0, got {t.lr}")
-    if not 0 <= t.min_lr <= t.lr:
-        raise ConfigError(f"--min-lr {t.min_lr} must be in [0, --lr {t.lr}]")
-    if r.rollout_max_context_len is not None and r.rollout_max_context_len < 2:
-        raise ConfigError(f"--rollout-max-context-len must be >= 2, got {r.rollout_max_context_len}")
-    if t.advantage_estimator == "dr_grpo" and t.loss_aggregation != "seq_mean_token_sum":
-        raise ConfigError("--advantage-estimator dr_grpo drops length normalisation: set --loss-aggregation seq_mean_token_sum")
-    rw = cfg.reward
-    if rw.overlong_buffer_len is not None and not 0 < rw.overlong_buffer_len < r.rollout_max_response_len:
-        raise ConfigError(
-            f"--overlong-buffer-len {rw.overlong_buffer_len} must be in (0, --rollout-max-response-len {r.rollout_max_response_len})"
-        )
-    if "overlong_penalty_factor" in explicit and rw.overlong_buffer_len is None:
-        raise ConfigError("--overlong-penalty-factor is set but --overlong-buffer-len is not")
-    if r.over_sampling_batch_size is not None:
-        if not r.dynamic_sampling_filter_path:
-            raise ConfigError("--over-sampling-batch-size has no effect without --dynamic-sampling-filter-path")
-        if r.over_sampling_batch_size < r.rollout_batch_size:
-            raise ConfigError(
-                f"--over-sampling-batch-size {r.over_sampling_batch_size} is below --rollout-batch-size {r.rollout_batch_size}"
-            )
-    if r.max_sampling_rounds < 1:
-        raise ConfigError(f"--max-sampling-rounds must be >= 1, got {r.max_sampling_rounds}")
-    if t.mismatch_alert_steps < 1:
-        raise ConfigError(f"--mismatch-alert-steps must be >= 1, got {t.mismatch_alert_steps}")
-    if t.use_tis and t.tis_clip <= 0:
-        raise ConfigError(f"--tis-clip must be > 0, got {t.tis_clip}")
-    if c.offload_train and not (c.colocate and c.actor_num_gpus_per_node and not async_mode):
-        raise ConfigError("--offload-train frees the trainer's GPU memory for colocated engines in the sync loop: it "
-                          "needs --colocate and --actor-num-gpus-per-node, without --async")
-    if c.offload_train and cfg.megatron.fp8_param_gather:
-        raise ConfigError("--offload-train does not move FP8 parameters (--fp8-param-gather): drop one of them")
-    if c.colocate and c.rollout_num_gpus is not None:
-        raise ConfigError("--colocate puts rollout on the trainer's GPUs; drop --rollout-num-gpus")
-    if c.rollout_num_gpus is not None and c.rollout_num_gpus % c.rollout_num_gpus_per_engine:
-        raise ConfigError(
-            f"--rollout-num-gpus {c.rollout_num_gpus} is not a multiple of --rollout-num-gpus-per-engine "
-            f"{c.rollout_num_gpus_per_engine}"
-        )
-    if cfg.reward.group_rm and not cfg.reward.custom_rm_path:
-        raise ConfigError("--group-rm applies to a --custom-rm-path function; set --custom-rm-path")
-    if cfg.reward.rm_max_concurrency < 1 or cfg.reward.rm_max_retries < 0:
-        raise ConfigError("--rm-max-concurrency must be >= 1 and --rm-max-retries >= 0")
-    if cfg.reward.reward_timeout <= 0 or cfg.reward.reward_num_workers < 1:
-        raise ConfigError("--reward-timeout must be > 0 and --reward-num-workers >= 1")
-    if cfg.checkpoint.save_interval is not None and not cfg.checkpoint.save:
-        raise ConfigError("--save-interval is set but --save is not")
-    if cfg.eval.eval_interval is not None and cfg.eval.eval_prompt_data is None:  # [] is evaluation turned off
-        raise ConfigError("--eval-interval is set but --eval-prompt-data is not")
-    if cfg.eval.eval_prompt_data and len(cfg.eval.eval_prompt_data) > 1 and len(cfg.eval.eval_prompt_data) % 2:
-        raise ConfigError("--eval-prompt-data takes one PATH or NAME PATH pairs")
-    if r.max_staleness < 0:
-        raise ConfigError(f"--max-staleness must be >= 0, got {r.max_staleness}")
-    if cfg.debug.load_debug_rollout_data and async_mode:
-        raise ConfigError("--load-debug-rollout-data replays saved batches in the sync loop: drop --async")
-    if r.adaptive_over_sampling and async_mode:
-        raise ConfigError("--adaptive-over-sampling sizes the sync loop's sampling rounds; the async loop already admits "
-                          "groups at the filter's keep rate: drop it")
-    if r.adaptive_over_sampling and not r.dynamic_sampling_filter_path:
-        raise ConfigError("--adaptive-over-sampling sizes rounds by a filter's keep rate; set --dynamic-sampling-filter-path")
-    if r.partial_rollout and not async_mode:
-        raise ConfigError("--partial-rollout applies to the async loop; add --async")
-    if r.partial_rollout and r.custom_generate_function_path:
-        raise ConfigError("--partial-rollout cannot continue an interrupted --custom-generate-function-path rollout "
-                          "(its function's state is gone): drop one of them")
-    _validate_megatron(cfg, explicit)
-    if r.update_weight_mode and r.update_weight_mode not in rollout_backend(cfg).weight_update_modes:
-        takers = [name for name, b in ROLLOUT_BACKENDS.items() if r.update_weight_mode in b.weight_update_modes]
-        raise ConfigError(f"--update-weight-mode {r.update_weight_mode} applies to --rollout-backend {' or '.join(takers)}")
-    if r.update_weight_mode == "distributed":
-        if r.fp8_layout == "channel":
-            raise ConfigError("--update-weight-mode distributed cannot fill channel-FP8 engines (SGLang's broadcast "
-                              "path has no custom loader): use --update-weight-mode tensor or --rollout-fp8-granularity block")
-        if c.colocate and r.update_weight_group_backend == "nccl":
-            raise ConfigError("--update-weight-mode distributed with --colocate puts two NCCL ranks on one GPU, which "
-                              "NCCL refuses: use --update-weight-group-backend gloo, or leave --update-weight-mode unset")
-    if "update_weight_group_backend" in explicit and cfg.weight_update_mode != "distributed":
-        raise ConfigError("--update-weight-group-backend applies to --update-weight-mode distributed")
-    if cfg.sglang and cfg.backend.rollout_backend != "sglang":
-        raise ConfigError(f"--sglang-{next(iter(cfg.sglang)).replace('_', '-')} applies to --rollout-backend sglang")
-    for reserved, ours in (("model_path", "--hf-checkpoint"), ("random_seed", "--seed"), ("tp_size", "--rollout-num-gpus-per-engine")):
-        if reserved in cfg.sglang:
-            raise ConfigError(f"--sglang-{reserved.replace('_', '-')} is set from {ours}; use that flag")
-    if evaluate_only:  # a model (or checkpoint) and eval sets; no training data
-        if not (cfg.model.hf_checkpoint or cfg.checkpoint.load):
-            raise ConfigError("--hf-checkpoint or --load is required")
-        if not cfg.eval.eval_prompt_data:
-            raise ConfigError("--eval-prompt-data is required")
-        return
-    if not cfg.model.hf_checkpoint:
-        raise ConfigError("--hf-checkpoint is required")
-    if not cfg.data.prompt_data:
-        raise ConfigError("--prompt-data is required")
-
-
-def _validate_megatron(cfg: Config, explicit: set[str]) -> None:
-    m = cfg.megatron
-    if cfg.backend.train_backend != "megatron":
-        for f in fields(MegatronConfig):
-            if f.name in explicit and getattr(m, f.name) != f.default:
-                raise ConfigError(f"{_flag_name(f.name)} applies to --train-backend megatron")
-        return
-    world = cfg.trainer_world_size
-    model_parallel = m.tensor_model_parallel_size * m.pipeline_model_parallel_size * m.context_parallel_size
-    if world % model_parallel:
-        raise ConfigError(
-            f"--tensor-model-parallel-size x --pipeline-model-parallel-size x --context-parallel-size = {model_parallel} "
-            f"must divide the {world} trainer ranks (--actor-num-nodes x --actor-num-gpus-per-node)"
-        )
-    if (world // m.pipeline_model_parallel_size) % m.expert_model_parallel_size:
-        raise ConfigError(f"--expert-model-parallel-size {m.expert_model_parallel_size} must divide the "
-                          f"{world // m.pipeline_model_parallel_size} GPUs of one pipeline stage")
-    if m.sequence_parallel and m.tensor_model_parallel_size == 1:
-        raise ConfigError("--sequence-parallel needs --tensor-model-parallel-size > 1")
-    if m.fp8_recipe and not m.fp8_format:
-        raise ConfigError("--fp8-recipe is set but --fp8-format is not")
-    if m.fp8_format and m.bf16 is False:
-        raise ConfigError("--fp8-format trains in FP8 on top of BF16: add --bf16")
-    if m.fp8_param_gather and not m.fp8_format:
-        raise ConfigError("--fp8-param-gather keeps FP8 weights of an FP8 run: add --fp8-format")
-    if m.transformer_impl == "local":
-        for name, used in (("--fp8-format", m.fp8_format), ("--moe-grouped-gemm", m.moe_grouped_gemm)):
-            if used:
-                raise ConfigError(f"{name} needs Transformer Engine's layers: drop --transformer-impl local")
 
 
 @dataclass(frozen=True)
@@ -480,7 +291,7 @@ def parse_config(argv: Sequence[str] | None = None, *, prog: str = "async_rl", a
         _apply_presets(args, explicit)
         cfg = Config(**{s: cls(**{f.name: args[f.name] for f in fields(cls)}) for s, cls in SECTIONS.items()},
                      sglang=server_args, async_mode=launch.async_mode)
-        _validate(cfg, explicit, launch.async_mode, evaluate_only)
+        validate(cfg, explicit, launch.async_mode, evaluate_only)
     except ConfigError as e:
         parser.error(str(e))
     return cfg, launch

@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+def flag_name(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
 def flag(default: Any, help: str, **argparse_kwargs: Any) -> Any:
     """A dataclass field that is also a command-line flag."""
     if isinstance(default, list):
