@@ -25,7 +25,7 @@ from async_rl.rollout.custom_generate import load_generate_function
 from async_rl.rollout.debug_data import debug_data_file
 from async_rl.rollout.filters import load_group_filter
 from async_rl.weights.hf_layout import num_experts, read_hf_config
-from rewards.registry import resolve_reward
+from rewards.registry import load_function, resolve_reward
 
 # Directories a launcher builds before the start (the embedded script's tiny model): their files may be missing
 BUILT_BEFORE_START = "ASYNC_RL_BUILT_BEFORE_START"
@@ -129,6 +129,11 @@ def check_generate_function(cfg: Config) -> None:
         load_generate_function(cfg.rollout.custom_generate_function_path)
 
 
+def check_tis_function(cfg: Config) -> None:
+    if cfg.train.custom_tis_function_path:
+        load_function(cfg.train.custom_tis_function_path, "--custom-tis-function-path")
+
+
 def check_filter(cfg: Config) -> None:
     if cfg.rollout.dynamic_sampling_filter_path:
         load_group_filter(cfg.rollout.dynamic_sampling_filter_path, cfg.plugin_args())
@@ -185,9 +190,9 @@ def check_debug_data(cfg: Config) -> None:
 
 
 CHECKS: list[Callable[[Config], None]] = [
-    check_model, check_data, check_outputs, check_earlier_run, check_logging, check_reward, check_filter, check_generate_function,
-    check_rollout_backend, check_rollout_model, check_routing_replay, check_trainer_backend, check_trainer_model,
-    plan_placement, check_load, check_debug_data,
+    check_model, check_data, check_outputs, check_earlier_run, check_logging, check_reward, check_filter,
+    check_generate_function, check_tis_function, check_rollout_backend, check_rollout_model, check_routing_replay,
+    check_trainer_backend, check_trainer_model, plan_placement, check_load, check_debug_data,
 ]
 
 

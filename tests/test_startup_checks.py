@@ -25,6 +25,13 @@ def test_each_problem_is_one_line_naming_its_flag(tiny_model, tmp_path):
     assert found[3].startswith("--load: no checkpoint at")
 
 
+def test_a_custom_tis_function_that_does_not_load_is_named(tiny_model, tmp_path):
+    assert problems(tiny_model, tmp_path, "--use-tis", "--custom-tis-function-path",
+                    "tests.plugins.tis_functions:halve") == []
+    (found,) = problems(tiny_model, tmp_path, "--use-tis", "--custom-tis-function-path", "tests.plugins.tis_functions:nope")
+    assert found == "--custom-tis-function-path: module 'tests.plugins.tis_functions' has no attribute 'nope'"
+
+
 def test_bad_prompt_files_and_a_missing_package_are_all_reported_at_once(tiny_model, tmp_path):
     """What a start refuses, a dry run reports too, every problem in one pass: malformed JSON, rows without the
     --input-key field, an empty file, --use-wandb without wandb."""

@@ -7,6 +7,7 @@ All per-token tensors are [batch, tokens]; `loss_mask` selects the response toke
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
@@ -95,6 +96,7 @@ def policy_loss(
     tis_level: str = "token",
     tis_mode: str = "truncate",
     tis_lower: float | None = None,
+    tis_function: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None,
     kind: str = "ppo",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """A policy-gradient loss with bounds [1 - eps_clip, 1 + eps_clip_high], optional dual-clip and TIS.
@@ -107,7 +109,9 @@ def policy_loss(
     - `cispo` (MiniMax-M1): REINFORCE weighted by the detached ratio clipped from above only,
       -A sg(min(r, 1 + eps_clip_high)) log_probs, so no token loses its gradient to clipping.
     With `eps_clip_c` set (PPO), tokens with A < 0 are further bounded by -A * eps_clip_c (dual-clip); with
-    `tis_cap` set, the loss is multiplied by the detached importance weights of `importance_weights`.
+    `tis_cap` set, the loss is multiplied by the detached importance weights of `importance_weights`, or of
+    `tis_function(old_log_probs, rollout_log_probs, loss_mask) -> (weights, stats)` where one is given
+    (`--custom-tis-function-path`).
     """
     if kind not in POLICY_LOSSES:
         raise ValueError(f"unknown policy loss {kind!r}; choose from {POLICY_LOSSES}")
@@ -143,10 +147,13 @@ def policy_loss(
     if tis_cap is not None:
         if rollout_log_probs is None:
             raise ValueError("tis_cap is set but rollout_log_probs is None")
-        weights, tis_stats = importance_weights(
-            old_log_probs, rollout_log_probs, loss_mask, upper=tis_cap, lower=tis_lower, level=tis_level, mode=tis_mode
-        )
-        per_token = per_token * weights
+        if tis_function is not None:
+            weights, tis_stats = tis_function(old_log_probs.detach(), rollout_log_probs, loss_mask)
+        else:
+            weights, tis_stats = importance_weights(
+                old_log_probs, rollout_log_probs, loss_mask, upper=tis_cap, lower=tis_lower, level=tis_level, mode=tis_mode
+            )
+        per_token = per_token * weights.detach()
         stats |= tis_stats
     return aggregate(per_token, mask, aggregation), {k: v.detach() for k, v in stats.items()}
 

@@ -218,6 +218,9 @@ class TrainConfig:
     use_tis: bool = flag(False, "Truncated importance sampling: weight tokens by min(p_old/p_rollout, C).")
     tis_clip: float = flag(2.0, "TIS cap C (the upper bound in mask mode).", aliases=["--tis-imp-ratio-cap"])
     tis_clip_low: float | None = flag(None, "Lower bound of the kept ratio in --tis-mode mask or icepop.")
+    custom_tis_function_path: str | None = flag(
+        None, "Your importance-sampling correction as pkg.module:function, in place of --tis-mode: "
+        "fn(old_log_probs, rollout_log_probs, loss_mask) -> (weights, stats), tensors [rows, tokens].")
     tis_level: str = flag(
         "token", "Ratio per token, per sequence, or per sequence as a geometric mean.", choices=["token", "sequence", "geometric"]
     )

@@ -73,7 +73,7 @@ def check_policy_loss(cfg: Config, explicit: set[str], async_mode: bool) -> None
         raise ConfigError(
             f"--advantage-estimator {t.advantage_estimator} needs --n-samples-per-prompt >= 2 (a group of one has no baseline)"
         )
-    for dest in ("tis_clip", "tis_clip_low", "tis_level", "tis_mode"):
+    for dest in ("tis_clip", "tis_clip_low", "tis_level", "tis_mode", "custom_tis_function_path"):
         if dest in explicit and not t.use_tis:
             raise ConfigError(f"{flag_name(dest)} is set but --use-tis is not; add --use-tis or drop {flag_name(dest)}")
     if t.tis_clip_low is not None and t.tis_mode == "truncate":

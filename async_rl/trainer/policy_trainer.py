@@ -27,6 +27,7 @@ from async_rl.trainer.lr_schedule import learning_rate
 from async_rl.trainer.sharded_batch import ShardedBatch
 from async_rl.weights.broadcast import WeightBroadcaster
 from async_rl.weights.sync import NamedTensors, to_transport, weight_buckets
+from rewards.registry import load_function
 
 
 def needs_reference(cfg: TrainConfig) -> bool:
@@ -89,6 +90,8 @@ class PolicyTrainer:
         self.temperature = temperature
         self.max_tokens_per_micro_batch = max_tokens_per_micro_batch
         self.version = 0
+        path = cfg.custom_tis_function_path
+        self.tis_function = load_function(path, "--custom-tis-function-path") if path else None
         self.broadcaster = WeightBroadcaster()
 
     def load_tokenizer(self, hf_checkpoint: str) -> None:
@@ -212,6 +215,7 @@ class PolicyTrainer:
             rollout_log_probs=batch.rollout_log_probs, eps_clip=cfg.eps_clip, eps_clip_high=cfg.eps_clip_high,
             tis_cap=cfg.tis_clip if cfg.use_tis else None, aggregation=cfg.loss_aggregation,
             eps_clip_c=cfg.eps_clip_c, tis_level=cfg.tis_level, tis_mode=cfg.tis_mode, tis_lower=cfg.tis_clip_low,
+            tis_function=self.tis_function,
             kind=cfg.advantage_estimator if cfg.advantage_estimator in ("gspo", "cispo") else "ppo",
         )
         entropy_mean = aggregate(entropy, batch.loss_mask, cfg.loss_aggregation)

@@ -96,6 +96,17 @@ def test_icepop_masks_like_mask_mode():
     assert math.isclose(stats["tis_masked_frac"].item(), 2 / 3)
 
 
+def test_a_custom_tis_function_replaces_the_built_in_weights():
+    from tests.plugins.tis_functions import halve
+
+    log_probs, old, adv, mask = t([[-1.0, -2.0]]), t([[-1.1, -1.9]]), t([[1.0, 1.0]]), t([[1, 1]])
+    plain, _ = policy_loss(log_probs, old, adv, mask)
+    halved, stats = policy_loss(log_probs, old, adv, mask, rollout_log_probs=t([[-5.0, -0.1]]), tis_cap=2.0,
+                                tis_function=halve)
+    torch.testing.assert_close(halved, plain / 2)
+    assert stats["tis_custom_tokens"].item() == 2
+
+
 def test_extreme_sequence_ratios_stay_finite():
     old = t([[0.0] * 50])
     rollout = t([[-30.0] * 50])  # sequence log-ratio 1500 overflows exp

@@ -25,6 +25,15 @@ def params_of(trainer):
     return {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
 
 
+def test_the_trainer_applies_a_custom_tis_function(tiny_model, tokenizer):
+    samples = rollout(tiny_model, tokenizer)
+    cfg = TrainConfig(lr=1e-3, micro_batch_size=4, use_tis=True,
+                      custom_tis_function_path="tests.plugins.tis_functions:halve")
+    metrics = TorchTrainer(str(tiny_model), cfg, global_batch_size=8, temperature=1.0).train_step(
+        samples, advantages(len(samples)))
+    assert metrics["train/tis_custom_tokens"] > 0 and "train/tis_weight_mean" not in metrics
+
+
 def test_one_training_step_changes_the_weights(tiny_model, tokenizer):
     samples = rollout(tiny_model, tokenizer)
     trainer = TorchTrainer(str(tiny_model), TrainConfig(lr=1e-3, micro_batch_size=4), global_batch_size=8, temperature=1.0)
