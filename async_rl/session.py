@@ -41,6 +41,7 @@ from async_rl.rollout.weight_sync import make_weight_sync
 from async_rl.sample import Sample
 from async_rl.startup_checks import check_startup, prepare_output_dir
 from async_rl.trainer.sharded_batch import ShardedBatch
+from async_rl.weights.checksums import check_equal
 from rewards.deepscaler import lacks_reasoning_marker
 from rewards.grading import RewardGrader
 from rewards.registry import resolve_reward
@@ -132,7 +133,7 @@ class TrainingSession:
             if checkpoint is not None:
                 self._load(checkpoint, saved)
             elif rollout_backend(cfg).needs_initial_weights(cfg):
-                self.engine_pool.wait_weights(self.push_weights(version=0))
+                self.wait_weights(self.push_weights(version=0), version=0)
             self.offload_trainer_weights()
         except BaseException:
             self._stop_router()
@@ -289,6 +290,23 @@ class TrainingSession:
         """
         return self.engine_pool.update_weights(version)
 
+    def wait_weights(self, refs: list[ray.ObjectRef], version: int) -> None:
+        """Wait for a push (a dead engine is replaced and refilled); with --check-weight-update-equal, then compare
+        what every engine holds with what the trainer sent."""
+        self.engine_pool.wait_weights(refs)
+        if refs and self.cfg.rollout.check_weight_update_equal:
+            self._check_weights(version)
+
+    def _check_weights(self, version: int) -> None:
+        r = self.cfg.rollout
+        engines = self.engine_pool.engines
+        held = ray.get([e.weight_digests.options(concurrency_group="control").remote() for e in engines])
+        dtypes = {name: dtype for name, (dtype, _) in held[0].items()}
+        pushed = ray.get(self.trainer.weight_digests.remote(r.update_weight_buffer_size, r.fp8_layout,
+                                                             r.force_pow_2_scale, dtypes))
+        for rank, digests in enumerate(held):
+            check_equal(pushed, digests, rank, version)
+
     def should_evaluate(self, step: int) -> bool:
         interval = self.cfg.eval.eval_interval
         return bool(self.eval_sets) and (step == 0 or step == self.cfg.rollout.num_rollout or (interval and step % interval == 0))
@@ -341,7 +359,7 @@ class TrainingSession:
         self.dataset.load_state_dict(parts.state["dataset"])
         self.start_step = int(parts.state["step"])
         self.resumed_rollout_state = parts.rollout_buffer
-        self.engine_pool.wait_weights(self.push_weights(self.start_step))
+        self.wait_weights(self.push_weights(self.start_step), self.start_step)
         print(f"resumed from {checkpoint} at step {self.start_step}", flush=True)
 
     def close(self) -> None:

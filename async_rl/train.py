@@ -41,7 +41,7 @@ def run(cfg: Config) -> None:
             metrics |= memory_metrics
 
             push_start = time.perf_counter()
-            session.engine_pool.wait_weights(session.push_weights(version=step + 1))
+            session.wait_weights(session.push_weights(version=step + 1), version=step + 1)
             metrics["perf/update_weights_time_s"] = time.perf_counter() - push_start
             metrics |= session.offload_trainer_weights()
             metrics["perf/step_time_s"] = time.perf_counter() - step_start

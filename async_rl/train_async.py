@@ -44,7 +44,7 @@ def run(cfg: Config) -> None:
                 step_start = time.perf_counter()
 
                 samples, rollout_metrics = producer.take_batch(r.rollout_batch_size)
-                session.engine_pool.wait_weights(pushed)  # long since applied by now; raises if a load failed
+                session.wait_weights(pushed, version=step)  # long since applied by now; raises if a load failed
                 metrics |= rollout_metrics | overlap_ratio(rollout_metrics) | session.batch_metrics(samples)
 
                 metrics |= session.train(step, samples)
@@ -65,7 +65,7 @@ def run(cfg: Config) -> None:
                 if stop.requested:
                     break
             else:
-                session.engine_pool.wait_weights(pushed)
+                session.wait_weights(pushed, version=r.num_rollout)
                 if session.should_evaluate(r.num_rollout):
                     session.metrics_logger.log(r.num_rollout, session.evaluate())
         finally:

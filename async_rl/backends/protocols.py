@@ -26,6 +26,7 @@ class RolloutBackend(Protocol):
     # engines batch concurrent requests themselves (one call per group, all at once), or within one call (chunks)
     dispatch_per_group: bool
     weight_update_modes: tuple[str, ...]  # the --update-weight-mode values its engines take
+    checks_weights: bool  # its engines implement `WeightDigests` (--check-weight-update-equal)
 
     def check(self, cfg: Config) -> None:
         """Raise UserInputError naming the flag when this backend cannot run here with these flags."""
@@ -108,6 +109,13 @@ class RolloutEngine(Protocol):
     def shutdown(self) -> None: ...
 
 
+class WeightDigests(Protocol):
+    """Engines of a backend with `checks_weights`: what they hold, for --check-weight-update-equal."""
+
+    def weight_digests(self) -> dict[str, tuple[str, str]]:
+        """Checkpoint-layout name -> (dtype, digest) of every tensor the engine holds (`async_rl.weights.checksums`)."""
+
+
 class Trainer(Protocol):
     """Batches come by reference (`ShardedBatch`): every rank fetches its own shard from the object store."""
 
@@ -126,6 +134,10 @@ class Trainer(Protocol):
         """Join the engines' weight-broadcast group (`--update-weight-mode distributed`)."""
 
     def broadcast_weights(self, version: int, bucket_bytes: int, fp8: str | None = None, pow2_scale: bool = False) -> None: ...
+
+    def weight_digests(self, bucket_bytes: int, fp8: str | None, pow2_scale: bool,
+                       dtypes: dict[str, str]) -> dict[str, tuple[str, str]]:
+        """Digests of what a push sends, each tensor cast to the dtype `dtypes` says the engine holds it in."""
 
     def offload(self, weights: bool) -> dict[str, float]: ...
 

@@ -131,6 +131,9 @@ class RolloutConfig:
                                    "(a free one when unset).")
     router_policy: str = flag("cache_aware", "sglang-router's routing policy.",
                               choices=["cache_aware", "round_robin", "random", "power_of_two"])
+    check_weight_update_equal: bool = flag(
+        False, "After each weight push, compare a digest of every engine tensor with what the trainer sent (BF16 "
+        "exact, FP8 against the trainer's own quantization); stop at the first that differs.")
     update_weight_buffer_size: int = flag(512 * 1024**2, "Bytes sent per weight-sync bucket (FP8 weights: one per element).")
     update_weight_mode: str | None = flag(
         None, "SGLang backend: how weight pushes reach the engines. tensor: CUDA IPC handles from the engine's own "

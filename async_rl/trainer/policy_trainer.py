@@ -26,6 +26,7 @@ from async_rl.trainer.batch import PackedBatch, micro_batch_indices, pack
 from async_rl.trainer.lr_schedule import learning_rate
 from async_rl.trainer.sharded_batch import ShardedBatch
 from async_rl.weights.broadcast import WeightBroadcaster
+from async_rl.weights.checksums import digests_as
 from async_rl.weights.sync import NamedTensors, to_transport, weight_buckets
 from rewards.registry import load_function
 
@@ -322,6 +323,12 @@ class PolicyTrainer:
     def weight_buckets(self, bucket_bytes: int, fp8: str | None = None, pow2_scale: bool = False) -> Iterator[NamedTensors]:
         """Weight-sync buckets on this process's device (FP8-quantized per bucket when the rollout is FP8)."""
         return weight_buckets(self.export_weights(), bucket_bytes=bucket_bytes, fp8=fp8, pow2_scale=pow2_scale)
+
+    def weight_digests(self, bucket_bytes: int, fp8: str | None, pow2_scale: bool,
+                       dtypes: dict[str, str]) -> dict[str, tuple[str, str]]:
+        """What a push sends, digested as the engine holds it (`--check-weight-update-equal`)."""
+        pushed = (named for bucket in self.weight_buckets(bucket_bytes, fp8, pow2_scale) for named in bucket)
+        return digests_as(pushed, dtypes)
 
     def export_weight_buckets(self, bucket_bytes: int, fp8: str | None = None, pow2_scale: bool = False):
         """The buckets as CPU copies, for Ray to stream to the engines through its object store."""

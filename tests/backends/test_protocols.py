@@ -58,9 +58,14 @@ def test_each_train_backend_implements_the_protocol(name):
     assert_implements(type(TRAIN_BACKENDS[name]), protocols.TrainBackend)
 
 
-@pytest.mark.parametrize("engine", [LocalEngine, SGLangEngine])
-def test_each_engine_implements_the_engine_protocol(engine):
-    assert_implements(engine, protocols.RolloutEngine)
+ENGINES = {"local": LocalEngine, "sglang": SGLangEngine}
+
+
+@pytest.mark.parametrize("name", sorted(ENGINES))
+def test_each_engine_implements_the_engine_protocol(name):
+    assert_implements(ENGINES[name], protocols.RolloutEngine)
+    if ROLLOUT_BACKENDS[name].checks_weights:
+        assert_implements(ENGINES[name], protocols.WeightDigests)
 
 
 @pytest.mark.parametrize("trainer", [TorchTrainer, MegatronTrainer])
@@ -82,7 +87,8 @@ def remote_calls(source: str) -> set[str]:
 
 
 def test_the_driver_calls_only_protocol_methods():
-    allowed = set(protocol_methods(protocols.RolloutEngine)) | set(protocol_methods(protocols.Trainer))
+    allowed = {name for p in (protocols.RolloutEngine, protocols.WeightDigests, protocols.Trainer)
+               for name in protocol_methods(p)}
     for module in DRIVER:
         called = remote_calls((REPO / "async_rl" / module).read_text())
         assert called <= allowed, f"async_rl/{module} calls {sorted(called - allowed)}, which no protocol names"

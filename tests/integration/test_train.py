@@ -165,6 +165,14 @@ def test_non_finite_steps_are_skipped_counted_and_bounded(tiny_model, tmp_path):
     assert row["train/skipped_steps"] == 1
 
 
+def test_every_fp8_push_is_checked_equal_to_what_the_trainer_sent(tiny_model, tmp_path):
+    out = tmp_path / "run"
+    result = run_cli(*run_flags(tiny_model, out, "--num-rollout", "2", "--rollout-quantization", "fp8", "--use-tis",
+                                "--check-weight-update-equal", evaluate=False))
+    assert result.returncode == 0, result.stderr
+    assert len(metrics_of(out)) == 2
+
+
 def test_the_mismatch_alert_stops_a_run_whose_fp8_rollout_drifts_past_its_bound(tiny_model, tmp_path):
     out = tmp_path / "run"
     result = run_cli(*run_flags(tiny_model, out, "--num-rollout", "3", "--rollout-quantization", "fp8", "--use-tis",

@@ -16,6 +16,7 @@ class LocalBackend:
     name = "local"
     dispatch_per_group = False  # one call samples a whole chunk of groups as one batch
     weight_update_modes = ("tensor",)
+    checks_weights = True
 
     def check(self, cfg: Config) -> None:
         """Runs wherever torch runs: nothing to check before the model is read."""

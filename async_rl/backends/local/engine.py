@@ -6,6 +6,7 @@ so the orchestrator cannot tell them apart.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -21,8 +22,9 @@ from async_rl.rollout.engine import FINISHED_AT, SamplingParams, WeightVersionMi
 from async_rl.rollout.sampling import sample_tokens
 from async_rl.routing_replay import RoutingRecorder
 from async_rl.sample import FINISHED_STATUSES, Sample, SampleStatus
+from async_rl.weights.checksums import digests
 from async_rl.weights.fp8 import FP8_SCALE_SUFFIXES, is_fp8_quantizable, quantize_many, scale_name
-from async_rl.weights.hf_layout import destination
+from async_rl.weights.hf_layout import destination, unstack_experts
 from async_rl.weights.sync import from_transport
 
 # Recent transformers rename the forward's `past_key_values` to `cache` and warn on every call; the old name works
@@ -179,6 +181,10 @@ class LocalEngine(WeightVersionMixin, CustomGenerateMixin):
                 [(tensor, scale)] = quantize_many([tensor], self.fp8)
                 targets[scale_name(name, self.fp8)].copy_(scale)
             target.copy_(tensor.to(target.device))
+
+    def weight_digests(self) -> dict[str, tuple[str, str]]:
+        held = itertools.chain(self.model.named_parameters(), self.model.named_buffers())
+        return digests(unstack_experts(held))
 
     def rng_state(self) -> torch.Tensor:
         return self.generator.get_state()
