@@ -27,9 +27,9 @@ from async_rl.placement import create_engine, start_ray
 from async_rl.rollout.batch_assembler import BatchAssembler
 from async_rl.rollout.engine import SamplingParams
 from async_rl.rollout.engine_pool import EnginePool
-from async_rl.rollout.weight_sync import CheckpointWeights
 from async_rl.session import load_eval_sets, make_grader
 from async_rl.startup_checks import EVALUATE_CHECKS, check_startup, dry_run
+from async_rl.weights.transports import CheckpointWeights
 
 
 def model_to_evaluate(cfg: Config) -> Config:

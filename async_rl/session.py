@@ -37,11 +37,11 @@ from async_rl.rollout.engine_pool import EnginePool
 from async_rl.rollout.filters import load_group_filter
 from async_rl.rollout.metrics import group_metrics, rollout_metrics
 from async_rl.rollout.producer import AdmissionControl, RolloutProducer, sample_from_dict, sample_to_dict
-from async_rl.rollout.weight_sync import make_weight_sync
 from async_rl.sample import Sample
 from async_rl.startup_checks import check_startup, prepare_output_dir
 from async_rl.trainer.sharded_batch import ShardedBatch
 from async_rl.weights.checksums import check_equal
+from async_rl.weights.transports import make_weight_sync
 from rewards.deepscaler import lacks_reasoning_marker
 from rewards.grading import RewardGrader
 from rewards.registry import resolve_reward

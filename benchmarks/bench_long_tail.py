@@ -37,8 +37,8 @@ from async_rl.rollout.batch_assembler import BatchAssembler
 from async_rl.rollout.dynamic_sampling import split_groups
 from async_rl.rollout.engine import ROW_MAX_NEW_TOKENS, SamplingParams
 from async_rl.rollout.engine_pool import EnginePool
-from async_rl.rollout.weight_sync import CheckpointWeights
 from async_rl.session import make_grader
+from async_rl.weights.transports import CheckpointWeights
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,8 +17,8 @@ from typing import Any, Callable, Iterable, Iterator
 import ray
 
 from async_rl.rollout.engine import GENERATE_GROUP, SamplingParams
-from async_rl.rollout.weight_sync import WeightSync
 from async_rl.sample import Sample
+from async_rl.weights.transports import WeightSync
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ class EnginePool:
                 self._restart(rank, engine)
 
     def update_weights(self, version: int) -> list[ray.ObjectRef]:
-        """Push the trainer's weights to every engine as `version` (see `weight_sync`).
+        """Push the trainer's weights to every engine as `version` (see `async_rl.weights.transports`).
 
         The returned refs resolve once every engine has the new version (and raise if any load failed).
         """

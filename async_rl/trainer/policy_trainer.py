@@ -25,9 +25,10 @@ from async_rl.sample import Sample
 from async_rl.trainer.batch import PackedBatch, micro_batch_indices, pack
 from async_rl.trainer.lr_schedule import learning_rate
 from async_rl.trainer.sharded_batch import ShardedBatch
-from async_rl.weights.broadcast import WeightBroadcaster
 from async_rl.weights.checksums import digests_as
-from async_rl.weights.sync import NamedTensors, to_transport, weight_buckets
+from async_rl.weights.sync import NamedTensors, weight_buckets
+from async_rl.weights.transports.nccl_broadcast import WeightBroadcaster
+from async_rl.weights.transports.object_store import export_buckets
 from rewards.registry import load_function
 
 
@@ -332,8 +333,7 @@ class PolicyTrainer:
 
     def export_weight_buckets(self, bucket_bytes: int, fp8: str | None = None, pow2_scale: bool = False):
         """The buckets as CPU copies, for Ray to stream to the engines through its object store."""
-        for bucket in self.weight_buckets(bucket_bytes, fp8, pow2_scale):
-            yield [(name, to_transport(t)) for name, t in bucket]
+        yield from export_buckets(self.weight_buckets(bucket_bytes, fp8, pow2_scale))
 
     def connect_rollout_engines(self, engines: list[Any], ranks_per_engine: int, backend: str, single_machine: bool) -> None:
         """(Re)build the weight-broadcast group with these SGLang engine actors (`--update-weight-mode distributed`),

@@ -16,19 +16,6 @@ from async_rl.weights.fp8 import is_fp8_quantizable, quantize_many, scale_name
 NamedTensors = list[tuple[str, torch.Tensor]]
 
 
-def to_transport(tensor: torch.Tensor) -> torch.Tensor:
-    """A CPU copy that survives pickling: float8 storage does not, so it travels as its raw bytes."""
-    tensor = tensor.detach().to("cpu", copy=True)
-    return tensor.view(torch.uint8) if tensor.dtype == torch.float8_e4m3fn else tensor
-
-
-def from_transport(tensor: torch.Tensor, target_dtype: torch.dtype) -> torch.Tensor:
-    """Undo `to_transport` for a tensor headed for a float8 destination."""
-    if target_dtype == torch.float8_e4m3fn and tensor.dtype == torch.uint8:
-        return tensor.view(torch.float8_e4m3fn)
-    return tensor
-
-
 def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 

@@ -17,7 +17,7 @@ from async_rl.config.sections import BackendConfig
 from tests.conftest import REPO
 
 DRIVER = ["session.py", "train.py", "train_async.py", "evaluate.py", "evaluation.py", "rollout/batch_assembler.py",
-          "rollout/engine_pool.py", "rollout/producer.py", "rollout/weight_sync.py"]
+          "rollout/engine_pool.py", "rollout/producer.py", "weights/transports/__init__.py"]
 
 
 def protocol_methods(protocol: type) -> dict[str, inspect.Signature]:

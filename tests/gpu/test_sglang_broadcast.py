@@ -17,7 +17,7 @@ from async_rl.net import LOOPBACK
 from async_rl.placement import init_loopback_ray
 from async_rl.rollout.engine import SamplingParams
 from async_rl.sample import SampleStatus
-from async_rl.weights.broadcast import WeightBroadcaster
+from async_rl.weights.transports.nccl_broadcast import WeightBroadcaster
 from tests.gpu.conftest import SGLANG_SERVER
 from tests.gpu.sglang_probe import fresh, greedy_agreement, mismatch, perturbed_trainer
 

@@ -11,8 +11,8 @@ from async_rl.placement import engine_actor, init_loopback_ray
 from async_rl.rollout.batch_assembler import BatchAssembler
 from async_rl.rollout.engine import ROW_MAX_NEW_TOKENS, SamplingParams
 from async_rl.rollout.engine_pool import EnginePool
-from async_rl.rollout.weight_sync import CheckpointWeights
 from async_rl.sample import Sample
+from async_rl.weights.transports import CheckpointWeights
 from rewards.grading import RewardGrader
 from rewards.registry import resolve_reward
 

@@ -25,7 +25,7 @@ from async_rl.sample import FINISHED_STATUSES, Sample, SampleStatus
 from async_rl.weights.checksums import digests
 from async_rl.weights.fp8 import FP8_SCALE_SUFFIXES, is_fp8_quantizable, quantize_many, scale_name
 from async_rl.weights.hf_layout import destination, unstack_experts
-from async_rl.weights.sync import from_transport
+from async_rl.weights.transports.object_store import from_transport
 
 # Recent transformers rename the forward's `past_key_values` to `cache` and warn on every call; the old name works
 # in every version this package supports, so the warning (one per engine, in every log) says nothing to a user.

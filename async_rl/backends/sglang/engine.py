@@ -5,7 +5,7 @@ Token ids go in and come out of `/generate`, with the log-prob SGLang sampled ea
 pooled connection. Weight updates arrive one of two ways: `/update_weights_from_tensor`, CUDA tensors in
 Hugging Face names handed to the server through CUDA IPC (`load_weights`), or
 `/update_weights_from_distributed`, a bucket the trainer broadcasts over a process group the server joined
-(`receive_weights`, see `async_rl.weights.broadcast`). An FP8 engine takes float8 weights with their
+(`receive_weights`, see `async_rl.weights.transports.nccl_broadcast`). An FP8 engine takes float8 weights with their
 float32 scales in its layout (`weight_scale_inv` per block, `weight_scale` per channel), and anything else
 sent to its FP8 parameters is refused here, because SGLang accepts it and then silently generates garbage.
 After its first push an FP8 engine also checks that it serves in FP8 exactly the layers the push sent in FP8
@@ -41,7 +41,7 @@ from async_rl.rollout.engine import FINISHED_AT, SamplingParams, WeightVersionMi
 from async_rl.sample import FINISHED_STATUSES, Sample, SampleStatus
 from async_rl.weights.fp8 import FP8_SCALE_SUFFIXES, is_fp8_quantizable, scale_name
 from async_rl.weights.hf_layout import read_hf_config
-from async_rl.weights.sync import from_transport
+from async_rl.weights.transports.object_store import from_transport
 
 logger = logging.getLogger(__name__)
 

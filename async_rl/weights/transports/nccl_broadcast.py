@@ -8,6 +8,9 @@ push: running requests are retracted, keep their tokens, and continue with the n
 
 An engine that dies during a broadcast fails the push (a collective cannot finish without it); one that
 dies at any other time is replaced by the engine pool, which then rebuilds the group.
+
+Trainer side: `WeightBroadcaster` (rank 0 of the trainer); driver side: `BroadcastSync`; engine side: the SGLang
+engine's `init_weight_update_group` / `receive_weights`, which hand the group to its server.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch
 
 from async_rl.net import free_port
 from async_rl.weights.sync import NamedTensors
+from async_rl.weights.transports.object_store import refill
 
 _CONTROL = {"concurrency_group": "control"}  # engine calls that must not queue behind its generate calls
 
@@ -85,3 +89,25 @@ class WeightBroadcaster:
             ray.get([engine.set_weight_version.options(**_CONTROL).remote(version) for engine in self.engines])
         finally:
             ray.get([engine.continue_generation.options(**_CONTROL).remote() for engine in self.engines])
+
+
+class BroadcastSync:
+    """The driver's strategy: the trainer broadcasts each push itself; a replacement engine is refilled through
+    the object store, then the group is rebuilt with it."""
+
+    def __init__(self, trainer: Any, export_args: tuple, *, ranks_per_engine: int, backend: str, single_machine: bool):
+        self.trainer = trainer
+        self.export_args = export_args
+        self.group_args = (ranks_per_engine, backend, single_machine)
+        self.version = 0
+
+    def connect(self, engines: list[Any]) -> None:
+        ray.get(self.trainer.connect_rollout_engines.remote(engines, *self.group_args))
+
+    def push(self, engines: list[Any], version: int) -> list[ray.ObjectRef]:
+        self.version = version
+        return [self.trainer.broadcast_weights.remote(version, *self.export_args)]
+
+    def restore(self, engines: list[Any], rank: int) -> None:
+        refill(self.trainer, self.export_args, engines[rank], self.version)
+        self.connect(engines)
