@@ -151,12 +151,6 @@ def check_rollout_backend(cfg: Config) -> None:
     rollout_backend(cfg).check(cfg)
 
 
-def check_weight_checker(cfg: Config) -> None:
-    if cfg.rollout.check_weight_update_equal and not rollout_backend(cfg).checks_weights:
-        raise UserInputError(f"--check-weight-update-equal is not supported by --rollout-backend "
-                             f"{cfg.backend.rollout_backend} yet")
-
-
 def check_rollout_model(cfg: Config) -> None:
     if _model_config_readable(cfg):
         rollout_backend(cfg).check_model(cfg)
@@ -197,7 +191,7 @@ def check_debug_data(cfg: Config) -> None:
 
 CHECKS: list[Callable[[Config], None]] = [
     check_model, check_data, check_outputs, check_earlier_run, check_logging, check_reward, check_filter,
-    check_generate_function, check_tis_function, check_rollout_backend, check_weight_checker, check_rollout_model,
+    check_generate_function, check_tis_function, check_rollout_backend, check_rollout_model,
     check_routing_replay, check_trainer_backend, check_trainer_model, plan_placement, check_load, check_debug_data,
 ]
 

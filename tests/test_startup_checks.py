@@ -25,12 +25,6 @@ def test_each_problem_is_one_line_naming_its_flag(tiny_model, tmp_path):
     assert found[3].startswith("--load: no checkpoint at")
 
 
-def test_the_weight_checker_is_refused_where_the_engines_cannot_report_digests(tiny_model, tmp_path):
-    found = problems(tiny_model, tmp_path, "--rollout-backend", "sglang", "--actor-num-gpus-per-node", "1",
-                     "--colocate", "--check-weight-update-equal")
-    assert "--check-weight-update-equal is not supported by --rollout-backend sglang yet" in found
-
-
 def test_a_custom_tis_function_that_does_not_load_is_named(tiny_model, tmp_path):
     assert problems(tiny_model, tmp_path, "--use-tis", "--custom-tis-function-path",
                     "tests.plugins.tis_functions:halve") == []

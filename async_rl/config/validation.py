@@ -228,6 +228,9 @@ def check_weight_sync(cfg: Config, explicit: set[str], async_mode: bool) -> None
                               "NCCL refuses: use --update-weight-group-backend gloo, or leave --update-weight-mode unset")
     if "update_weight_group_backend" in explicit and cfg.weight_update_mode != "distributed":
         raise ConfigError("--update-weight-group-backend applies to --update-weight-mode distributed")
+    if r.check_weight_update_equal and not rollout_backend(cfg).checks_weights:
+        raise ConfigError(f"--check-weight-update-equal is not supported by --rollout-backend "
+                          f"{cfg.backend.rollout_backend} yet")
 
 
 def check_sglang_flags(cfg: Config, explicit: set[str], async_mode: bool) -> None:

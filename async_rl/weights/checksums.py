@@ -32,7 +32,7 @@ def digests_as(named: Iterable[tuple[str, torch.Tensor]], dtypes: dict[str, str]
     out = {}
     for name, tensor in named:
         held = dtypes.get(name)
-        if held is not None and tensor.dtype != torch.uint8 and tensor.is_floating_point() and held != "float8_e4m3fn":
+        if held is not None and tensor.is_floating_point() and held != "float8_e4m3fn":
             tensor = tensor.to(getattr(torch, held))
         out[name] = (held or str(tensor.dtype).removeprefix("torch."), digest(tensor))
     return out

@@ -231,6 +231,8 @@ def test_weight_update_mode_defaults_to_a_broadcast_for_engines_on_their_own_gpu
       "--rollout-fp8-granularity", "channel"), "--update-weight-mode tensor"),
     ((*SGLANG_GPUS, "--colocate", "--update-weight-mode", "distributed"), "--update-weight-group-backend gloo"),
     ((*SGLANG_GPUS, "--colocate", "--update-weight-group-backend", "gloo"), "--update-weight-mode distributed"),
+    ((*SGLANG_GPUS, "--colocate", "--check-weight-update-equal"),
+     "--check-weight-update-equal is not supported by --rollout-backend sglang yet"),
 ])
 def test_weight_update_modes_that_cannot_work_are_refused(capsys, argv, named):
     assert named in error_of(capsys, *REQUIRED, *argv)

@@ -4,10 +4,10 @@ FP8 engines built from a BF16 checkpoint start empty and are filled by the first
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from async_rl.weights.fp8 import checkpoint_granularity, quantization_config
+from async_rl.weights.hf_layout import read_hf_config
 
 if TYPE_CHECKING:
     from async_rl.config import Config
@@ -32,8 +32,7 @@ class SGLangBackend:
 
     def needs_initial_weights(self, cfg: Config) -> bool:
         """An FP8 engine built from a BF16 checkpoint starts with dummy weights until the first push."""
-        config = json.loads((Path(cfg.model.hf_checkpoint) / "config.json").read_text())
-        return cfg.rollout.fp8_layout is not None and checkpoint_granularity(config) is None
+        return cfg.rollout.fp8_layout is not None and checkpoint_granularity(read_hf_config(cfg.model.hf_checkpoint)) is None
 
     def start_router(self, cfg: Config) -> Any:
         """sglang-router on this node when several engines serve the policy (they register with it)."""
