@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
-from gpu_memory import PeakGpuMemory
-from workload import Result, StepTimes, Workload, mean_after_warmup
+from launch import launch
+from workload import Result, StepTimes, Workload, mean_after_warmup, start_up_s
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tools"))
@@ -33,15 +32,15 @@ def flags(w: Workload, model: Path, out: Path, seed: int) -> list[str]:
     ]
 
 
-def run(w: Workload, model: Path, out: Path, seed: int, extra: list[str]) -> Result:
+def run(w: Workload, model: Path, out: Path, seed: int, extra: list[str], budget_s: float | None = None) -> Result:
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "async_rl.train", *flags(w, model, out / "run", seed), *extra]
-    with PeakGpuMemory() as memory, (out / "async_rl.log").open("w") as log:
-        code = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
-    if code:
-        tail = "\n".join((out / "async_rl.log").read_text().splitlines()[-30:])
-        raise RuntimeError(f"async_rl exited {code}:\n{tail}")
-    rows = read_metrics(out / "run" / "metrics.jsonl")
+    done = launch("async_rl", cmd, out / "async_rl.log", REPO, budget_s)
+    metrics = out / "run" / "metrics.jsonl"
+    rows = read_metrics(metrics) if metrics.exists() else []
+    step_times = [r["perf/step_time_s"] for r in rows if "perf/step_time_s" in r]
+    if len(step_times) < 2:
+        raise RuntimeError(f"async_rl finished {len(step_times)} steps in {done.wall_s:.0f} s")
     first = 0  # step 0 compiles kernels and makes the first push
     times = StepTimes(
         step=mean_after_warmup(rows, "perf/step_time_s", first),
@@ -54,7 +53,8 @@ def run(w: Workload, model: Path, out: Path, seed: int, extra: list[str]) -> Res
     train_tok_s = mean_after_warmup(rows, "perf/train_tokens_per_s", first)
     return Result(
         "async_rl", times, w.samples_per_step, response_len * w.samples_per_step,
-        (train_tok_s or 0.0) * (times.training or 0.0), memory.peak_gib,
+        (train_tok_s or 0.0) * (times.training or 0.0), done.peak_gpu_memory_gib,
         [(r["step"], r["eval/reward_mean"]) for r in rows if "eval/reward_mean" in r],
         note="no separate log-prob pass: with one optimizer step per batch the step's own forward gives the old log-probs",
+        steps_done=len(step_times), start_up_s=start_up_s(done.wall_s, step_times), stopped=done.stopped,
     )

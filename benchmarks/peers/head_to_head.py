@@ -36,6 +36,8 @@ def main() -> None:
     parser.add_argument("--systems", nargs="+", choices=list(SYSTEMS), default=list(SYSTEMS))
     parser.add_argument("--num-rollout", type=int, default=Workload.num_rollout)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="stop each system after this many seconds and report the steps it finished")
     args = parser.parse_args()
     workload = dataclasses.replace(Workload(), num_rollout=args.num_rollout)
     model = args.output_dir / "model"
@@ -47,8 +49,9 @@ def main() -> None:
     for system in args.systems:
         start = time.perf_counter()
         try:
-            results.append(SYSTEMS[system](workload, model, args.output_dir / system, args.seed, []))
+            results.append(SYSTEMS[system](workload, model, args.output_dir / system, args.seed, [], args.budget_s))
             print(f"[{system}] done in {time.perf_counter() - start:.0f} s", flush=True)
+            print_table(results)
         except RuntimeError as e:
             failures[system] = str(e)
             print(f"[{system}] failed after {time.perf_counter() - start:.0f} s: {e}", flush=True)

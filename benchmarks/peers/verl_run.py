@@ -12,12 +12,11 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
-from gpu_memory import PeakGpuMemory
-from workload import Result, StepTimes, Workload, mean_after_warmup
+from launch import launch
+from workload import Result, StepTimes, Workload, mean_after_warmup, start_up_s
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -97,7 +96,7 @@ def eval_curve(rows: list[dict]) -> list[tuple[int, float]]:
     return sorted(curve.items())
 
 
-def run(w: Workload, model: Path, out: Path, seed: int, extra: list[str]) -> Result:
+def run(w: Workload, model: Path, out: Path, seed: int, extra: list[str], budget_s: float | None = None) -> Result:
     out.mkdir(parents=True, exist_ok=True)
     verl_model = prepare_model(model, out)
     write_parquet(model / "data" / "train.jsonl", out / "train.parquet", "train")
@@ -105,13 +104,11 @@ def run(w: Workload, model: Path, out: Path, seed: int, extra: list[str]) -> Res
     cmd = [sys.executable, "-m", "verl.trainer.main_ppo", *overrides(w, verl_model, out, seed), *extra]
     paths = [os.environ.get("VERL_PYTHONPATH", ""), str(REPO), os.environ.get("PYTHONPATH", "")]  # see bundle_verl.sh
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p))
-    with PeakGpuMemory() as memory, (out / "verl.log").open("w") as log:
-        code = subprocess.run(cmd, cwd=out, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
-    text = (out / "verl.log").read_text(errors="replace")
-    if code:
-        tail = "\n".join(text.splitlines()[-40:])
-        raise RuntimeError(f"verl exited {code}:\n{tail}")
+    done = launch("verl", cmd, out / "verl.log", out, budget_s, env)
+    text = done.log
     rows = [r for r in parse_console(text) if "timing_s/step" in r]
+    if len(rows) < 2:
+        raise RuntimeError(f"verl finished {len(rows)} steps in {done.wall_s:.0f} s")
     first = 1  # verl counts steps from 1; the first pays its one-time costs
     times = StepTimes(
         step=mean_after_warmup([dict(r, **{"timing_s/step": r["timing_s/step"] - r.get("timing_s/testing", 0.0)})
@@ -125,6 +122,8 @@ def run(w: Workload, model: Path, out: Path, seed: int, extra: list[str]) -> Res
     prompt_len = mean_after_warmup(rows, "prompt_length/mean", first) or 0.0
     return Result(
         "verl", times, w.samples_per_step, response_len * w.samples_per_step,
-        (response_len + prompt_len) * w.samples_per_step, memory.peak_gib, eval_curve(parse_console(text)),
+        (response_len + prompt_len) * w.samples_per_step, done.peak_gpu_memory_gib, eval_curve(parse_console(text)),
         note="FSDP actor with sdpa attention and unpacked batches (no flash-attn installed); SGLang rollout",
+        steps_done=len(rows), start_up_s=start_up_s(done.wall_s, [r["timing_s/step"] for r in rows]),
+        stopped=done.stopped,
     )

@@ -49,10 +49,17 @@ class Result:
     peak_gpu_memory_gib: float | None
     eval_curve: list[tuple[int, float]] = field(default_factory=list)
     note: str = ""
+    steps_done: int = 0
+    start_up_s: float | None = None  # wall time outside the training steps: imports, engine start, first eval
+    stopped: bool = False  # ran into its time budget; its row covers the steps it finished
 
     @property
     def samples_per_s(self) -> float:
         return self.samples_per_step / self.times.step
+
+
+def start_up_s(wall_s: float, step_times: list[float]) -> float:
+    return wall_s - sum(step_times)
 
 
 def mean_after_warmup(rows: list[dict], key: str, first_step: int) -> float | None:
@@ -68,8 +75,8 @@ def print_table(results: list[Result]) -> None:
     """One table; ratios against the first system of the run."""
     base = results[0]
     print("| system | samples/s | vs " + base.system + " | step s | generation | log-probs | training | weight update | "
-          "memory moves | output tok/s | trainer tok/s | peak GPU GiB | eval first | eval last |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "memory moves | output tok/s | trainer tok/s | peak GPU GiB | eval first | eval last | steps | start-up s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         t = r.times
         out_tok = r.response_tokens_per_step / t.generation if t.generation else None
@@ -80,7 +87,7 @@ def print_table(results: list[Result]) -> None:
               f"{_fmt(t.generation, '.2f')} | {_fmt(t.log_probs, '.2f')} | {_fmt(t.training, '.2f')} | "
               f"{_fmt(t.weight_update, '.2f')} | {_fmt(t.memory_moves, '.2f')} | {_fmt(out_tok, ',.0f')} | "
               f"{_fmt(train_tok, ',.0f')} | {_fmt(r.peak_gpu_memory_gib, '.1f')} | {_fmt(first, '.3f')} | "
-              f"{_fmt(last, '.3f')} |")
+              f"{_fmt(last, '.3f')} | {r.steps_done}{' (stopped)' if r.stopped else ''} | {_fmt(r.start_up_s, '.0f')} |")
     for r in results:
         if r.note:
             print(f"- {r.system}: {r.note}")
