@@ -83,6 +83,29 @@ def resolve_checkpoint(path: str) -> Path:
     return p
 
 
+def _holds_checkpoint(path: Path) -> bool:
+    return (path / LATEST).is_file() or (path / DRIVER_STATE).is_file()
+
+
+def is_first_launch(load: str, save: str | None) -> bool:
+    """slime's first launch: --load names where checkpoints will be (often the --save directory) before there are
+    any. A --load that is missing, empty, or the --save directory, holding no checkpoint while --save holds none
+    either, starts afresh. Any other --load must hold a checkpoint: a wrong path is not taken for a fresh start,
+    and a fresh start never saves over an earlier run's checkpoints."""
+    p = Path(load)
+    if _holds_checkpoint(p) or (save is not None and _holds_checkpoint(Path(save))):
+        return False
+    same_as_save = save is not None and p.resolve() == Path(save).resolve()
+    return same_as_save or not p.exists() or (p.is_dir() and not any(p.iterdir()))
+
+
+def checkpoint_to_resume(load: str | None, save: str | None) -> Path | None:
+    """The checkpoint `--load` names, or None for a fresh start (no --load, or a first launch)."""
+    if not load or is_first_launch(load, save):
+        return None
+    return resolve_checkpoint(load)
+
+
 def read_driver_state(checkpoint_dir: Path) -> dict[str, Any]:
     try:
         return json.loads((checkpoint_dir / DRIVER_STATE).read_text())

@@ -25,7 +25,6 @@ from async_rl.errors import UserInputError
 from async_rl.evaluation import Evaluator
 from async_rl.placement import create_engine, start_ray
 from async_rl.rollout.batch_assembler import BatchAssembler
-from async_rl.rollout.engine import SamplingParams
 from async_rl.rollout.engine_pool import EnginePool
 from async_rl.session import load_eval_sets, make_grader
 from async_rl.startup_checks import EVALUATE_CHECKS, check_startup, dry_run
@@ -54,10 +53,8 @@ def evaluate(cfg: Config) -> dict[str, float]:
         pool = EnginePool(lambda rank: create_engine(cfg, rank), cfg.num_rollout_engines, CheckpointWeights(),
                           custom_generate=cfg.rollout.custom_generate_function_path,
                           per_group=rollout_backend(cfg).dispatch_per_group)
-        e = cfg.eval
-        params = SamplingParams(e.eval_temperature, cfg.rollout.rollout_top_p, e.eval_max_response_len,
-                                cfg.rollout.rollout_max_context_len)
-        metrics = Evaluator(BatchAssembler(pool, grader), eval_sets, e.n_samples_per_eval_prompt, params).evaluate()
+        metrics = Evaluator(BatchAssembler(pool, grader), eval_sets, cfg.eval.n_samples_per_eval_prompt,
+                            cfg.sampling_params(evaluation=True)).evaluate()
     finally:
         grader.close()
         ray.shutdown()

@@ -30,6 +30,8 @@ class WandbSettings:
     project: str
     mode: str  # offline by default: runs on clusters without internet, synced later with `wandb sync`
     config: dict[str, Any]
+    group: str | None = None
+    team: str | None = None
 
 
 class MetricsLogger:
@@ -83,4 +85,5 @@ def _start_wandb(settings: WandbSettings, output_dir: Path):
         import wandb
     except ImportError:
         raise UserInputError("--use-wandb needs the wandb package: pip install wandb") from None
-    return wandb.init(project=settings.project, mode=settings.mode, dir=str(output_dir), config=settings.config)
+    return wandb.init(project=settings.project, mode=settings.mode, dir=str(output_dir), config=settings.config,
+                      group=settings.group, entity=settings.team)

@@ -21,7 +21,7 @@ from transformers import AutoTokenizer
 from async_rl.algorithms.advantages import compute_advantages, overlong_penalty
 from async_rl.algorithms.mismatch import MismatchAlert
 from async_rl.backends import rollout_backend, train_backend
-from async_rl.checkpoint import DriverParts, read_driver_parts, resolve_checkpoint, save_checkpoint
+from async_rl.checkpoint import DriverParts, checkpoint_to_resume, read_driver_parts, save_checkpoint
 from async_rl.config import Config
 from async_rl.data.prompt_dataset import PromptDataset
 from async_rl.errors import TrainingAborted
@@ -32,7 +32,6 @@ from async_rl.placement import check_training_gpus, create_engine, create_traine
 from async_rl.rollout.batch_assembler import BatchAssembler
 from async_rl.rollout.debug_data import load_rollout, save_rollout
 from async_rl.rollout.dynamic_sampling import DynamicSampling, KeepRate
-from async_rl.rollout.engine import SamplingParams
 from async_rl.rollout.engine_pool import EnginePool
 from async_rl.rollout.filters import load_group_filter
 from async_rl.rollout.metrics import group_metrics, rollout_metrics
@@ -76,7 +75,10 @@ def load_eval_sets(cfg: Config, tokenizer) -> dict[str, PromptDataset]:
 class TrainingSession:
     def __init__(self, cfg: Config):
         check_startup(cfg)  # every problem a start can find, said before Ray starts
-        checkpoint = resolve_checkpoint(cfg.checkpoint.load) if cfg.checkpoint.load else None
+        checkpoint = checkpoint_to_resume(cfg.checkpoint.load, cfg.checkpoint.save)
+        if cfg.checkpoint.load and checkpoint is None:
+            logger.warning("--load %s holds no checkpoint yet: a first launch, starting from --hf-checkpoint",
+                           cfg.checkpoint.load)
         prepare_output_dir(cfg)
         self.cfg = cfg
         self._save_config()
@@ -105,7 +107,8 @@ class TrainingSession:
         self.eval_sets = load_eval_sets(cfg, tokenizer)
 
         lg = cfg.logging
-        wandb = WandbSettings(lg.wandb_project, lg.wandb_mode, cfg.to_flat_dict()) if lg.use_wandb else None
+        wandb = (WandbSettings(lg.wandb_project, lg.wandb_mode, cfg.to_flat_dict(), lg.wandb_group, lg.wandb_team)
+                 if lg.use_wandb else None)
         saved = read_driver_parts(checkpoint) if checkpoint is not None else None
         resume_step = int(saved.state["step"]) if saved is not None else None
         self.metrics_logger = MetricsLogger(lg.output_dir, lg.tensorboard_dir, wandb, resume_step=resume_step)
@@ -139,14 +142,9 @@ class TrainingSession:
             self._stop_router()
             ray.shutdown()
             raise
-        context = cfg.rollout.rollout_max_context_len
-        self.rollout_params = SamplingParams(
-            cfg.rollout.rollout_temperature, cfg.rollout.rollout_top_p, cfg.rollout.rollout_max_response_len, context
-        )
-        self.evaluator = Evaluator(
-            self.rollout, self.eval_sets, cfg.eval.n_samples_per_eval_prompt,
-            SamplingParams(cfg.eval.eval_temperature, cfg.rollout.rollout_top_p, cfg.eval.eval_max_response_len, context),
-        )
+        self.rollout_params = cfg.sampling_params()
+        self.evaluator = Evaluator(self.rollout, self.eval_sets, cfg.eval.n_samples_per_eval_prompt,
+                                   cfg.sampling_params(evaluation=True))
         self.skipped_steps = 0
         t = cfg.train
         self.mismatch_alert = MismatchAlert(t.mismatch_alert_k3, t.mismatch_alert_steps, t.mismatch_alert_action == "stop")

@@ -15,7 +15,7 @@ from typing import Callable
 from omegaconf import OmegaConf
 
 from async_rl.backends import rollout_backend, train_backend
-from async_rl.checkpoint import LATEST, resolve_checkpoint
+from async_rl.checkpoint import LATEST, checkpoint_to_resume
 from async_rl.config import Config
 from async_rl.data.prompt_dataset import check_prompt_file
 from async_rl.errors import UserInputError
@@ -100,10 +100,14 @@ def check_outputs(cfg: Config) -> None:
             _check_writable(flag, path)
 
 
+def _resumes(cfg: Config) -> bool:
+    return checkpoint_to_resume(cfg.checkpoint.load, cfg.checkpoint.save) is not None
+
+
 def check_earlier_run(cfg: Config) -> None:
     """A training run does not write over the metrics of an earlier one."""
     lg = cfg.logging
-    if (Path(lg.output_dir) / "metrics.jsonl").is_file() and not cfg.checkpoint.load and not lg.overwrite_output_dir:
+    if (Path(lg.output_dir) / "metrics.jsonl").is_file() and not lg.overwrite_output_dir and not _resumes(cfg):
         checkpoint = _earlier_runs_checkpoint(Path(lg.output_dir))
         resume = f"resume it with --load {checkpoint}, " if checkpoint else "it saved no checkpoint to resume: "
         raise UserInputError(f"--output-dir {lg.output_dir} holds an earlier run: {resume}choose another --output-dir, "
@@ -145,6 +149,15 @@ def _model_config_readable(cfg: Config) -> bool:
     return bool(path) and not _built_before_start(path) and (Path(path) / "config.json").is_file()
 
 
+def check_model_flags(cfg: Config) -> None:
+    """Megatron's model-shape flags of a slime script agree with the model's config.json."""
+    if _model_config_readable(cfg):
+        path = cfg.model.hf_checkpoint
+        problems = cfg.slime.model_mismatches(read_hf_config(path), path)
+        if problems:
+            raise StartupCheckFailed(problems)
+
+
 def check_rollout_backend(cfg: Config) -> None:
     if cfg.cluster.colocate and cfg.cluster.rollout_num_gpus_per_engine > 1:  # an engine shares one trainer bundle
         raise UserInputError("--colocate with --rollout-num-gpus-per-engine > 1 is not supported yet")
@@ -173,8 +186,9 @@ def check_trainer_model(cfg: Config) -> None:
 
 
 def check_load(cfg: Config) -> None:
-    if cfg.checkpoint.load:
-        train_backend(cfg).check_resume(cfg, resolve_checkpoint(cfg.checkpoint.load))
+    checkpoint = checkpoint_to_resume(cfg.checkpoint.load, cfg.checkpoint.save)
+    if checkpoint is not None:
+        train_backend(cfg).check_resume(cfg, checkpoint)
 
 
 def check_debug_data(cfg: Config) -> None:
@@ -190,7 +204,7 @@ def check_debug_data(cfg: Config) -> None:
 
 
 CHECKS: list[Callable[[Config], None]] = [
-    check_model, check_data, check_outputs, check_earlier_run, check_logging, check_reward, check_filter,
+    check_model, check_model_flags, check_data, check_outputs, check_earlier_run, check_logging, check_reward, check_filter,
     check_generate_function, check_tis_function, check_rollout_backend, check_rollout_model,
     check_routing_replay, check_trainer_backend, check_trainer_model, plan_placement, check_load, check_debug_data,
 ]
@@ -226,7 +240,7 @@ def prepare_output_dir(cfg: Config) -> None:
     """With --overwrite-output-dir, the earlier run's metrics and TensorBoard scalars go (its checkpoints stay)."""
     lg = cfg.logging
     out = Path(lg.output_dir)
-    if not lg.overwrite_output_dir or cfg.checkpoint.load or not (out / "metrics.jsonl").is_file():
+    if not lg.overwrite_output_dir or not (out / "metrics.jsonl").is_file() or _resumes(cfg):
         return
     (out / "metrics.jsonl").unlink()
     shutil.rmtree(lg.tensorboard_dir or out / "tensorboard", ignore_errors=True)
@@ -235,6 +249,8 @@ def prepare_output_dir(cfg: Config) -> None:
 def dry_run(cfg: Config, checks: list[Callable[[Config], None]] = CHECKS) -> None:
     """`--dry-run`: the configuration, where each part would run, then every start-up check of `checks`."""
     cfg.print_resolved()
+    if cfg.notes:
+        print("what some flags mean here:\n" + "\n".join(f"  {note}" for note in cfg.notes), flush=True)
     if plan_placement in checks:
         try:
             print(plan_placement(cfg).render(), flush=True)

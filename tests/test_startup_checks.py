@@ -16,13 +16,16 @@ def test_a_good_configuration_has_no_problems(tiny_model, tmp_path):
 
 
 def test_each_problem_is_one_line_naming_its_flag(tiny_model, tmp_path):
+    not_a_checkpoint = tmp_path / "elsewhere"
+    not_a_checkpoint.mkdir()
+    (not_a_checkpoint / "notes.txt").write_text("")
     found = problems(tiny_model, tmp_path, "--rm-type", "nope", "--eval-prompt-data", "aime", str(tmp_path / "aime.jsonl"),
-                     "--dynamic-sampling-filter-path", "no_such_module.fn", "--load", str(tmp_path / "nowhere"))
+                     "--dynamic-sampling-filter-path", "no_such_module.fn", "--load", str(not_a_checkpoint))
     assert len(found) == 4 and all("\n" not in p for p in found)
     assert found[0] == f"--eval-prompt-data {tmp_path / 'aime.jsonl'}: file not found"
     assert found[1].startswith("--rm-type: unknown reward 'nope'")
     assert found[2].startswith("--dynamic-sampling-filter-path: cannot import module 'no_such_module'")
-    assert found[3].startswith("--load: no checkpoint at")
+    assert found[3] == f"--load: {not_a_checkpoint} is incomplete (no driver_state.json)"
 
 
 def test_a_custom_tis_function_that_does_not_load_is_named(tiny_model, tmp_path):

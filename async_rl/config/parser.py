@@ -35,8 +35,12 @@ from async_rl.config.sections import (
     TrainConfig,
     flag_name,
 )
+from async_rl.config.slime_flags import SlimeArgs, split_slime_args
 from async_rl.config.validation import validate
 from async_rl.errors import ConfigError
+from async_rl.rollout.engine import SamplingParams
+from async_rl.weights.fp8 import checkpoint_granularity
+from async_rl.weights.hf_layout import read_hf_config
 
 
 @dataclass
@@ -54,6 +58,8 @@ class Config:
     logging: LoggingConfig
     debug: DebugConfig
     sglang: dict[str, Any] = field(default_factory=dict)  # SGLang ServerArgs from --sglang-* flags
+    slime: SlimeArgs = field(default_factory=lambda: SlimeArgs({}))  # Megatron and slime flags of a slime script
+    notes: list[str] = field(default_factory=list)  # what flags taken from slime or Megatron mean here (--dry-run)
     async_mode: bool = False  # the loop: recorded so that a saved config.yaml replays the run as it ran
 
     @property
@@ -96,6 +102,19 @@ class Config:
                      and r.fp8_layout != "channel")
         return "distributed" if broadcast else "tensor"
 
+    def sampling_params(self, evaluation: bool = False) -> SamplingParams:
+        """How the engines sample for training rollouts, or for evaluation (whose --eval-* flags fall back to the
+        rollout's)."""
+        r, e = self.rollout, self.eval
+        stop = tuple(r.rollout_stop_token_ids or ())
+        if not evaluation:
+            return SamplingParams(r.rollout_temperature, r.rollout_top_p, r.rollout_max_response_len,
+                                  r.rollout_max_context_len, stop, r.rollout_top_k)
+        top_p = r.rollout_top_p if e.eval_top_p is None else e.eval_top_p
+        top_k = r.rollout_top_k if e.eval_top_k is None else e.eval_top_k
+        return SamplingParams(e.eval_temperature, top_p, e.eval_max_response_len, r.rollout_max_context_len, stop,
+                              top_k)
+
     def to_flat_dict(self) -> dict[str, Any]:
         """Flag-name keys (underscored), the form `--config` reads back."""
         flat = {f.name: getattr(getattr(self, s), f.name) for s, cls in SECTIONS.items() for f in fields(cls)}
@@ -122,7 +141,8 @@ def split_sglang_args(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
 
     They pass through to `sglang.Engine` under SGLang's names (checked against its ServerArgs when the
     engine starts, since SGLang need not be installed where the flags are parsed). A flag without a
-    value is true; values are read as YAML scalars, as they would be from a `--config` file.
+    value is true; values are read as YAML scalars, as they would be from a `--config` file; several values
+    (`--sglang-cuda-graph-bs 1 2 4 8`) make a list.
     """
     rest, server_args = [], {}
     i = 0
@@ -133,13 +153,16 @@ def split_sglang_args(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
             i += 1
             continue
         name, has_value, value = token[len("--sglang-"):].partition("=")
-        if not has_value:
-            has_value = i + 1 < len(argv) and not argv[i + 1].startswith("--")
-            value = argv[i + 1] if has_value else "true"
-            i += 1 + has_value
+        i += 1
+        if has_value:
+            parsed = yaml.safe_load(value) if value else value
         else:
-            i += 1
-        server_args[name.replace("-", "_")] = yaml.safe_load(value) if value else value
+            values = []
+            while i < len(argv) and not argv[i].startswith("--"):
+                values.append(yaml.safe_load(argv[i]) if argv[i] else argv[i])
+                i += 1
+            parsed = values[0] if len(values) == 1 else values or True
+        server_args[name.replace("-", "_")] = parsed
     return rest, server_args
 
 
@@ -251,11 +274,60 @@ def load_yaml_defaults(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
 ICEPOP_BOUNDS = {"tis_clip": 5.0, "tis_clip_low": 0.5}  # IcePop's token mask: ratios outside [0.5, 5] are dropped
 
 
-def _apply_presets(args: dict[str, Any], explicit: set[str]) -> None:
+def _apply_presets(args: dict[str, Any], explicit: set[str]) -> list[str]:
     """`--tis-mode icepop` is `mask` with IcePop's bounds, where the user set none; the resolved bounds are what
-    config.yaml records."""
+    config.yaml records. `--sequence-parallel` at tensor-parallel size 1 is off, as Megatron-LM turns it off, and
+    --rollout-num-gpus means nothing with --colocate. Returns a note for each change a user may not expect."""
+    notes = _apply_gpu_defaults(args, explicit) + _infer_fp8_rollout(args, explicit)
     if args["tis_mode"] == "icepop":
         args |= {k: v for k, v in ICEPOP_BOUNDS.items() if k not in explicit}
+    if args["colocate"] and args["rollout_num_gpus"] is not None:
+        args["rollout_num_gpus"] = None
+        notes.append("--rollout-num-gpus: not used with --colocate (the engines take the trainer's GPUs)")
+    if args["sequence_parallel"] and args["tensor_model_parallel_size"] == 1:
+        args["sequence_parallel"] = False
+        notes.append("--sequence-parallel: off at --tensor-model-parallel-size 1 (as Megatron-LM turns it off)")
+    return notes
+
+
+def _apply_gpu_defaults(args: dict[str, Any], explicit: set[str]) -> list[str]:
+    """What a slime script leaves unsaid when it describes GPUs: the production backends, BF16 and the distributed
+    optimizer for the megatron trainer, and a colocated sync trainer that moves to the host while the engines
+    generate. On a CPU the embedded defaults stay. A flag given explicitly is never changed."""
+    gpus = bool(args["actor_num_gpus_per_node"])
+    args["rollout_backend"] = args["rollout_backend"] or ("sglang" if gpus else "local")
+    args["train_backend"] = args["train_backend"] or ("megatron" if gpus else "torch")
+    if not gpus:
+        return []
+    defaults = {}
+    if args["train_backend"] == "megatron":
+        defaults |= {"bf16": True, "use_distributed_optimizer": True}
+    if args["colocate"] and not args["async_mode"] and not args["fp8_param_gather"]:
+        defaults["offload_train"] = True
+    notes = []
+    for key, value in defaults.items():
+        if key not in explicit and args[key] != value:
+            args[key] = value
+            notes.append(f"{flag_name(key)}: on (the default on GPUs, as in slime; --no-{flag_name(key)[2:]} turns it off)")
+    return notes
+
+
+def _infer_fp8_rollout(args: dict[str, Any], explicit: set[str]) -> list[str]:
+    """An FP8 --hf-checkpoint rolls out in FP8, in the layout it holds (as slime infers it), unless the flags say
+    otherwise; a checkpoint that cannot be read yet is left to the start-up checks."""
+    if not args["hf_checkpoint"] or "rollout_quantization" in explicit:
+        return []
+    try:
+        stored = checkpoint_granularity(read_hf_config(args["hf_checkpoint"]))
+    except (OSError, ValueError):
+        return []
+    if stored is None:
+        return []
+    args["rollout_quantization"] = "fp8"
+    if "rollout_fp8_granularity" not in explicit:
+        args["rollout_fp8_granularity"] = stored
+    return [f"--rollout-quantization fp8 --rollout-fp8-granularity {args['rollout_fp8_granularity']}: from "
+            f"--hf-checkpoint's FP8 weights"]
 
 
 @dataclass(frozen=True)
@@ -275,6 +347,7 @@ def parse_config(argv: Sequence[str] | None = None, *, prog: str = "async_rl", a
     argv, server_args = split_sglang_args(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser(prog)
     try:
+        argv, slime = split_slime_args(argv)
         given = vars(build_parser(prog, suppress_defaults=True).parse_args(argv))
         explicit = set(given)
         yaml_server_args: dict[str, Any] = {}
@@ -286,11 +359,12 @@ def parse_config(argv: Sequence[str] | None = None, *, prog: str = "async_rl", a
             parser.set_defaults(**yaml_defaults)
         server_args = yaml_server_args | server_args
         args = vars(parser.parse_args(argv))
-        launch = Launch(async_mode=async_mode or args.pop("async_mode"), dry_run=args.pop("dry_run"))
+        args["async_mode"] = async_mode or args["async_mode"]
+        notes = _apply_presets(args, explicit) + slime.notes()
+        launch = Launch(async_mode=args.pop("async_mode"), dry_run=args.pop("dry_run"))
         args.pop("config")
-        _apply_presets(args, explicit)
         cfg = Config(**{s: cls(**{f.name: args[f.name] for f in fields(cls)}) for s, cls in SECTIONS.items()},
-                     sglang=server_args, async_mode=launch.async_mode)
+                     sglang=server_args, slime=slime, notes=notes, async_mode=launch.async_mode)
         validate(cfg, explicit, launch.async_mode, evaluate_only)
     except ConfigError as e:
         parser.error(str(e))

@@ -42,8 +42,10 @@ class ClusterConfig:
 
 @dataclass
 class BackendConfig:
-    rollout_backend: str = flag("local", "Rollout engine implementation.", choices=["local", "sglang"])
-    train_backend: str = flag("torch", "Trainer implementation.", choices=["torch", "megatron"])
+    rollout_backend: str | None = flag(None, "Rollout engine implementation; unset: sglang where the trainer has "
+                                       "GPUs (--actor-num-gpus-per-node), local on a CPU.", choices=["local", "sglang"])
+    train_backend: str | None = flag(None, "Trainer implementation; unset: megatron where the trainer has GPUs, torch "
+                                     "on a CPU.", choices=["torch", "megatron"])
 
 
 @dataclass
@@ -55,7 +57,8 @@ class MegatronConfig:
     context_parallel_size: int = flag(1, "Megatron context-parallel size.")
     expert_model_parallel_size: int = flag(1, "Megatron expert-parallel size (MoE).")
     sequence_parallel: bool = flag(False, "Megatron sequence parallelism (needs tensor-parallel size > 1).")
-    use_distributed_optimizer: bool = flag(False, "Shard Adam's state and the FP32 main weights across data-parallel ranks (GPUs).")
+    use_distributed_optimizer: bool = flag(False, "Shard Adam's state and the FP32 main weights across data-parallel "
+                                           "ranks (GPUs); on by default for the megatron trainer on GPUs, as in slime.")
     recompute_granularity: str | None = flag(None, "Activation recomputation.", choices=["full", "selective"])
     recompute_method: str | None = flag(None, "Full recomputation by layer blocks.", choices=["uniform", "block"])
     recompute_num_layers: int | None = flag(None, "Layers per recomputation block.")
@@ -65,7 +68,7 @@ class MegatronConfig:
         choices=["transformer_engine", "local"],
     )
     moe_grouped_gemm: bool = flag(False, "Run each MoE layer's experts as one grouped GEMM (Transformer Engine).")
-    bf16: bool = flag(False, "Train in BF16 mixed precision.")
+    bf16: bool = flag(False, "Train in BF16 mixed precision; on by default for the megatron trainer on GPUs, as in slime.")
     fp8_format: str | None = flag(None, "Transformer Engine FP8 training format.", choices=["e4m3", "hybrid"])
     fp8_recipe: str | None = flag(
         None, "Transformer Engine FP8 scaling recipe (default delayed; mxfp8 needs Blackwell).",
@@ -112,6 +115,8 @@ class RolloutConfig:
         "dropped from the dataset (counted and logged).")
     rollout_temperature: float = flag(1.0, "Sampling temperature.")
     rollout_top_p: float = flag(1.0, "Nucleus sampling threshold.")
+    rollout_top_k: int = flag(-1, "Sample among the k most likely tokens only; -1 turns top-k off.")
+    rollout_stop_token_ids: list[int] | None = flag(None, "Token ids that end a response besides the tokenizer's EOS.")
     max_staleness: int = flag(
         1, "Async mode: admit new rollouts only while every sample will train at most this many weight versions "
         "after its own (AReaL's admission control); older samples are dropped and counted."
@@ -280,6 +285,8 @@ class EvalConfig:
     )
     n_samples_per_eval_prompt: int = flag(1, "Responses sampled per eval prompt.")
     eval_temperature: float = flag(1.0, "Sampling temperature for evaluation.")
+    eval_top_p: float | None = flag(None, "Nucleus sampling threshold for evaluation; defaults to --rollout-top-p.")
+    eval_top_k: int | None = flag(None, "Top-k for evaluation (1 is greedy); defaults to --rollout-top-k.")
     eval_max_response_len: int = flag(64, "Maximum new tokens per eval response.")
 
 
@@ -299,6 +306,8 @@ class LoggingConfig:
     seed: int = flag(1234, "Seed for data order, sampling and initialisation.")
     use_wandb: bool = flag(False, "Also log to Weights & Biases (needs `pip install wandb`).")
     wandb_project: str = flag("async_rl", "Weights & Biases project.")
+    wandb_group: str | None = flag(None, "Weights & Biases run group.")
+    wandb_team: str | None = flag(None, "Weights & Biases team (entity) the run belongs to.")
     wandb_mode: str = flag("offline", "offline writes under <output-dir>/wandb for a later `wandb sync`.",
                            choices=["offline", "online"])
 

@@ -36,8 +36,13 @@ def check_ranges(cfg: Config, explicit: set[str], async_mode: bool) -> None:
             raise ConfigError(f"{flag_name(dest)} must be >= 1, got {value}")
     if r.rollout_temperature <= 0:
         raise ConfigError(f"--rollout-temperature must be > 0, got {r.rollout_temperature}")
-    if not 0 < r.rollout_top_p <= 1:
-        raise ConfigError(f"--rollout-top-p must be in (0, 1], got {r.rollout_top_p}")
+    e = cfg.eval
+    for name, top_p in (("--rollout-top-p", r.rollout_top_p), ("--eval-top-p", e.eval_top_p)):
+        if top_p is not None and not 0 < top_p <= 1:
+            raise ConfigError(f"{name} must be in (0, 1], got {top_p}")
+    for name, top_k in (("--rollout-top-k", r.rollout_top_k), ("--eval-top-k", e.eval_top_k)):
+        if top_k is not None and top_k != -1 and top_k < 1:
+            raise ConfigError(f"{name} must be -1 (off) or >= 1, got {top_k}")
     if r.rollout_max_context_len is not None and r.rollout_max_context_len < 2:
         raise ConfigError(f"--rollout-max-context-len must be >= 2, got {r.rollout_max_context_len}")
 
@@ -58,7 +63,8 @@ def check_batch_sizes(cfg: Config, explicit: set[str], async_mode: bool) -> None
             f"--global-batch-size {cfg.global_batch_size} must divide --rollout-batch-size x "
             f"--n-samples-per-prompt = {samples}"
         )
-    if cfg.global_batch_size % t.micro_batch_size:
+    packed_by_tokens = cfg.backend.train_backend == "megatron" and cfg.megatron.max_tokens_per_gpu
+    if cfg.global_batch_size % t.micro_batch_size and not packed_by_tokens:
         raise ConfigError(f"--micro-batch-size {t.micro_batch_size} must divide the global batch size {cfg.global_batch_size}")
 
 
@@ -143,8 +149,6 @@ def check_placement(cfg: Config, explicit: set[str], async_mode: bool) -> None:
                           "needs --colocate and --actor-num-gpus-per-node, without --async")
     if c.offload_train and cfg.megatron.fp8_param_gather:
         raise ConfigError("--offload-train does not move FP8 parameters (--fp8-param-gather): drop one of them")
-    if c.colocate and c.rollout_num_gpus is not None:
-        raise ConfigError("--colocate puts rollout on the trainer's GPUs; drop --rollout-num-gpus")
     if c.rollout_num_gpus is not None and c.rollout_num_gpus % c.rollout_num_gpus_per_engine:
         raise ConfigError(
             f"--rollout-num-gpus {c.rollout_num_gpus} is not a multiple of --rollout-num-gpus-per-engine "
@@ -199,8 +203,6 @@ def check_megatron(cfg: Config, explicit: set[str], async_mode: bool = False) ->
     if (world // m.pipeline_model_parallel_size) % m.expert_model_parallel_size:
         raise ConfigError(f"--expert-model-parallel-size {m.expert_model_parallel_size} must divide the "
                           f"{world // m.pipeline_model_parallel_size} GPUs of one pipeline stage")
-    if m.sequence_parallel and m.tensor_model_parallel_size == 1:
-        raise ConfigError("--sequence-parallel needs --tensor-model-parallel-size > 1")
     if m.fp8_recipe and not m.fp8_format:
         raise ConfigError("--fp8-recipe is set but --fp8-format is not")
     if m.fp8_format and m.bf16 is False:

@@ -38,9 +38,14 @@ def read_rows(path: str, *, skip_bad_rows: bool = False) -> tuple[list[tuple[int
     if not p.is_file():
         raise DatasetError(f"{path}: file not found")
     if p.suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        return list(enumerate(pq.read_table(p).to_pylist(), start=1)), []
+        try:
+            table = pq.read_table(p)
+        except pa.ArrowException as e:
+            raise DatasetError(f"{path}: not a readable parquet file ({str(e).splitlines()[0]})") from None
+        return list(enumerate(table.to_pylist(), start=1)), []
     rows, bad = [], []
     with p.open(encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):

@@ -23,6 +23,7 @@ class SamplingParams:
     max_new_tokens: int = 64
     max_context_len: int | None = None  # prompt + response tokens (--rollout-max-context-len)
     stop_token_ids: tuple[int, ...] = ()  # besides EOS: a turn of a custom generate function may end at a tool call
+    top_k: int = -1  # -1: no top-k truncation
 
     def remaining_tokens(self, sample: Sample) -> int:
         """New tokens `sample` may still generate: its response budget, within the context length. A prompt row may

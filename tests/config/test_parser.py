@@ -100,13 +100,11 @@ def test_async_flag_selects_async_mode():
         (["--save-interval", "2"], "--save-interval"),
         (["--eval-interval", "2"], "--eval-interval"),
         (["--n-samples-per-prompt", "1"], "--n-samples-per-prompt"),
-        (["--colocate", "--rollout-num-gpus", "4"], "--colocate"),
         (["--rollout-num-gpus", "6", "--rollout-num-gpus-per-engine", "4"], "--rollout-num-gpus"),
         (["--rollout-backend", "vllm"], "--rollout-backend"),
         (["--tensor-model-parallel-size", "2"], "--tensor-model-parallel-size"),  # a Megatron flag without Megatron
         (["--train-backend", "megatron", "--actor-num-gpus-per-node", "4", "--tensor-model-parallel-size", "3"],
          "--tensor-model-parallel-size"),
-        (["--train-backend", "megatron", "--actor-num-gpus-per-node", "2", "--sequence-parallel"], "--sequence-parallel"),
         (["--train-backend", "megatron", "--actor-num-gpus-per-node", "2", "--fp8-recipe", "blockwise"], "--fp8-recipe"),
         (["--train-backend", "megatron", "--actor-num-gpus-per-node", "2", "--bf16", "--fp8-format", "e4m3",
           "--transformer-impl", "local"], "--fp8-format needs Transformer Engine"),
@@ -238,11 +236,31 @@ def test_weight_update_modes_that_cannot_work_are_refused(capsys, argv, named):
     assert named in error_of(capsys, *REQUIRED, *argv)
 
 
-def test_offload_train_is_asked_for_and_works_with_the_distributed_optimizer():
+def test_offload_train_is_on_for_a_colocated_sync_run_on_gpus_and_works_with_the_distributed_optimizer():
     gpus = ["--actor-num-gpus-per-node", "1", "--rollout-backend", "sglang", "--train-backend", "megatron", "--colocate"]
-    assert not parse(*gpus).cluster.offload_train and parse(*gpus, "--offload-train").cluster.offload_train
-    cfg = parse(*gpus, "--offload-train", "--use-distributed-optimizer")
-    assert cfg.cluster.offload_train and cfg.megatron.use_distributed_optimizer
+    cfg = parse(*gpus)
+    assert cfg.cluster.offload_train and cfg.megatron.use_distributed_optimizer and cfg.megatron.bf16
+    assert "--offload-train: on (the default on GPUs, as in slime; --no-offload-train turns it off)" in cfg.notes
+    assert not parse(*gpus, "--no-offload-train").cluster.offload_train
+    assert not parse(*gpus, "--async").cluster.offload_train  # both stay resident and run at once
+
+
+def test_gpus_pick_the_production_backends_and_a_cpu_the_embedded_ones():
+    assert (parse().backend.rollout_backend, parse().backend.train_backend) == ("local", "torch")
+    gpus = parse("--actor-num-gpus-per-node", "2", "--colocate")
+    assert (gpus.backend.rollout_backend, gpus.backend.train_backend) == ("sglang", "megatron")
+    torch_on_gpus = parse("--actor-num-gpus-per-node", "2", "--colocate", "--train-backend", "torch", "--no-offload-train")
+    assert torch_on_gpus.backend.train_backend == "torch" and not torch_on_gpus.megatron.bf16
+
+
+def test_megatron_settings_slime_scripts_give_are_taken_with_megatrons_meaning():
+    gpus = ["--actor-num-gpus-per-node", "2", "--colocate"]
+    cfg = parse(*gpus, "--sequence-parallel")  # tensor-parallel size 1: Megatron-LM turns it off
+    assert not cfg.megatron.sequence_parallel and any(n.startswith("--sequence-parallel: off") for n in cfg.notes)
+    cfg = parse(*gpus, "--rollout-num-gpus", "4")
+    assert cfg.cluster.rollout_num_gpus is None and cfg.num_rollout_engines == 2
+    cfg = parse(*gpus, "--sglang-cuda-graph-bs", "1", "2", "4", "--sglang-mem-fraction-static", "0.5")
+    assert cfg.sglang == {"cuda_graph_bs": [1, 2, 4], "mem_fraction_static": 0.5}
 
 
 @pytest.mark.parametrize("argv", [[], ["--actor-num-gpus-per-node", "1", "--rollout-num-gpus", "1"],

@@ -1,4 +1,4 @@
-from async_rl.config.reference import flag_reference
+from async_rl.config.reference import flag_reference, slime_flag_reference
 from async_rl.config.sections import SECTIONS
 from tests.conftest import REPO
 
@@ -7,6 +7,11 @@ def test_docs_flag_reference_is_the_generated_one():
     """Adding or changing a flag without regenerating docs/flags.md fails here."""
     assert (REPO / "docs" / "flags.md").read_text() == flag_reference(), (
         "docs/flags.md is stale: run python -m async_rl.config.reference > docs/flags.md")
+
+
+def test_docs_slime_flag_reference_is_the_generated_one():
+    assert (REPO / "docs" / "slime-flags.md").read_text() == slime_flag_reference(), (
+        "docs/slime-flags.md is stale: run python -m async_rl.config.reference --slime > docs/slime-flags.md")
 
 
 def test_every_flag_is_documented_with_help():

@@ -96,3 +96,10 @@ def test_position_resumes_exactly(tokenizer):
     resumed = PromptDataset(str(GSM8K), tokenizer, shuffle=True, seed=3)
     resumed.load_state_dict(part.state_dict())
     assert head + [r.prompt for r in resumed.next_batch(10)] == expected
+
+
+def test_a_corrupt_parquet_file_is_one_line_naming_it(tmp_path):
+    path = tmp_path / "train.parquet"
+    path.write_text('{"prompt": "1+1?", "label": "2"}\n')  # JSON lines under a .parquet name
+    with pytest.raises(DatasetError, match=r"train\.parquet: not a readable parquet file"):
+        read_rows(str(path))

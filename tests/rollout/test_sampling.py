@@ -16,3 +16,13 @@ def test_top_p_draws_only_from_the_nucleus():
     tokens, _ = sample_tokens(logits, temperature=1.0, top_p=0.7, generator=torch.Generator().manual_seed(0))
     assert set(tokens.tolist()) == {0, 1}
     assert abs((tokens == 0).float().mean().item() - 0.5 / 0.8) < 0.04
+
+
+def test_top_k_draws_only_among_the_k_most_likely_and_keeps_full_log_probs():
+    logits = torch.tensor([[0.0, 3.0, 2.0, 1.0]] * 512)
+    generator = torch.Generator().manual_seed(0)
+    greedy, log_probs = sample_tokens(logits, temperature=1.0, top_p=1.0, generator=generator, top_k=1)
+    assert greedy.eq(1).all()
+    assert torch.allclose(log_probs, torch.log_softmax(logits, dim=-1)[:, 1])
+    two, _ = sample_tokens(logits, temperature=1.0, top_p=1.0, generator=generator, top_k=2)
+    assert set(two.tolist()) == {1, 2}

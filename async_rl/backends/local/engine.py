@@ -117,7 +117,7 @@ class LocalEngine(WeightVersionMixin, CustomGenerateMixin):
         for step in range(max(budget)):
             if aborted:
                 break
-            token, token_log_prob = sample_tokens(logits, params.temperature, params.top_p, self.generator)
+            token, token_log_prob = sample_tokens(logits, params.temperature, params.top_p, self.generator, params.top_k)
             for i in (~finished).nonzero().flatten().tolist():
                 tokens[i].append(int(token[i]))
                 log_probs[i].append(float(token_log_prob[i]))

@@ -123,7 +123,7 @@ class SGLangEngine(WeightVersionMixin, CustomGenerateMixin):
             "rid": rid, "input_ids": s.prompt_tokens + s.response_tokens, "return_logprob": True,
             "return_routed_experts": self.return_routed_experts,
             "sampling_params": {
-                "temperature": params.temperature, "top_p": params.top_p,
+                "temperature": params.temperature, "top_p": params.top_p, "top_k": params.top_k,
                 "max_new_tokens": params.remaining_tokens(s),
                 "stop_token_ids": [t for t in (self.eos_token_id, *params.stop_token_ids) if t is not None] or None,
                 "skip_special_tokens": False, "no_stop_trim": True,
