@@ -249,13 +249,13 @@ def prepare_output_dir(cfg: Config) -> None:
 def dry_run(cfg: Config, checks: list[Callable[[Config], None]] = CHECKS) -> None:
     """`--dry-run`: the configuration, where each part would run, then every start-up check of `checks`."""
     cfg.print_resolved()
-    if cfg.notes:
-        print("what some flags mean here:\n" + "\n".join(f"  {note}" for note in cfg.notes), flush=True)
     if plan_placement in checks:
         try:
             print(plan_placement(cfg).render(), flush=True)
         except UserInputError:
             pass  # reported with the other problems below
+    if cfg.notes:
+        print("what some flags mean here:\n" + "\n".join(f"  {note}" for note in cfg.notes), flush=True)
     pending = os.environ.get(BUILT_BEFORE_START)
     if pending:
         print(f"built before the start: {pending} (checks of files in it are skipped)", flush=True)

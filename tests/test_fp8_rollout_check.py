@@ -25,8 +25,10 @@ def checkpoint(tmp_path, granularity):
     (None, ["--rollout-quantization", "fp8", "--rollout-fp8-granularity", "channel"], True),
     ("block", ["--rollout-quantization", "fp8"], True),
     ("channel", ["--rollout-quantization", "fp8", "--rollout-fp8-granularity", "channel"], True),
-    ("channel", ["--rollout-quantization", "fp8"], False),
-    ("block", [], False),
+    ("channel", ["--rollout-quantization", "fp8"], True),  # the layout comes from the checkpoint
+    ("block", [], True),  # FP8 and its layout come from the checkpoint, as slime infers them
+    ("block", ["--rollout-quantization", "none"], False),
+    ("channel", ["--rollout-fp8-granularity", "block"], False),
 ])
 def test_flags_must_name_the_checkpoint_layout(tmp_path, stored, flags, ok):
     cfg = parse_config(["--hf-checkpoint", checkpoint(tmp_path, stored), "--prompt-data", "x.jsonl", *flags])[0]

@@ -313,19 +313,19 @@ def _apply_gpu_defaults(args: dict[str, Any], explicit: set[str]) -> list[str]:
 
 
 def _infer_fp8_rollout(args: dict[str, Any], explicit: set[str]) -> list[str]:
-    """An FP8 --hf-checkpoint rolls out in FP8, in the layout it holds (as slime infers it), unless the flags say
-    otherwise; a checkpoint that cannot be read yet is left to the start-up checks."""
-    if not args["hf_checkpoint"] or "rollout_quantization" in explicit:
+    """An FP8 --hf-checkpoint rolls out in FP8, in the layout it holds (as slime infers it), where the flags leave
+    that unsaid; a flag that contradicts the checkpoint is left to the start-up checks to refuse, as is a
+    checkpoint that cannot be read yet."""
+    if not args["hf_checkpoint"] or {"rollout_quantization", "rollout_fp8_granularity"} <= explicit:
         return []
     try:
         stored = checkpoint_granularity(read_hf_config(args["hf_checkpoint"]))
     except (OSError, ValueError):
         return []
-    if stored is None:
+    inferred = {"rollout_quantization": "fp8", "rollout_fp8_granularity": stored}
+    if stored is None or args["rollout_quantization"] != "fp8" and "rollout_quantization" in explicit:
         return []
-    args["rollout_quantization"] = "fp8"
-    if "rollout_fp8_granularity" not in explicit:
-        args["rollout_fp8_granularity"] = stored
+    args |= {k: v for k, v in inferred.items() if k not in explicit}
     return [f"--rollout-quantization fp8 --rollout-fp8-granularity {args['rollout_fp8_granularity']}: from "
             f"--hf-checkpoint's FP8 weights"]
 

@@ -77,7 +77,11 @@ def test_missing_prompt_file_is_one_line_and_exit_code_2(tiny_model, tmp_path):
 
 
 def test_missing_checkpoint_is_one_line_and_exit_code_2(tiny_model, tmp_path):
-    result = run_cli(*run_flags(tiny_model, tmp_path / "run", "--load", str(tmp_path / "nowhere")))
+    """Where --save holds an earlier run's checkpoints, a --load that holds none is a mistake, not a first launch."""
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "latest").write_text("step_2")
+    result = run_cli(*run_flags(tiny_model, tmp_path / "run", "--load", str(tmp_path / "nowhere"), "--save",
+                                str(tmp_path / "ckpt")))
     assert result.returncode == 2
     assert "--load: no checkpoint at" in result.stderr and "Traceback" not in result.stderr
 
