@@ -28,8 +28,9 @@ def read_hf_config(hf_dir: str) -> dict:
 
 
 def num_experts(hf_config: dict[str, Any]) -> int | None:
-    """Experts per MoE layer: Qwen's config.json says `num_experts`, transformers 5 writes `num_local_experts`."""
-    return hf_config.get("num_experts") or hf_config.get("num_local_experts")
+    """Routed experts per MoE layer: Qwen's config.json says `num_experts`, transformers 5 writes
+    `num_local_experts`, GLM-4.5 and DeepSeek-V3 `n_routed_experts`."""
+    return hf_config.get("num_experts") or hf_config.get("num_local_experts") or hf_config.get("n_routed_experts")
 
 
 def unstack_experts(named: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:

@@ -53,14 +53,13 @@ def check_megatron_model(cfg: Config) -> None:
                              f"--train-backend megatron yet (supported: {', '.join(SUPPORTED)})")
     try:  # what the model builder would refuse, said before anything starts
         rope_arguments(hf)
-        if model_type == "qwen3_moe":
-            moe_config(hf)
+        moe_config(hf)
     except ValueError as e:
         raise UserInputError(f"--hf-checkpoint {cfg.model.hf_checkpoint}: {e}") from None
     m = cfg.megatron
-    if m.moe_grouped_gemm and model_type != "qwen3_moe":
+    if m.moe_grouped_gemm and not num_experts(hf):
         raise UserInputError(f"--moe-grouped-gemm applies to MoE models, not {model_type!r}")
-    if model_type == "qwen3_moe" and m.tensor_model_parallel_size > 1:
+    if num_experts(hf) and m.tensor_model_parallel_size > 1:
         # Megatron trains MoE layers under TP only with sequence parallelism, which needs TE or Apex norms
         raise UserInputError("--tensor-model-parallel-size > 1 with a MoE model needs --sequence-parallel, which "
                              "--train-backend megatron does not support yet: use --tensor-model-parallel-size 1")

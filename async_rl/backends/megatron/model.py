@@ -1,4 +1,5 @@
-"""A megatron-core `GPTModel` shaped like a Hugging Face Qwen2 / Qwen3 / Llama / Qwen3-MoE checkpoint."""
+"""A megatron-core `GPTModel` shaped like a Hugging Face Qwen2 / Qwen3 / Llama / Qwen3-MoE / GLM-4 / GLM-4.5 MoE
+checkpoint."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import torch
 
 from async_rl.weights.hf_layout import num_experts
 
-SUPPORTED = ("qwen2", "qwen3", "llama", "qwen3_moe")
+SUPPORTED = ("qwen2", "qwen3", "llama", "qwen3_moe", "glm4", "glm4_moe")
+# GLM-4 rotates interleaved channel pairs of the first part of each head, and normalizes each block's output
+INTERLEAVED_ROPE = ("glm4",)
+POST_NORMS = ("glm4",)
 
 
 def transformer_config(hf: dict[str, Any], **overrides: Any):
@@ -27,17 +31,27 @@ def transformer_config(hf: dict[str, Any], **overrides: Any):
         normalization="RMSNorm", layernorm_epsilon=hf.get("rms_norm_eps", 1e-6),
         gated_linear_unit=True, activation_func=torch.nn.functional.silu, add_bias_linear=False,
         add_qkv_bias=model_type == "qwen2" or bool(hf.get("attention_bias")),
-        qk_layernorm=model_type in ("qwen3", "qwen3_moe"),
+        qk_layernorm=model_type in ("qwen3", "qwen3_moe") or bool(hf.get("use_qk_norm")),
+        rotary_interleaved=model_type in INTERLEAVED_ROPE,
         hidden_dropout=0.0, attention_dropout=0.0, params_dtype=torch.float32, use_cpu_initialization=True,
         bias_dropout_fusion=False, apply_rope_fusion=False, masked_softmax_fusion=False, persist_layer_norm=False,
         gradient_accumulation_fusion=False,
     )
-    if model_type == "qwen3_moe":
-        kwargs |= moe_config(hf)
-    return TransformerConfig(**(kwargs | overrides))
+    return TransformerConfig(**(kwargs | moe_config(hf) | overrides))
 
 
 def moe_config(hf: dict[str, Any]) -> dict[str, Any]:
+    """Megatron's MoE settings for the model's family; empty for a dense model. A routing Megatron would not
+    reproduce is a ValueError."""
+    model_type = hf.get("model_type")
+    if model_type == "qwen3_moe":
+        return softmax_moe_config(hf)
+    if model_type == "glm4_moe":
+        return sigmoid_moe_config(hf)
+    return {}
+
+
+def softmax_moe_config(hf: dict[str, Any]) -> dict[str, Any]:
     """Megatron's MoE settings for a Qwen3-MoE config: every layer sparse, top-k softmax routing, no aux loss.
 
     HF routes with a float32 softmax over all experts and keeps the top k, renormalized when
@@ -50,6 +64,34 @@ def moe_config(hf: dict[str, Any]) -> dict[str, Any]:
     return dict(
         num_moe_experts=num_experts(hf), moe_router_topk=hf["num_experts_per_tok"],
         moe_ffn_hidden_size=hf["moe_intermediate_size"], moe_router_pre_softmax=not hf.get("norm_topk_prob", False),
+        moe_router_load_balancing_type="none", moe_router_dtype="fp32", moe_grouped_gemm=False,
+    )
+
+
+def sigmoid_moe_config(hf: dict[str, Any]) -> dict[str, Any]:
+    """Megatron's MoE settings for DeepSeek-V3-style routing (GLM-4.5/4.7 MoE): sigmoid scores, plus a per-expert
+    bias that steers the choice only, top-k within the best groups of experts, the chosen scores renormalized and
+    scaled; shared experts beside the routed ones; the first layers dense.
+
+    HF ranks a group by the sum of its two best experts, Megatron by its best topk / topk_group: they agree where
+    that is 2, or where there is one group. The bias is the checkpoint's and stays fixed (update rate 0), as
+    slime's RL scripts set it; no load-balancing loss."""
+    experts, topk = num_experts(hf), hf["num_experts_per_tok"]
+    groups, group_topk = hf.get("n_group") or 1, hf.get("topk_group") or 1
+    if not hf.get("norm_topk_prob", True):
+        raise ValueError("sigmoid routing without norm_topk_prob is not supported by the megatron backend")
+    if groups > 1 and topk // group_topk != 2:
+        raise ValueError(f"group-limited routing with num_experts_per_tok {topk} and topk_group {group_topk} is not "
+                         f"supported by the megatron backend (it ranks groups by their top {topk // group_topk} "
+                         f"experts, Hugging Face by their top 2)")
+    dense, shared = hf.get("first_k_dense_replace", 0), hf.get("n_shared_experts") or 0
+    return dict(
+        num_moe_experts=experts, moe_router_topk=topk, moe_ffn_hidden_size=hf["moe_intermediate_size"],
+        moe_router_score_function="sigmoid", moe_router_enable_expert_bias=True, moe_router_bias_update_rate=0.0,
+        moe_router_num_groups=groups if groups > 1 else None, moe_router_group_topk=group_topk if groups > 1 else None,
+        moe_router_topk_scaling_factor=hf.get("routed_scaling_factor") or None,
+        moe_shared_expert_intermediate_size=hf["moe_intermediate_size"] * shared if shared else None,
+        moe_layer_freq=[0] * dense + [1] * (hf["num_hidden_layers"] - dense),
         moe_router_load_balancing_type="none", moe_router_dtype="fp32", moe_grouped_gemm=False,
     )
 
@@ -110,28 +152,70 @@ def layer_spec(config, transformer_impl: str):
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec, get_gpt_layer_with_transformer_engine_spec
 
     experts = config.num_moe_experts
+    if experts and isinstance(config.moe_layer_freq, list) and not all(config.moe_layer_freq):
+        return _dense_and_moe_block_spec(config, transformer_impl)
     if transformer_impl == "transformer_engine":
         return get_gpt_layer_with_transformer_engine_spec(num_experts=experts, moe_grouped_gemm=config.moe_grouped_gemm,
                                                           qk_layernorm=config.qk_layernorm)
     spec = get_gpt_layer_local_spec(num_experts=experts, moe_grouped_gemm=False, qk_layernorm=config.qk_layernorm,
                                     normalization="RMSNorm")
     if experts:
-        spec.submodules.sharded_state_dict_keys_map = {"input_layernorm.": "self_attention.linear_qkv.layer_norm_"}
+        _keep_pre_mlp_norm_name(spec)
     return spec
+
+
+def _keep_pre_mlp_norm_name(moe_layer_spec) -> None:
+    moe_layer_spec.submodules.sharded_state_dict_keys_map = {"input_layernorm.": "self_attention.linear_qkv.layer_norm_"}
+
+
+def _dense_and_moe_block_spec(config, transformer_impl: str):
+    """Megatron's block of dense layers and MoE layers as `moe_layer_freq` lays them out."""
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec
+    from megatron.core.transformer.moe.moe_layer import MoELayer
+
+    block = get_gpt_decoder_block_spec(config, use_transformer_engine=transformer_impl == "transformer_engine",
+                                       normalization="RMSNorm")
+    if transformer_impl != "transformer_engine":
+        for spec in block.layer_specs:
+            if spec.submodules.mlp.module is MoELayer:
+                _keep_pre_mlp_norm_name(spec)
+    return block
 
 
 def build_gpt_model(hf: dict[str, Any], transformer_impl: str = "local", **config_overrides: Any):
     """GPTModel with the local or the Transformer Engine layer spec, RoPE as in the HF config."""
     from megatron.core.models.gpt import GPTModel
 
-    fusions = _TE_FUSIONS if transformer_impl == "transformer_engine" else {}
+    interleaved = hf.get("model_type") in INTERLEAVED_ROPE  # megatron's fused RoPE kernel rotates halves
+    fusions = _TE_FUSIONS if transformer_impl == "transformer_engine" and not interleaved else {}
     config = transformer_config(hf, **(fusions | config_overrides))
+    spec = layer_spec(config, transformer_impl)
+    if hf.get("model_type") in POST_NORMS:
+        from async_rl.backends.megatron.post_norms import with_post_norms
+
+        spec = with_post_norms(spec, _norm_class(transformer_impl))
     return GPTModel(
-        config, layer_spec(config, transformer_impl),
-        vocab_size=hf["vocab_size"], max_sequence_length=hf.get("max_position_embeddings", 4096),
-        position_embedding_type="rope", **rope_arguments(hf),
+        config, spec, vocab_size=hf["vocab_size"], max_sequence_length=hf.get("max_position_embeddings", 4096),
+        position_embedding_type="rope", rotary_percent=rotary_percent(hf), **rope_arguments(hf),
         share_embeddings_and_output_weights=bool(hf.get("tie_word_embeddings")),
     )
+
+
+def rotary_percent(hf: dict[str, Any]) -> float:
+    """The share of each head's channels RoPE rotates: GLM-4 rotates half unless its config says otherwise."""
+    params = hf.get("rope_parameters") or {}
+    default = 0.5 if hf.get("model_type") == "glm4" else 1.0
+    return float(hf.get("partial_rotary_factor") or params.get("partial_rotary_factor") or default)
+
+
+def _norm_class(transformer_impl: str):
+    if transformer_impl == "transformer_engine":
+        from megatron.core.extensions.transformer_engine import TENorm
+
+        return TENorm
+    from megatron.core.models.gpt.gpt_layer_specs import LNImpl
+
+    return LNImpl
 
 
 def causal_mask(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,7 @@ Transformer Engine fuses each RMSNorm into the linear layer after it (`linear_qk
 local spec's `input_layernorm.weight`, `mlp.linear_fc1.layer_norm_weight` its `pre_mlp_layernorm.weight`)
 and its grouped-GEMM experts hold one weight per expert on a shared module (`mlp.experts.linear_fc1.weight3`
 is `mlp.experts.local_experts.3.linear_fc1.weight`). The Hugging Face mapping, tensor-parallel sharding and
-expert numbering are written once, against local names; `local_parameters` gives them any model.
+expert numbering are written once, against local names; `local_tensors` gives them any model.
 """
 
 from __future__ import annotations
@@ -28,6 +28,10 @@ def local_name(name: str) -> str:
     return name
 
 
-def local_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
-    """The model's parameters under local-spec names."""
-    return {local_name(name): param for name, param in model.named_parameters()}
+_STATE_BUFFERS = ("mlp.router.expert_bias",)  # buffers an HF checkpoint holds too (e_score_correction_bias)
+
+
+def local_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's parameters, and the buffers a Hugging Face checkpoint also holds, under local-spec names."""
+    state = {local_name(name): param for name, param in model.named_parameters()}
+    return state | {local_name(name): buffer for name, buffer in model.named_buffers() if name.endswith(_STATE_BUFFERS)}

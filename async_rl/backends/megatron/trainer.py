@@ -24,7 +24,7 @@ from async_rl.backends.megatron.model import build_gpt_model, causal_mask, fp8_s
 from async_rl.backends.megatron.model_checkpoint import load_model_checkpoint
 from async_rl.backends.megatron.offload import MegatronOffloader
 from async_rl.backends.megatron.optimizer import build_optimizer
-from async_rl.backends.megatron.param_names import local_parameters
+from async_rl.backends.megatron.param_names import local_tensors
 from async_rl.backends.megatron.writer_watchdog import watch_writer
 from async_rl.config.sections import MegatronConfig, TrainConfig
 from async_rl.net import free_port
@@ -171,7 +171,7 @@ class MegatronTrainer(PolicyTrainer):
         full = hf_to_megatron(hf_state, self.hf)
         tp_rank = ps.get_tensor_model_parallel_rank()
         with torch.no_grad():
-            for name, param in local_parameters(model).items():
+            for name, param in local_tensors(model).items():
                 source = full[expert_shards.global_name(name, self.ep_rank, self.local_experts)]
                 param.copy_(tp_shards.shard(name, source, param, tp_rank, self.tp_size))
         return model.to(self.device)
@@ -392,7 +392,7 @@ class MegatronTrainer(PolicyTrainer):
         """HF (name, tensor) pairs, gathered over tensor-parallel ranks one parameter at a time."""
         from megatron.core import parallel_state as ps
 
-        params = local_parameters(self.gpt)
+        params = local_tensors(self.gpt)
         group = ps.get_tensor_model_parallel_group()
         ep_group, ep_rank, local = ps.get_expert_model_parallel_group(), self.ep_rank, self.local_experts
         split_experts = self.ep_size > 1

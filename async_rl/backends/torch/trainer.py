@@ -105,8 +105,11 @@ class TorchTrainer(PolicyTrainer):
             group["lr"] = lr
 
     def export_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """Checkpoint-layout names (MoE experts one by one), as engines load them."""
-        return unstack_experts((name, p.detach()) for name, p in self.model.named_parameters())
+        """Checkpoint-layout names (MoE experts one by one), as engines load them: the parameters, and the buffers
+        a checkpoint holds too (a router's score bias)."""
+        saved = self.model.state_dict(keep_vars=True).keys()
+        buffers = [(name, b) for name, b in self.model.named_buffers() if name in saved]
+        return unstack_experts((name, t.detach()) for name, t in [*self.model.named_parameters(), *buffers])
 
     def save(self, path: str) -> None:
         """Hugging Face layout under `model/` plus optimizer and RNG state; the caller makes it atomic."""

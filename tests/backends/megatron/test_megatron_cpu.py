@@ -58,9 +58,10 @@ def llama_model(tmp_path_factory, tiny_model):
     return out
 
 
-@pytest.fixture(params=["qwen2", "qwen3", "qwen3_moe", "llama"])
-def hf_dir(request, tiny_model, qwen3_model, tiny_moe_model, llama_model):
-    return {"qwen2": tiny_model, "qwen3": qwen3_model, "qwen3_moe": tiny_moe_model, "llama": llama_model}[request.param]
+@pytest.fixture(params=["qwen2", "qwen3", "qwen3_moe", "llama", "glm4", "glm4_moe"])
+def hf_dir(request, tiny_model, qwen3_model, tiny_moe_model, llama_model, glm4_model, glm4_moe_model):
+    return {"qwen2": tiny_model, "qwen3": qwen3_model, "qwen3_moe": tiny_moe_model, "llama": llama_model,
+            "glm4": glm4_model, "glm4_moe": glm4_moe_model}[request.param]
 
 
 def test_megatron_log_probs_match_hugging_face_on_cpu(hf_dir):

@@ -32,13 +32,17 @@ def samples(tiny_model, tokenizer):
     return rollout(tiny_model, tokenizer)
 
 
-@pytest.fixture(scope="module")
-def reference(tiny_model, samples):
+def torch_reference(model_dir, samples):
     """The torch backend's log-probs, first-step metrics, log-probs after the step and exported weights."""
-    torch_trainer = TorchTrainer(str(tiny_model), CFG, global_batch_size=4, temperature=0.8)
+    torch_trainer = TorchTrainer(str(model_dir), CFG, global_batch_size=4, temperature=0.8)
     before = torch_trainer.compute_log_probs(samples)
     metrics = torch_trainer.train_step(samples, advantages(len(samples)))
     return before, metrics, torch_trainer.compute_log_probs(samples), dict(torch_trainer.export_weights())
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model, samples):
+    return torch_reference(tiny_model, samples)
 
 
 def after_step_tolerance(before: list[list[float]], after: list[list[float]]) -> float:
@@ -74,12 +78,15 @@ def test_one_rank_takes_the_torch_backends_step(tiny_model, samples, reference, 
     check_against_reference(reference, before, metrics, trainer.compute_log_probs(samples), dict(trainer.export_weights()))
 
 
-def test_a_moe_model_takes_the_torch_backends_step(tiny_moe_model, samples, in_process):
-    """Qwen3-MoE: router and experts through Megatron's MoE layer; weights come back in the checkpoint layout."""
-    torch_trainer = TorchTrainer(str(tiny_moe_model), CFG, global_batch_size=4, temperature=0.8)
-    reference = (torch_trainer.compute_log_probs(samples), torch_trainer.train_step(samples, advantages(len(samples))),
-                 torch_trainer.compute_log_probs(samples), dict(torch_trainer.export_weights()))
-    trainer = in_process(str(tiny_moe_model), CFG, MegatronConfig(), global_batch_size=4, temperature=0.8)
+@pytest.mark.parametrize("model", ["tiny_moe_model", "glm4_model", "glm4_moe_model"])
+def test_another_model_family_takes_the_torch_backends_step(model, tokenizer, in_process, request):
+    """Qwen3-MoE (router and experts through Megatron's MoE layer), GLM-4 (post-block norms, interleaved partial
+    RoPE) and GLM-4.5 MoE (a dense layer, biased sigmoid routing, shared experts); weights come back in each
+    checkpoint's layout."""
+    model_dir = request.getfixturevalue(model)
+    samples = rollout(model_dir, tokenizer)
+    reference = torch_reference(model_dir, samples)
+    trainer = in_process(str(model_dir), CFG, MegatronConfig(), global_batch_size=4, temperature=0.8)
     before = trainer.compute_log_probs(samples)
     metrics = trainer.train_step(samples, advantages(len(samples)))
     check_against_reference(reference, before, metrics, trainer.compute_log_probs(samples), dict(trainer.export_weights()),
@@ -125,17 +132,29 @@ def cpu_ranks(world_size: int) -> list[dict]:
     return [{"num_cpus": 1, "scheduling_strategy": in_bundle(bundles, rank)} for rank in range(world_size)]
 
 
-@pytest.mark.parametrize("layout", [{"tensor_model_parallel_size": 2}, {}], ids=["tp2", "dp2"])
-def test_two_rank_group_matches_the_single_rank_step(tiny_model, samples, reference, local_ray, layout):
-    """Two Ray actors joined by gloo: TP=2 splits every matrix and the vocabulary, DP=2 splits the samples."""
-    rank0 = create_megatron_group(str(tiny_model), CFG, dataclasses.replace(MegatronConfig(), **layout),
-                                  rank_options=cpu_ranks(2), global_batch_size=4, temperature=0.8, seed=0, num_threads=1)
+def two_rank_step(model_dir, samples, mcfg: MegatronConfig):
+    """A group of two Ray actors joined by gloo: its log-probs, step metrics, log-probs after and exported weights."""
+    rank0 = create_megatron_group(str(model_dir), CFG, mcfg, rank_options=cpu_ranks(2), global_batch_size=4,
+                                  temperature=0.8, seed=0, num_threads=1)
     before = ray.get(rank0.compute_log_probs.remote(samples))
     metrics = ray.get(rank0.train_step.remote(samples, advantages(len(samples))))
     after = ray.get(rank0.compute_log_probs.remote(samples))
     stream = rank0.export_weight_buckets.options(num_returns="streaming").remote(1 << 16)
-    weights = {name: t for ref in stream for name, t in ray.get(ref)}
-    check_against_reference(reference, before, metrics, after, weights)
+    return before, metrics, after, {name: t for ref in stream for name, t in ray.get(ref)}
+
+
+@pytest.mark.parametrize("layout", [{"tensor_model_parallel_size": 2}, {}], ids=["tp2", "dp2"])
+def test_two_rank_group_matches_the_single_rank_step(tiny_model, samples, reference, local_ray, layout):
+    """TP=2 splits every matrix and the vocabulary, DP=2 splits the samples."""
+    check_against_reference(reference, *two_rank_step(tiny_model, samples, dataclasses.replace(MegatronConfig(), **layout)))
+
+
+def test_a_glm4_model_split_over_two_tensor_parallel_ranks_takes_the_torch_backends_step(glm4_model, tokenizer,
+                                                                                         local_ray):
+    """GLM-4's post-block norms sit after the row-parallel projections, on whole hidden vectors."""
+    samples = rollout(glm4_model, tokenizer)
+    check_against_reference(torch_reference(glm4_model, samples),
+                            *two_rank_step(glm4_model, samples, MegatronConfig(tensor_model_parallel_size=2)), tied=False)
 
 
 def budget_with_uneven_micro_batch_counts(samples: list) -> int:
