@@ -4,7 +4,9 @@ Megatron fuses attention into `linear_qkv`, grouped per key/value head: for each
 heads, then its key head, then its value head. The MLP's gate and up projections are fused into
 `linear_fc1` (gate first), per expert in a MoE layer, whose router is `mlp.router`; GLM-4's checkpoints hold
 them fused already (`mlp.gate_up_proj`, gate first), and its two extra norms sit on the projections they follow
-(`post_norms.py`). Everything else is a rename. Hugging Face MoE weights come in two layouts: checkpoints (and SGLang) name each expert
+(`post_norms.py`). DeepSeek-V3's routers carry a score bias (`e_score_correction_bias`, Megatron's
+`expert_bias`) and its MoE layers a shared expert; its attention's projections and latent norms are renames.
+Everything else is a rename. Hugging Face MoE weights come in two layouts: checkpoints (and SGLang) name each expert
 (`mlp.experts.{j}.gate_proj.weight`), while transformers 5 holds them stacked in memory
 (`mlp.experts.gate_up_proj` [experts, 2 x ffn, hidden], gate first; `mlp.experts.down_proj`). Both are
 read; the checkpoint layout is written.
@@ -16,7 +18,7 @@ from typing import Any, Iterator
 
 import torch
 
-from async_rl.backends.megatron.model import POST_NORMS
+from async_rl.backends.megatron.model import MULTI_LATENT_ATTENTION, POST_NORMS
 from async_rl.weights.hf_layout import num_experts, unstack_experts
 
 _RENAMES = {  # per layer: Megatron suffix -> HF suffix
@@ -32,6 +34,15 @@ _POST_NORM_RENAMES = {  # GLM-4: each block's output projection carries the norm
     "self_attention.linear_proj.norm.weight": "post_self_attn_layernorm.weight",
     "mlp.linear_fc2.linear.weight": "mlp.down_proj.weight",
     "mlp.linear_fc2.norm.weight": "post_mlp_layernorm.weight",
+}
+_MLA_RENAMES = {  # DeepSeek-V3's multi-latent attention: low-rank query and shared key/value latents, normalized
+    "self_attention.linear_q_proj.weight": "self_attn.q_proj.weight",
+    "self_attention.linear_q_down_proj.weight": "self_attn.q_a_proj.weight",
+    "self_attention.q_layernorm.weight": "self_attn.q_a_layernorm.weight",
+    "self_attention.linear_q_up_proj.weight": "self_attn.q_b_proj.weight",
+    "self_attention.linear_kv_down_proj.weight": "self_attn.kv_a_proj_with_mqa.weight",
+    "self_attention.kv_layernorm.weight": "self_attn.kv_a_layernorm.weight",
+    "self_attention.linear_kv_up_proj.weight": "self_attn.kv_b_proj.weight",
 }
 _FUSED_GATE_UP = ("glm4",)
 _GLOBAL = {
@@ -62,6 +73,9 @@ def split_qkv(qkv: torch.Tensor, hf: dict[str, Any]) -> tuple[torch.Tensor, torc
 
 
 def _renames(hf: dict[str, Any]) -> dict[str, str]:
+    if hf.get("model_type") in MULTI_LATENT_ATTENTION:
+        qk_norms = {"self_attention.q_layernorm.weight", "self_attention.k_layernorm.weight"}
+        return {m: h for m, h in _RENAMES.items() if m not in qk_norms} | _MLA_RENAMES
     if hf.get("model_type") not in POST_NORMS:
         return _RENAMES
     moved = {"self_attention.linear_proj.weight", "mlp.linear_fc2.weight"}
@@ -81,7 +95,7 @@ def hf_to_megatron(hf_state: dict[str, torch.Tensor], hf: dict[str, Any]) -> dic
                 out[dst + m] = hf_state[src + h]
         attn = src + "self_attn."
         for kind in ("weight", "bias"):
-            if f"{attn}q_proj.{kind}" in hf_state:
+            if f"{attn}k_proj.{kind}" in hf_state:
                 out[f"{dst}self_attention.linear_qkv.{kind}"] = fuse_qkv(
                     *(hf_state[f"{attn}{p}_proj.{kind}"] for p in "qkv"), hf)
         if src + "mlp.gate_up_proj.weight" in hf_state:

@@ -1,5 +1,5 @@
-"""A megatron-core `GPTModel` shaped like a Hugging Face Qwen2 / Qwen3 / Llama / Qwen3-MoE / GLM-4 / GLM-4.5 MoE
-checkpoint."""
+"""A megatron-core `GPTModel` shaped like a Hugging Face Qwen2 / Qwen3 / Llama / Qwen3-MoE / GLM-4 / GLM-4.5 MoE /
+DeepSeek-V3 checkpoint."""
 
 from __future__ import annotations
 
@@ -10,15 +10,17 @@ import torch
 
 from async_rl.weights.hf_layout import num_experts
 
-SUPPORTED = ("qwen2", "qwen3", "llama", "qwen3_moe", "glm4", "glm4_moe")
+SUPPORTED = ("qwen2", "qwen3", "llama", "qwen3_moe", "glm4", "glm4_moe", "deepseek_v3")
+MULTI_LATENT_ATTENTION = ("deepseek_v3",)
 # GLM-4 rotates interleaved channel pairs of the first part of each head, and normalizes each block's output
 INTERLEAVED_ROPE = ("glm4",)
 POST_NORMS = ("glm4",)
 
 
 def transformer_config(hf: dict[str, Any], **overrides: Any):
-    """Megatron's `TransformerConfig` for an HF config dict (fused kernels off, so it also runs on a CPU)."""
-    from megatron.core.transformer.transformer_config import TransformerConfig
+    """Megatron's `TransformerConfig` for an HF config dict (fused kernels off, so it also runs on a CPU); its
+    `MLATransformerConfig` for multi-latent attention."""
+    from megatron.core.transformer.transformer_config import MLATransformerConfig, TransformerConfig
 
     model_type = hf.get("model_type")
     if model_type not in SUPPORTED:
@@ -37,7 +39,38 @@ def transformer_config(hf: dict[str, Any], **overrides: Any):
         bias_dropout_fusion=False, apply_rope_fusion=False, masked_softmax_fusion=False, persist_layer_norm=False,
         gradient_accumulation_fusion=False,
     )
+    if model_type in MULTI_LATENT_ATTENTION:
+        return MLATransformerConfig(**(kwargs | mla_config(hf) | moe_config(hf) | overrides))
     return TransformerConfig(**(kwargs | moe_config(hf) | overrides))
+
+
+def mla_config(hf: dict[str, Any]) -> dict[str, Any]:
+    """DeepSeek-V3's multi-latent attention: queries through a low-rank projection (`q_lora_rank`; a plain one
+    without it) and keys and values through a shared latent, each latent RMS-normalized (Megatron's q/kv
+    layernorms); RoPE on a separate part of each head, its interleaved channel pairs taken apart first (what
+    Megatron's MLA does, and HF's `rope_interleave`)."""
+    if not hf.get("rope_interleave", True):
+        raise ValueError("multi-latent attention without rope_interleave is not supported by the megatron backend")
+    heads = hf["num_attention_heads"]
+    return dict(q_lora_rank=hf.get("q_lora_rank"), kv_lora_rank=hf["kv_lora_rank"],
+                qk_head_dim=hf["qk_nope_head_dim"], qk_pos_emb_head_dim=hf["qk_rope_head_dim"],
+                v_head_dim=hf["v_head_dim"], kv_channels=hf["v_head_dim"], num_query_groups=heads, qk_layernorm=True,
+                **mla_rope(hf))
+
+
+def mla_rope(hf: dict[str, Any]) -> dict[str, Any]:
+    """MLA's RoPE settings: plain, or YaRN with DeepSeek's factor, original context, betas and attention scales."""
+    params = {**(hf.get("rope_scaling") or {}), **(hf.get("rope_parameters") or {})}
+    base = float(hf.get("rope_theta") or params.get("rope_theta", 10000.0))
+    kind = params.get("rope_type") or params.get("type") or "default"
+    if kind == "default":
+        return {"rope_type": "rope", "rotary_base": base}
+    if kind != "yarn":
+        raise ValueError(f"RoPE scaling {kind!r} with multi-latent attention is not supported by the megatron backend")
+    return {"rope_type": "yarn", "rotary_base": base, "rotary_scaling_factor": float(params["factor"]),
+            "original_max_position_embeddings": int(params["original_max_position_embeddings"]),
+            "beta_fast": float(params.get("beta_fast", 32)), "beta_slow": float(params.get("beta_slow", 1)),
+            "mscale": float(params.get("mscale", 1.0)), "mscale_all_dim": float(params.get("mscale_all_dim", 0.0))}
 
 
 def moe_config(hf: dict[str, Any]) -> dict[str, Any]:
@@ -46,7 +79,7 @@ def moe_config(hf: dict[str, Any]) -> dict[str, Any]:
     model_type = hf.get("model_type")
     if model_type == "qwen3_moe":
         return softmax_moe_config(hf)
-    if model_type == "glm4_moe":
+    if model_type in ("glm4_moe", "deepseek_v3"):
         return sigmoid_moe_config(hf)
     return {}
 
@@ -69,7 +102,7 @@ def softmax_moe_config(hf: dict[str, Any]) -> dict[str, Any]:
 
 
 def sigmoid_moe_config(hf: dict[str, Any]) -> dict[str, Any]:
-    """Megatron's MoE settings for DeepSeek-V3-style routing (GLM-4.5/4.7 MoE): sigmoid scores, plus a per-expert
+    """Megatron's MoE settings for DeepSeek-V3's routing (GLM-4.5/4.7 MoE's too): sigmoid scores, plus a per-expert
     bias that steers the choice only, top-k within the best groups of experts, the chosen scores renormalized and
     scaled; shared experts beside the routed ones; the first layers dense.
 
@@ -156,12 +189,21 @@ def layer_spec(config, transformer_impl: str):
         return _dense_and_moe_block_spec(config, transformer_impl)
     if transformer_impl == "transformer_engine":
         return get_gpt_layer_with_transformer_engine_spec(num_experts=experts, moe_grouped_gemm=config.moe_grouped_gemm,
-                                                          qk_layernorm=config.qk_layernorm)
+                                                          qk_layernorm=config.qk_layernorm,
+                                                          multi_latent_attention=config.multi_latent_attention)
     spec = get_gpt_layer_local_spec(num_experts=experts, moe_grouped_gemm=False, qk_layernorm=config.qk_layernorm,
-                                    normalization="RMSNorm")
-    if experts:
-        _keep_pre_mlp_norm_name(spec)
+                                    multi_latent_attention=config.multi_latent_attention, normalization="RMSNorm")
+    _adapt_local_spec(spec, config, moe=bool(experts))
     return spec
+
+
+def _adapt_local_spec(spec, config, moe: bool) -> None:
+    if moe:
+        _keep_pre_mlp_norm_name(spec)
+    if config.multi_latent_attention:
+        from async_rl.backends.megatron.local_mla_attention import LocalMLAAttention
+
+        spec.submodules.self_attention.submodules.core_attention = LocalMLAAttention
 
 
 def _keep_pre_mlp_norm_name(moe_layer_spec) -> None:
@@ -177,8 +219,7 @@ def _dense_and_moe_block_spec(config, transformer_impl: str):
                                        normalization="RMSNorm")
     if transformer_impl != "transformer_engine":
         for spec in block.layer_specs:
-            if spec.submodules.mlp.module is MoELayer:
-                _keep_pre_mlp_norm_name(spec)
+            _adapt_local_spec(spec, config, moe=spec.submodules.mlp.module is MoELayer)
     return block
 
 
@@ -194,10 +235,10 @@ def build_gpt_model(hf: dict[str, Any], transformer_impl: str = "local", **confi
         from async_rl.backends.megatron.post_norms import with_post_norms
 
         spec = with_post_norms(spec, _norm_class(transformer_impl))
+    rope = {} if config.multi_latent_attention else {"rotary_percent": rotary_percent(hf), **rope_arguments(hf)}
     return GPTModel(
         config, spec, vocab_size=hf["vocab_size"], max_sequence_length=hf.get("max_position_embeddings", 4096),
-        position_embedding_type="rope", rotary_percent=rotary_percent(hf), **rope_arguments(hf),
-        share_embeddings_and_output_weights=bool(hf.get("tie_word_embeddings")),
+        position_embedding_type="rope", share_embeddings_and_output_weights=bool(hf.get("tie_word_embeddings")), **rope,
     )
 
 

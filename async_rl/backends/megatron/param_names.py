@@ -16,6 +16,8 @@ import torch
 _RULES = [
     (re.compile(r"(.*)\.self_attention\.linear_qkv\.layer_norm_weight$"), r"\1.input_layernorm.weight"),
     (re.compile(r"(.*)\.mlp\.linear_fc1\.layer_norm_weight$"), r"\1.pre_mlp_layernorm.weight"),
+    (re.compile(r"(.*)\.self_attention\.linear_q_up_proj\.layer_norm_weight$"), r"\1.self_attention.q_layernorm.weight"),
+    (re.compile(r"(.*)\.self_attention\.linear_kv_up_proj\.layer_norm_weight$"), r"\1.self_attention.kv_layernorm.weight"),
     (re.compile(r"(.*\.mlp\.experts)\.(linear_fc[12])\.weight(\d+)$"), r"\1.local_experts.\3.\2.weight"),
 ]
 

@@ -58,10 +58,10 @@ def llama_model(tmp_path_factory, tiny_model):
     return out
 
 
-@pytest.fixture(params=["qwen2", "qwen3", "qwen3_moe", "llama", "glm4", "glm4_moe"])
-def hf_dir(request, tiny_model, qwen3_model, tiny_moe_model, llama_model, glm4_model, glm4_moe_model):
-    return {"qwen2": tiny_model, "qwen3": qwen3_model, "qwen3_moe": tiny_moe_model, "llama": llama_model,
-            "glm4": glm4_model, "glm4_moe": glm4_moe_model}[request.param]
+@pytest.fixture(params=["qwen2", "qwen3", "qwen3_moe", "llama", "glm4", "glm4_moe", "deepseek_v3"])
+def hf_dir(request):
+    fixture = {"qwen2": "tiny_model", "qwen3": "qwen3_model", "qwen3_moe": "tiny_moe_model", "llama": "llama_model"}
+    return request.getfixturevalue(fixture.get(request.param, f"{request.param}_model"))
 
 
 def test_megatron_log_probs_match_hugging_face_on_cpu(hf_dir):
@@ -81,6 +81,21 @@ def test_llama3_rope_scaling_matches_over_a_long_sequence():
     """Llama 3 scales RoPE's low frequencies; far enough into a sequence the unscaled angles differ visibly."""
     torch.manual_seed(3)
     assert_same_log_probs(LlamaForCausalLM(llama_config(rope_parameters=LLAMA3_ROPE)).eval(), seq_len=512)
+
+
+def test_deepseek_v3_yarn_rope_and_its_attention_scale_match_over_a_long_sequence():
+    """YaRN stretches RoPE past the original context and scales the attention logits (mscale_all_dim)."""
+    from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+
+    torch.manual_seed(4)
+    yarn = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 8.0, "original_max_position_embeddings": 32,
+            "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0}
+    config = DeepseekV3Config(vocab_size=262, hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
+                              num_hidden_layers=2, first_k_dense_replace=1, n_routed_experts=4, num_experts_per_tok=2,
+                              n_group=1, topk_group=1, num_attention_heads=4, num_key_value_heads=4, q_lora_rank=None,
+                              kv_lora_rank=16, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16,
+                              max_position_embeddings=256, rope_parameters=yarn)
+    assert_same_log_probs(DeepseekV3ForCausalLM(config).eval(), seq_len=200)
 
 
 def test_rope_arguments_read_older_configs_and_refuse_scaling_megatron_cannot_apply():

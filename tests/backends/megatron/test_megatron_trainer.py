@@ -78,11 +78,11 @@ def test_one_rank_takes_the_torch_backends_step(tiny_model, samples, reference, 
     check_against_reference(reference, before, metrics, trainer.compute_log_probs(samples), dict(trainer.export_weights()))
 
 
-@pytest.mark.parametrize("model", ["tiny_moe_model", "glm4_model", "glm4_moe_model"])
+@pytest.mark.parametrize("model", ["tiny_moe_model", "glm4_model", "glm4_moe_model", "deepseek_v3_model"])
 def test_another_model_family_takes_the_torch_backends_step(model, tokenizer, in_process, request):
     """Qwen3-MoE (router and experts through Megatron's MoE layer), GLM-4 (post-block norms, interleaved partial
-    RoPE) and GLM-4.5 MoE (a dense layer, biased sigmoid routing, shared experts); weights come back in each
-    checkpoint's layout."""
+    RoPE), GLM-4.5 MoE (a dense layer, biased sigmoid routing, shared experts) and DeepSeek-V3 (that MoE under
+    multi-latent attention); weights come back in each checkpoint's layout."""
     model_dir = request.getfixturevalue(model)
     samples = rollout(model_dir, tokenizer)
     reference = torch_reference(model_dir, samples)
