@@ -47,8 +47,14 @@ class MetricsLogger:
         self.jsonl = (out / "metrics.jsonl").open("a", encoding="utf-8")
         self.writer = SummaryWriter(tensorboard_dir or str(out / "tensorboard"), purge_step=resume_step)
         self.wandb_run = _start_wandb(wandb, out) if wandb else None
+        self._carried: dict[str, float] = {}
+
+    def carry(self, metrics: dict[str, float]) -> None:
+        """Metrics known before any step (the start-up's split): logged with the next step's."""
+        self._carried |= metrics
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
+        metrics, self._carried = self._carried | metrics, {}
         row = {"step": step, **{k: float(v) for k, v in metrics.items()}}
         self.jsonl.write(json.dumps({k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in row.items()}) + "\n")
         self.jsonl.flush()

@@ -38,6 +38,7 @@ from async_rl.rollout.metrics import group_metrics, rollout_metrics
 from async_rl.rollout.producer import AdmissionControl, RolloutProducer, sample_from_dict, sample_to_dict
 from async_rl.sample import Sample
 from async_rl.startup_checks import check_startup, prepare_output_dir
+from async_rl.startup_clock import StartupClock
 from async_rl.trainer.sharded_batch import ShardedBatch
 from async_rl.weights.checksums import check_equal
 from async_rl.weights.transports import make_weight_sync
@@ -74,7 +75,9 @@ def load_eval_sets(cfg: Config, tokenizer) -> dict[str, PromptDataset]:
 
 class TrainingSession:
     def __init__(self, cfg: Config):
+        clock = StartupClock()
         check_startup(cfg)  # every problem a start can find, said before Ray starts
+        clock.lap("checks")
         checkpoint = checkpoint_to_resume(cfg.checkpoint.load, cfg.checkpoint.save)
         if cfg.checkpoint.load and checkpoint is None:
             logger.warning("--load %s holds no checkpoint yet: a first launch, starting from --hf-checkpoint",
@@ -112,12 +115,15 @@ class TrainingSession:
         saved = read_driver_parts(checkpoint) if checkpoint is not None else None
         resume_step = int(saved.state["step"]) if saved is not None else None
         self.metrics_logger = MetricsLogger(lg.output_dir, lg.tensorboard_dir, wandb, resume_step=resume_step)
+        clock.lap("data")
         start_ray(cfg)
+        clock.lap("ray")
         self.router: Any = None
         try:  # a failure past this point must not leave Ray and its actors running
             check_training_gpus(cfg)
             bundles = trainer_bundles(cfg)
             self.trainer = create_trainer(cfg, bundles)
+            clock.lap("trainer")
             if cfg.cluster.offload_train:  # before the engines start, so that their KV cache can take this memory
                 ray.get(self.trainer.offload.remote(weights=False))
             self.router = rollout_backend(cfg).start_router(cfg)
@@ -130,6 +136,7 @@ class TrainingSession:
                                           per_group=rollout_backend(cfg).dispatch_per_group)
             self.rollout = BatchAssembler(self.engine_pool, grader)
             print(f"{len(self.engine_pool.engines)} rollout engine(s) started in {self.engine_pool.wait_ready():.0f} s", flush=True)
+            clock.lap("engines")
             self.start_step = 0
             self.resumed_rollout_state: dict[str, Any] | None = None
             self._last_batch: tuple[list[Sample], list[float]] | None = None
@@ -138,6 +145,9 @@ class TrainingSession:
             elif rollout_backend(cfg).needs_initial_weights(cfg):
                 self.wait_weights(self.push_weights(version=0), version=0)
             self.offload_trainer_weights()
+            clock.lap("first weights")
+            print(clock.summary(), flush=True)
+            self.metrics_logger.carry(clock.metrics())
         except BaseException:
             self._stop_router()
             ray.shutdown()

@@ -41,3 +41,13 @@ def test_an_earlier_run_without_a_checkpoint_is_refused_with_the_way_on(tiny_mod
     assert startup_problems(cfg) == [
         f"--output-dir {out} holds an earlier run: it saved no checkpoint to resume: choose another --output-dir, "
         f"or pass --overwrite-output-dir to start afresh there"]
+
+
+def test_carried_metrics_come_with_the_next_step_only(tmp_path):
+    logger = MetricsLogger(str(tmp_path))
+    logger.carry({"perf/startup_s": 12.0})
+    logger.log(0, {"train/loss": 1.0})
+    logger.log(1, {"train/loss": 0.5})
+    logger.close()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [{"step": 0, "perf/startup_s": 12.0, "train/loss": 1.0}, {"step": 1, "train/loss": 0.5}]

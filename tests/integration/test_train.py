@@ -49,6 +49,10 @@ def test_the_default_path_trains_saves_and_resumes_without_the_invariant_checks(
     assert [r["step"] for r in rows] == [0, 1, 2]
     assert all(math.isfinite(r["train/loss"]) and r["rollout/samples"] == 16 for r in rows)
     assert (ckpt / "latest").read_text() == "step_000003"
+    for first in (rows[0], rows[2]):  # each start's split comes with its first step, and only there
+        laps = [first[f"perf/startup_{name}_s"] for name in ("checks", "data", "ray", "trainer", "engines", "first_weights")]
+        assert min(laps) >= 0 and sum(laps) == pytest.approx(first["perf/startup_s"], rel=1e-6)
+    assert "perf/startup_s" not in rows[1]
 
 
 def test_checkpoint_then_resume_continues_from_the_saved_step(tiny_model, tmp_path):
