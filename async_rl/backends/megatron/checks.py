@@ -44,15 +44,15 @@ def check_megatron(cfg: Config) -> None:
 
 def check_megatron_model(cfg: Config) -> None:
     """The model family is one the backend builds, and the parallel sizes fit it."""
-    from async_rl.backends.megatron.model import MULTI_LATENT_ATTENTION, SUPPORTED, mla_config, moe_config, rope_arguments
+    from async_rl.backends.megatron.model import FAMILIES, SUPPORTED, mla_config, moe_config, rope_arguments
 
     hf = read_hf_config(cfg.model.hf_checkpoint)
     model_type = hf.get("model_type")
-    if model_type not in SUPPORTED:
+    if model_type not in FAMILIES:
         raise UserInputError(f"--hf-checkpoint {cfg.model.hf_checkpoint}: model_type {model_type!r} is not supported by "
                              f"--train-backend megatron yet (supported: {', '.join(SUPPORTED)})")
     try:  # what the model builder would refuse, said before anything starts
-        mla_config(hf) if model_type in MULTI_LATENT_ATTENTION else rope_arguments(hf)
+        mla_config(hf) if FAMILIES[model_type].multi_latent_attention else rope_arguments(hf)
         moe_config(hf)
     except ValueError as e:
         raise UserInputError(f"--hf-checkpoint {cfg.model.hf_checkpoint}: {e}") from None

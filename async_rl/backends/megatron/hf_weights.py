@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import torch
 
-from async_rl.backends.megatron.model import MULTI_LATENT_ATTENTION, POST_NORMS
+from async_rl.backends.megatron.model import family
 from async_rl.weights.hf_layout import num_experts, unstack_experts
 
 _RENAMES = {  # per layer: Megatron suffix -> HF suffix
@@ -44,7 +44,6 @@ _MLA_RENAMES = {  # DeepSeek-V3's multi-latent attention: low-rank query and sha
     "self_attention.kv_layernorm.weight": "self_attn.kv_a_layernorm.weight",
     "self_attention.linear_kv_up_proj.weight": "self_attn.kv_b_proj.weight",
 }
-_FUSED_GATE_UP = ("glm4",)
 _GLOBAL = {
     "embedding.word_embeddings.weight": "model.embed_tokens.weight",
     "decoder.final_layernorm.weight": "model.norm.weight",
@@ -73,10 +72,11 @@ def split_qkv(qkv: torch.Tensor, hf: dict[str, Any]) -> tuple[torch.Tensor, torc
 
 
 def _renames(hf: dict[str, Any]) -> dict[str, str]:
-    if hf.get("model_type") in MULTI_LATENT_ATTENTION:
+    fam = family(hf)
+    if fam.multi_latent_attention:
         qk_norms = {"self_attention.q_layernorm.weight", "self_attention.k_layernorm.weight"}
         return {m: h for m, h in _RENAMES.items() if m not in qk_norms} | _MLA_RENAMES
-    if hf.get("model_type") not in POST_NORMS:
+    if not fam.post_norms:
         return _RENAMES
     moved = {"self_attention.linear_proj.weight", "mlp.linear_fc2.weight"}
     return {m: h for m, h in _RENAMES.items() if m not in moved} | _POST_NORM_RENAMES
@@ -129,7 +129,7 @@ def megatron_to_hf(state: dict[str, torch.Tensor], hf: dict[str, Any]) -> Iterat
     for m, h in _GLOBAL.items():
         if m in state and m != "output_layer.weight":
             yield h, state[m]
-    renames = _renames(hf)
+    renames, fused_gate_up = _renames(hf), family(hf).fused_gate_up
     for i in range(hf["num_hidden_layers"]):
         src, dst = f"decoder.layers.{i}.", f"model.layers.{i}."
         for m, h in renames.items():
@@ -139,7 +139,7 @@ def megatron_to_hf(state: dict[str, torch.Tensor], hf: dict[str, Any]) -> Iterat
             if f"{src}self_attention.linear_qkv.{kind}" in state:
                 for proj, part in zip("qkv", split_qkv(state[f"{src}self_attention.linear_qkv.{kind}"], hf)):
                     yield f"{dst}self_attn.{proj}_proj.{kind}", part
-        if src + "mlp.linear_fc1.weight" in state and hf.get("model_type") in _FUSED_GATE_UP:
+        if src + "mlp.linear_fc1.weight" in state and fused_gate_up:
             yield dst + "mlp.gate_up_proj.weight", state[src + "mlp.linear_fc1.weight"]
         elif src + "mlp.linear_fc1.weight" in state:
             gate, up = state[src + "mlp.linear_fc1.weight"].chunk(2)

@@ -4,17 +4,12 @@ DeepSeek-V3 checkpoint."""
 from __future__ import annotations
 
 import importlib.util
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 
 from async_rl.weights.hf_layout import num_experts
-
-SUPPORTED = ("qwen2", "qwen3", "llama", "qwen3_moe", "glm4", "glm4_moe", "deepseek_v3")
-MULTI_LATENT_ATTENTION = ("deepseek_v3",)
-# GLM-4 rotates interleaved channel pairs of the first part of each head, and normalizes each block's output
-INTERLEAVED_ROPE = ("glm4",)
-POST_NORMS = ("glm4",)
 
 
 def transformer_config(hf: dict[str, Any], **overrides: Any):
@@ -22,9 +17,7 @@ def transformer_config(hf: dict[str, Any], **overrides: Any):
     `MLATransformerConfig` for multi-latent attention."""
     from megatron.core.transformer.transformer_config import MLATransformerConfig, TransformerConfig
 
-    model_type = hf.get("model_type")
-    if model_type not in SUPPORTED:
-        raise ValueError(f"model_type {model_type!r} is not supported by the megatron backend (supported: {SUPPORTED})")
+    fam = family(hf)
     heads = hf["num_attention_heads"]
     kwargs = dict(
         num_layers=hf["num_hidden_layers"], hidden_size=hf["hidden_size"], ffn_hidden_size=hf["intermediate_size"],
@@ -32,14 +25,14 @@ def transformer_config(hf: dict[str, Any], **overrides: Any):
         kv_channels=hf.get("head_dim") or hf["hidden_size"] // heads,
         normalization="RMSNorm", layernorm_epsilon=hf.get("rms_norm_eps", 1e-6),
         gated_linear_unit=True, activation_func=torch.nn.functional.silu, add_bias_linear=False,
-        add_qkv_bias=model_type == "qwen2" or bool(hf.get("attention_bias")),
-        qk_layernorm=model_type in ("qwen3", "qwen3_moe") or bool(hf.get("use_qk_norm")),
-        rotary_interleaved=model_type in INTERLEAVED_ROPE,
+        add_qkv_bias=fam.qkv_bias or bool(hf.get("attention_bias")),
+        qk_layernorm=fam.qk_norm or bool(hf.get("use_qk_norm")),
+        rotary_interleaved=fam.interleaved_rope,
         hidden_dropout=0.0, attention_dropout=0.0, params_dtype=torch.float32, use_cpu_initialization=True,
         bias_dropout_fusion=False, apply_rope_fusion=False, masked_softmax_fusion=False, persist_layer_norm=False,
         gradient_accumulation_fusion=False,
     )
-    if model_type in MULTI_LATENT_ATTENTION:
+    if fam.multi_latent_attention:
         return MLATransformerConfig(**(kwargs | mla_config(hf) | moe_config(hf) | overrides))
     return TransformerConfig(**(kwargs | moe_config(hf) | overrides))
 
@@ -76,12 +69,8 @@ def mla_rope(hf: dict[str, Any]) -> dict[str, Any]:
 def moe_config(hf: dict[str, Any]) -> dict[str, Any]:
     """Megatron's MoE settings for the model's family; empty for a dense model. A routing Megatron would not
     reproduce is a ValueError."""
-    model_type = hf.get("model_type")
-    if model_type == "qwen3_moe":
-        return softmax_moe_config(hf)
-    if model_type in ("glm4_moe", "deepseek_v3"):
-        return sigmoid_moe_config(hf)
-    return {}
+    moe = family(hf).moe
+    return moe(hf) if moe else {}
 
 
 def softmax_moe_config(hf: dict[str, Any]) -> dict[str, Any]:
@@ -127,6 +116,39 @@ def sigmoid_moe_config(hf: dict[str, Any]) -> dict[str, Any]:
         moe_layer_freq=[0] * dense + [1] * (hf["num_hidden_layers"] - dense),
         moe_router_load_balancing_type="none", moe_router_dtype="fp32", moe_grouped_gemm=False,
     )
+
+
+@dataclass(frozen=True)
+class Family:
+    """How a Hugging Face model family's layer differs from Llama's, in what Megatron builds and how weights map."""
+
+    qkv_bias: bool = False  # always (Qwen2); other families say so in config.json (`attention_bias`)
+    qk_norm: bool = False  # per-head q/k RMSNorm always (Qwen3); others by `use_qk_norm`
+    interleaved_rope: bool = False  # RoPE turns interleaved channel pairs (GLM-4)
+    rotary_percent: float = 1.0  # the share of each head RoPE turns where config.json does not say
+    post_norms: bool = False  # a norm after attention and after the MLP, before each residual add (GLM-4)
+    fused_gate_up: bool = False  # the checkpoint holds the MLP's gate and up projections as one `gate_up_proj`
+    multi_latent_attention: bool = False  # DeepSeek-V3's attention
+    moe: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # Megatron's MoE settings; None: dense
+
+
+FAMILIES = {
+    "qwen2": Family(qkv_bias=True),
+    "qwen3": Family(qk_norm=True),
+    "llama": Family(),
+    "qwen3_moe": Family(qk_norm=True, moe=softmax_moe_config),
+    "glm4": Family(interleaved_rope=True, rotary_percent=0.5, post_norms=True, fused_gate_up=True),
+    "glm4_moe": Family(moe=sigmoid_moe_config),
+    "deepseek_v3": Family(multi_latent_attention=True, moe=sigmoid_moe_config),
+}
+SUPPORTED = tuple(FAMILIES)
+
+
+def family(hf: dict[str, Any]) -> Family:
+    model_type = hf.get("model_type")
+    if model_type not in FAMILIES:
+        raise ValueError(f"model_type {model_type!r} is not supported by the megatron backend (supported: {SUPPORTED})")
+    return FAMILIES[model_type]
 
 
 # Llama 3's RoPE scaling as Megatron applies it: only the factor is a parameter, the rest is fixed
@@ -227,11 +249,12 @@ def build_gpt_model(hf: dict[str, Any], transformer_impl: str = "local", **confi
     """GPTModel with the local or the Transformer Engine layer spec, RoPE as in the HF config."""
     from megatron.core.models.gpt import GPTModel
 
-    interleaved = hf.get("model_type") in INTERLEAVED_ROPE  # megatron's fused RoPE kernel rotates halves
-    fusions = _TE_FUSIONS if transformer_impl == "transformer_engine" and not interleaved else {}
+    fam = family(hf)
+    # megatron's fused RoPE kernel rotates halves
+    fusions = _TE_FUSIONS if transformer_impl == "transformer_engine" and not fam.interleaved_rope else {}
     config = transformer_config(hf, **(fusions | config_overrides))
     spec = layer_spec(config, transformer_impl)
-    if hf.get("model_type") in POST_NORMS:
+    if fam.post_norms:
         from async_rl.backends.megatron.post_norms import with_post_norms
 
         spec = with_post_norms(spec, _norm_class(transformer_impl))
@@ -243,10 +266,9 @@ def build_gpt_model(hf: dict[str, Any], transformer_impl: str = "local", **confi
 
 
 def rotary_percent(hf: dict[str, Any]) -> float:
-    """The share of each head's channels RoPE rotates: GLM-4 rotates half unless its config says otherwise."""
+    """The share of each head's channels RoPE rotates: config.json's, else the family's (GLM-4 rotates half)."""
     params = hf.get("rope_parameters") or {}
-    default = 0.5 if hf.get("model_type") == "glm4" else 1.0
-    return float(hf.get("partial_rotary_factor") or params.get("partial_rotary_factor") or default)
+    return float(hf.get("partial_rotary_factor") or params.get("partial_rotary_factor") or family(hf).rotary_percent)
 
 
 def _norm_class(transformer_impl: str):
