@@ -99,11 +99,15 @@ def is_first_launch(load: str, save: str | None) -> bool:
     return same_as_save or not p.exists() or (p.is_dir() and not any(p.iterdir()))
 
 
+def resumes(load: str | None, save: str | None) -> bool:
+    """Whether the run resumes: a --load that is not a first launch (whether it holds a checkpoint is
+    `resolve_checkpoint`'s to say)."""
+    return bool(load) and not is_first_launch(load, save)
+
+
 def checkpoint_to_resume(load: str | None, save: str | None) -> Path | None:
     """The checkpoint `--load` names, or None for a fresh start (no --load, or a first launch)."""
-    if not load or is_first_launch(load, save):
-        return None
-    return resolve_checkpoint(load)
+    return resolve_checkpoint(load) if resumes(load, save) else None
 
 
 def read_driver_state(checkpoint_dir: Path) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Callable
 from omegaconf import OmegaConf
 
 from async_rl.backends import rollout_backend, train_backend
-from async_rl.checkpoint import LATEST, checkpoint_to_resume
+from async_rl.checkpoint import LATEST, checkpoint_to_resume, resumes
 from async_rl.config import Config
 from async_rl.data.prompt_dataset import check_prompt_file
 from async_rl.errors import UserInputError
@@ -100,14 +100,10 @@ def check_outputs(cfg: Config) -> None:
             _check_writable(flag, path)
 
 
-def _resumes(cfg: Config) -> bool:
-    return checkpoint_to_resume(cfg.checkpoint.load, cfg.checkpoint.save) is not None
-
-
 def check_earlier_run(cfg: Config) -> None:
     """A training run does not write over the metrics of an earlier one."""
-    lg = cfg.logging
-    if (Path(lg.output_dir) / "metrics.jsonl").is_file() and not lg.overwrite_output_dir and not _resumes(cfg):
+    lg, ck = cfg.logging, cfg.checkpoint
+    if (Path(lg.output_dir) / "metrics.jsonl").is_file() and not lg.overwrite_output_dir and not resumes(ck.load, ck.save):
         checkpoint = _earlier_runs_checkpoint(Path(lg.output_dir))
         resume = f"resume it with --load {checkpoint}, " if checkpoint else "it saved no checkpoint to resume: "
         raise UserInputError(f"--output-dir {lg.output_dir} holds an earlier run: {resume}choose another --output-dir, "
@@ -240,7 +236,7 @@ def prepare_output_dir(cfg: Config) -> None:
     """With --overwrite-output-dir, the earlier run's metrics and TensorBoard scalars go (its checkpoints stay)."""
     lg = cfg.logging
     out = Path(lg.output_dir)
-    if not lg.overwrite_output_dir or not (out / "metrics.jsonl").is_file() or _resumes(cfg):
+    if not lg.overwrite_output_dir or not (out / "metrics.jsonl").is_file() or resumes(cfg.checkpoint.load, cfg.checkpoint.save):
         return
     (out / "metrics.jsonl").unlink()
     shutil.rmtree(lg.tensorboard_dir or out / "tensorboard", ignore_errors=True)
